@@ -1,0 +1,275 @@
+"""The ``mgsr-bench`` command line: run, train, eval, leaderboard, list."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from mgsr_bench.errors import UserError
+
+DEFAULT_METHODS = "sft,kd"
+
+
+def _suite_config(quick: bool):
+    from mgsr_bench.suite.build import SUITES
+
+    return SUITES["tiny-quick" if quick else "tiny"]
+
+
+def _load_recipes(names: str):
+    from mgsr_bench.config import load_recipe
+
+    recipes = [load_recipe(n.strip()) for n in names.split(",") if n.strip()]
+    if not recipes:
+        raise UserError("--methods must name at least one recipe (see `mgsr-bench list recipes`)")
+    return recipes
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder; choose another path")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _eval_settings(args: argparse.Namespace, suite_config=None):
+    from mgsr_bench.pipeline import EvalSettings, parse_seeds
+
+    settings = EvalSettings(seeds=parse_seeds(args.seeds), greedy=args.greedy, batch_size=args.eval_batch_size)
+    if suite_config is not None:
+        settings.max_new_tokens = suite_config.max_new_tokens
+        settings.no_repeat_ngram_size = suite_config.no_repeat_ngram_size
+    if settings.batch_size < 1:
+        raise UserError(f"--eval-batch-size must be >= 1, got {settings.batch_size}")
+    return settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Build or reuse the tiny suite, train each recipe's student, evaluate all, print the leaderboard."""
+    from mgsr_bench.data.jsonl import write_atomic
+    from mgsr_bench.models import load_model
+    from mgsr_bench.pipeline import evaluate_and_record, save_model_atomic, train_student
+    from mgsr_bench.results import load_records, render_leaderboard
+    from mgsr_bench.suite.build import EVAL_SPLITS, ensure_suite, load_suite_models
+
+    suite_config = _suite_config(args.quick)
+    recipes = _load_recipes(args.methods)
+    settings = _eval_settings(args, suite_config)
+    overrides = {"steps": args.steps} if args.steps is not None else {}
+    out = Path(args.out)
+    _prepare_out(out)
+
+    suite = ensure_suite(suite_config)
+    tokenizer, teacher = load_suite_models(suite)
+    datasets = {split: suite.split(split) for split in EVAL_SPLITS}
+    train_records, valid_records = suite.split("train"), suite.split("valid")
+    suite_info = {"suite": suite.config.key()}
+
+    t0 = time.perf_counter()
+    evaluate_and_record(teacher, tokenizer, label="teacher", method="teacher", datasets=datasets, settings=settings,
+                        pair=suite.pair(), config=suite_info, record_path=out / "records" / "teacher.json",
+                        training=suite.report["teacher_train"], started=t0)
+    for recipe in recipes:
+        t0 = time.perf_counter()
+        student = load_model(suite.student_init_dir)
+        config, summary = train_student(recipe, student, teacher, tokenizer, train_records, valid_records,
+                                        suite.config.method_train, overrides)
+        save_model_atomic(student, tokenizer, out / "models" / recipe.name)
+        evaluate_and_record(student, tokenizer, label=recipe.name, method=recipe.method, datasets=datasets,
+                            settings=settings, pair=suite.pair(), config={**suite_info, **config},
+                            record_path=out / "records" / f"{recipe.name}.json", training=summary, started=t0)
+
+    records = load_records(out / "records")
+    table = render_leaderboard(records, "markdown")
+    write_atomic(out / "leaderboard.md", table)
+    write_atomic(out / "leaderboard.csv", render_leaderboard(records, "csv"))
+    print(f"\nTiny suite {suite.config.key()}: teacher {suite.report['teacher_params'] / 1e6:.2f}M params, "
+          f"student {suite.report['student_params'] / 1e6:.2f}M params; splits: test (in-domain), "
+          f"shifted (held-out templates and entities)\n")
+    print(table)
+    print(f"records, models and tables written under {out}/")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one student with one recipe; defaults to the tiny suite's pair and data."""
+    from mgsr_bench.config import load_recipe
+    from mgsr_bench.data.jsonl import read_records, write_atomic
+    from mgsr_bench.models import check_same_vocabulary, load_model, load_tokenizer
+    from mgsr_bench.pipeline import save_model_atomic, train_student
+    from mgsr_bench.suite.build import ensure_suite
+
+    recipe = load_recipe(args.recipe)
+    out = Path(args.out or f"runs/train-{recipe.name}")
+    custom = [args.teacher, args.student, args.train_data, args.valid_data]
+    if any(custom) and not all(custom):
+        raise UserError("--teacher, --student, --train-data and --valid-data go together (or none: the tiny suite)")
+    defaults: dict[str, Any] = {}
+    if all(custom):
+        train_records, valid_records = read_records(args.train_data), read_records(args.valid_data)
+        tokenizer, student_tok = load_tokenizer(args.teacher), load_tokenizer(args.student)
+        check_same_vocabulary(tokenizer, student_tok)
+        _prepare_out(out)
+        teacher, student = load_model(args.teacher), load_model(args.student)
+    else:
+        _prepare_out(out)
+        suite = ensure_suite(_suite_config(args.quick))
+        defaults = suite.config.method_train
+        tokenizer = load_tokenizer(suite.tokenizer_dir)
+        teacher, student = load_model(suite.teacher_dir), load_model(suite.student_init_dir)
+        train_records, valid_records = suite.split("train"), suite.split("valid")
+    config, summary = train_student(recipe, student, teacher, tokenizer, train_records, valid_records, defaults,
+                                    {"steps": args.steps} if args.steps is not None else {})
+    save_model_atomic(student, tokenizer, out / "model")
+    write_atomic(out / "training.json", json.dumps({"config": config, "training": summary}, indent=2))
+    print(f"best validation {summary['best_val']:.3f} at step {summary['best_step']}; model saved to {out / 'model'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate saved models (folders or Hub names) and write one run record each."""
+    from mgsr_bench.data.jsonl import read_records
+    from mgsr_bench.models import load_model, load_tokenizer
+    from mgsr_bench.pipeline import evaluate_and_record
+    from mgsr_bench.suite.build import EVAL_SPLITS, ensure_suite
+
+    if args.data:
+        datasets = {}
+        for spec in args.data:
+            name, sep, path = spec.partition("=")
+            if not sep or not name or not path:
+                raise UserError(f"--data takes NAME=PATH, got {spec!r}")
+            datasets[name] = read_records(path)
+    settings = _eval_settings(args)
+    out = Path(args.out)
+    _prepare_out(out)
+    if not args.data:
+        suite = ensure_suite(_suite_config(args.quick))
+        settings.max_new_tokens = suite.config.max_new_tokens
+        settings.no_repeat_ngram_size = suite.config.no_repeat_ngram_size
+        datasets = {split: suite.split(split) for split in EVAL_SPLITS}
+    for model_path in args.models:
+        t0 = time.perf_counter()
+        path = Path(model_path)
+        label = args.label or (path.parent.name if path.name == "model" else path.name) or str(model_path)
+        tokenizer, model = load_tokenizer(model_path), load_model(model_path)
+        evaluate_and_record(model, tokenizer, label=label, method="eval", datasets=datasets, settings=settings,
+                            pair={"student": str(model_path)}, config={"model": str(model_path)},
+                            record_path=out / "records" / f"{label}.json", started=t0)
+        print(f"{label}: " + ", ".join(f"{name} ROUGE-L {s['rougeL']['mean']:.2f} ± {s['rougeL']['std']:.2f}"
+                                       for name, s in _read_scores(out / "records" / f"{label}.json").items()))
+    return 0
+
+
+def _read_scores(path: Path) -> dict[str, Any]:
+    from mgsr_bench.results import read_record
+
+    return read_record(path)["scores"]
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    """Render the methods x datasets table of every run record under a folder."""
+    from mgsr_bench.data.jsonl import write_atomic
+    from mgsr_bench.results import load_records, render_leaderboard
+
+    text = render_leaderboard(load_records(args.folder), args.format)
+    if args.output:
+        write_atomic(args.output, text)
+    print(text, end="")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """List registered methods, recipes and suites."""
+    from mgsr_bench.config import available_recipes, load_recipe
+    from mgsr_bench.methods import available_methods
+    from mgsr_bench.suite.build import SUITES
+
+    if args.what in ("methods", "all"):
+        print("methods:")
+        for name, cls in available_methods().items():
+            doc = (cls.__doc__ or "").strip().splitlines()[0]
+            print(f"  {name:12s} {doc}")
+    if args.what in ("recipes", "all"):
+        print("recipes:")
+        for name, path in available_recipes().items():
+            print(f"  {name:12s} {load_recipe(str(path)).description}  ({path})")
+    if args.what in ("suites", "all"):
+        print("suites:")
+        for name, cfg in SUITES.items():
+            print(f"  {name:12s} {cfg.n_train} train examples, cache key {cfg.key()}")
+    return 0
+
+
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", default="10,20,30,40,50", help="sampling seeds (default: 10,20,30,40,50)")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of the protocol's sampling")
+    p.add_argument("--eval-batch-size", type=int, default=64, help="generation batch size (default: 64)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mgsr-bench", description="Benchmark for LLM knowledge distillation.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="the main job: tiny suite -> teacher -> students -> evaluation -> table",
+                       description=cmd_run.__doc__)
+    p.add_argument("--out", default="runs/tiny", help="output folder (default: runs/tiny)")
+    p.add_argument("--quick", action="store_true", help="smoke-sized suite and training (about a minute)")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated recipes (default: {DEFAULT_METHODS})")
+    p.add_argument("--steps", type=int, help="override the training steps of every method")
+    _add_eval_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("train", help="train one student with one recipe", description=cmd_train.__doc__)
+    p.add_argument("recipe", help="recipe name (see `mgsr-bench list recipes`) or path to a YAML file")
+    p.add_argument("--out", help="output folder (default: runs/train-RECIPE)")
+    p.add_argument("--teacher", help="teacher model folder or Hub name (default: the tiny suite's)")
+    p.add_argument("--student", help="student model folder or Hub name")
+    p.add_argument("--train-data", help="MiniLLM-format train .jsonl")
+    p.add_argument("--valid-data", help="MiniLLM-format validation .jsonl")
+    p.add_argument("--steps", type=int, help="override the recipe's training steps")
+    p.add_argument("--quick", action="store_true", help="use the smoke-sized tiny suite")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate saved models and write run records", description=cmd_eval.__doc__)
+    p.add_argument("models", nargs="+", help="model folders or Hub names")
+    p.add_argument("--data", action="append", metavar="NAME=PATH", help="dataset .jsonl (default: tiny suite splits)")
+    p.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
+    p.add_argument("--label", help="row label in the leaderboard (default: the model folder's name)")
+    p.add_argument("--quick", action="store_true", help="use the smoke-sized tiny suite's splits")
+    _add_eval_options(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("leaderboard", help="render methods x datasets from run records",
+                       description=cmd_leaderboard.__doc__)
+    p.add_argument("folder", help="folder holding run records (searched recursively)")
+    p.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    p.add_argument("--output", help="also write the table to this file")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("list", help="list methods, recipes and suites", description=cmd_list.__doc__)
+    p.add_argument("what", nargs="?", choices=["methods", "recipes", "suites", "all"], default="all")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"mgsr-bench: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

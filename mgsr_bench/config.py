@@ -1,0 +1,157 @@
+"""Plain-data configuration: the training settings and the YAML recipes that name a method.
+
+A recipe is a small YAML file::
+
+    method: kd                 # a registered method name
+    description: ...           # one line for `mgsr-bench list`
+    reference: ...             # where the defaults come from
+    options: {temperature: 1.0}
+    train: {steps: 400}        # overrides of TrainConfig fields
+
+Recipes live in ``baselines/`` and ``methods/`` at the project root and are loaded by name (the
+file stem) or by path. YAML is read with the safe loader only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mgsr_bench.errors import UserError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+RECIPE_DIRS = (PROJECT_ROOT / "baselines", PROJECT_ROOT / "methods")
+
+
+@dataclass
+class TrainConfig:
+    """Harness settings shared by every method; a recipe may override any of them."""
+
+    steps: int = 500
+    micro_batch: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    eval_every: int = 100
+    val_metric: str = "rougeL"  # "rougeL" (greedy, on val_size examples) or "loss"
+    val_size: int = 120
+    seed: int = 1
+    mixed_precision: str = "auto"  # "auto": bf16 where the device supports it, else fp32
+
+    def validate(self) -> None:
+        """Reject impossible settings before any compute."""
+        positive = ("steps", "micro_batch", "grad_accum", "eval_every", "val_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise UserError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise UserError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.val_metric not in ("rougeL", "loss"):
+            raise UserError(f"train.val_metric must be 'rougeL' or 'loss', got {self.val_metric!r}")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise UserError(f"train.mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+
+    @property
+    def global_batch(self) -> int:
+        """Examples per optimiser step and process; the global batch is this times the process count."""
+        return self.micro_batch * self.grad_accum
+
+
+def _check_keys(given: dict[str, Any], allowed: list[str], where: str) -> None:
+    for key in given:
+        if key not in allowed:
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            did_you_mean = f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {', '.join(allowed)}"
+            raise UserError(f"unknown key {key!r} in {where}{did_you_mean}")
+
+
+def train_config(overrides: dict[str, Any] | None = None, where: str = "train") -> TrainConfig:
+    """A validated ``TrainConfig`` from defaults plus ``overrides`` (unknown keys name the nearest valid one)."""
+    overrides = overrides or {}
+    _check_keys(overrides, [f.name for f in dataclasses.fields(TrainConfig)], where)
+    cfg = TrainConfig(**overrides)
+    for f in dataclasses.fields(TrainConfig):
+        value, expected = getattr(cfg, f.name), type(getattr(TrainConfig(), f.name))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            setattr(cfg, f.name, float(value))
+        elif not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
+            raise UserError(f"{where}.{f.name} must be of type {expected.__name__}, got {value!r}")
+    cfg.validate()
+    return cfg
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe: the method name, its options and training overrides."""
+
+    name: str
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    reference: str = ""
+    path: str = ""
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A short, stable hash of a JSON-serialisable config."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def recipe_dirs() -> list[Path]:
+    """Where recipes are looked up by name: ``$MGSR_BENCH_RECIPES`` (os.pathsep-separated) first."""
+    extra = [Path(p) for p in os.environ.get("MGSR_BENCH_RECIPES", "").split(os.pathsep) if p]
+    return extra + [d for d in RECIPE_DIRS if d.is_dir()]
+
+
+def available_recipes() -> dict[str, Path]:
+    """Recipe name -> file, over all recipe directories (earlier directories win)."""
+    found: dict[str, Path] = {}
+    for d in recipe_dirs():
+        for p in sorted([*d.glob("*.yaml"), *d.glob("*.yml")]):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Load a recipe by name or path and validate its keys, its method and its training overrides."""
+    from mgsr_bench.methods import get_method
+
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        recipes = available_recipes()
+        if name_or_path not in recipes:
+            hint = difflib.get_close_matches(name_or_path, recipes, n=1)
+            did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise UserError(f"unknown recipe {name_or_path!r}{did_you_mean}; known recipes: {', '.join(recipes)}")
+        path = recipes[name_or_path]
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"malformed recipe {path}{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict) or "method" not in data:
+        raise UserError(f"malformed recipe {path}: expected a mapping with a 'method' key")
+    _check_keys(data, ["method", "options", "train", "description", "reference"], f"recipe {path}")
+    for key in ("options", "train"):
+        if not isinstance(data.get(key) or {}, dict):
+            raise UserError(f"malformed recipe {path}: '{key}' must be a mapping")
+    recipe = Recipe(name=path.stem, method=str(data["method"]), options=dict(data.get("options") or {}),
+                    train=dict(data.get("train") or {}), description=str(data.get("description") or ""),
+                    reference=str(data.get("reference") or ""), path=str(path))
+    get_method(recipe.method, **recipe.options)  # unknown method or bad options fail here, before compute
+    train_config(recipe.train, f"recipe {path} train")
+    return recipe

@@ -1,0 +1,65 @@
+"""Read and write MiniLLM-format JSONL records with errors that name the file and line."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from mgsr_bench.data.template import build_prompt
+from mgsr_bench.errors import UserError
+
+REQUIRED = ("instruction", "output")
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Load a MiniLLM-format JSONL file; a missing ``prompt`` is built from the template.
+
+    Raises ``UserError`` for a missing file, an empty file, invalid JSON or a record without
+    ``instruction`` / ``output``, naming the file and the 1-based line number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file not found: {path} (pass an existing MiniLLM-format .jsonl file)")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"malformed JSONL: {path}:{lineno}: {e.msg} (each line must be one JSON object)") from None
+            if not isinstance(row, dict):
+                raise UserError(f"malformed JSONL: {path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            missing = [k for k in REQUIRED if k not in row]
+            if missing:
+                raise UserError(f"malformed record: {path}:{lineno}: missing key(s) {', '.join(missing)} "
+                                f"(MiniLLM records need instruction, input, output, prompt)")
+            row.setdefault("input", "")
+            row.setdefault("prompt", build_prompt(row["instruction"], row["input"]))
+            rows.append(row)
+    if not rows:
+        raise UserError(f"empty data file: {path} (it holds no records)")
+    return rows
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename: the file is whole or absent."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_records(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write records as JSONL, atomically."""
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -1,0 +1,51 @@
+"""ROUGE-L and exact match, computed as MiniLLM's ``rouge_metric.py`` computes them.
+
+ROUGE-L is ``rouge_score.RougeScorer(['rougeL'], use_stemmer=True)``'s F-measure, the maximum over
+the references of an example, averaged over examples and multiplied by 100. Exact match compares
+SQuAD-style normalised strings (lower case, no punctuation, no articles, single spaces).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from functools import lru_cache
+from typing import Sequence
+
+from rouge_score import rouge_scorer
+
+
+@lru_cache(maxsize=1)
+def _scorer() -> rouge_scorer.RougeScorer:
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def _refs(references: str | Sequence[str]) -> list[str]:
+    return [references] if isinstance(references, str) else list(references)
+
+
+def rouge_l(prediction: str, references: str | Sequence[str]) -> float:
+    """ROUGE-L F-measure in [0, 1], maximised over the references."""
+    return max(_scorer().score(ref, prediction)["rougeL"].fmeasure for ref in _refs(references))
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation and the articles a/an/the, collapse whitespace."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, references: str | Sequence[str]) -> float:
+    """1.0 when the normalised prediction equals a normalised reference, else 0.0."""
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(ref) for ref in _refs(references)))
+
+
+def corpus_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict[str, float]:
+    """Mean ROUGE-L and exact match over examples, both x 100."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    n = max(len(predictions), 1)
+    return {"rougeL": 100 * sum(map(rouge_l, predictions, references)) / n,
+            "exact_match": 100 * sum(map(exact_match, predictions, references)) / n}

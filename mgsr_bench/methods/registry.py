@@ -1,0 +1,64 @@
+"""Registry of methods by name; third-party packages add methods through an entry point.
+
+A package exposes a method by declaring, in its ``pyproject.toml``::
+
+    [project.entry-points."mgsr_bench.methods"]
+    my_method = "my_package.module:MyMethod"
+
+where ``MyMethod`` subclasses :class:`mgsr_bench.methods.Method`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib.metadata import entry_points
+from typing import Any
+
+from mgsr_bench.errors import UserError
+from mgsr_bench.methods.base import Method
+
+ENTRY_POINT_GROUP = "mgsr_bench.methods"
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: add a method under its ``name``; a second method with the same name is an error."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"method {cls.name!r} is registered twice ({_REGISTRY[cls.name]} and {cls})")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_entry_points() -> None:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = ep.load()
+        except Exception as e:  # a broken plug-in must not hide behind a traceback
+            raise UserError(f"cannot load method entry point {ep.name!r} ({ep.value}): {e}") from None
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise UserError(f"entry point {ep.name!r} ({ep.value}) is not a mgsr_bench.methods.Method subclass")
+        if _REGISTRY.get(ep.name, cls) is not cls:
+            raise UserError(f"entry point {ep.name!r} ({ep.value}) clashes with the registered method of that name")
+        _REGISTRY[ep.name] = cls
+
+
+def available_methods() -> dict[str, type[Method]]:
+    """All methods by name: the built-ins plus those installed through entry points."""
+    import mgsr_bench.methods.builtin  # noqa: F401  (registers the built-ins)
+
+    _load_entry_points()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_method(name: str, **options: Any) -> Method:
+    """Instantiate a method by name with its options; unknown names or options raise ``UserError``."""
+    methods = available_methods()
+    if name not in methods:
+        hint = difflib.get_close_matches(name, methods, n=1)
+        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise UserError(f"unknown method {name!r}{did_you_mean}; known methods: {', '.join(methods)}")
+    cls = methods[name]
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"bad options for method {name!r}: {e}") from None

@@ -1,0 +1,49 @@
+"""Load models and tokenizers by Hub name or local path, and check that a pair can be distilled.
+
+Token-level distillation compares teacher and student distributions entry by entry, so both must
+index the same vocabulary. That is checked on the tokenizers (same token -> id map), never
+assumed, before any compute.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from mgsr_bench.errors import UserError
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    """A tokenizer with a pad token (EOS when it has none, as with GPT-2) and left padding."""
+    try:
+        tok = AutoTokenizer.from_pretrained(str(name_or_path))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load tokenizer {name_or_path!r}: {str(e).splitlines()[0]}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A causal LM from a local folder or a Hub name (Hub code is never executed)."""
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}") from None
+
+
+def check_same_vocabulary(teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase) -> None:
+    """Refuse a pair whose tokenizers map tokens to different ids."""
+    if teacher.get_vocab() != student.get_vocab():
+        raise UserError(
+            f"teacher and student tokenizers differ ({len(teacher)} vs {len(student)} tokens, or different ids): "
+            "token-level distillation needs a shared vocabulary; pick a pair from the same model family"
+        )
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of parameters (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,108 @@
+"""The end-to-end path the CLI drives: train a student with a recipe, evaluate models, write records.
+
+Every function here validates its inputs before any compute and writes its outputs atomically
+(models into a temporary folder renamed into place, records via temporary file + rename), so an
+interrupted run leaves either finished artefacts or nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from mgsr_bench.config import Recipe, train_config
+from mgsr_bench.data.collate import tokenize_records
+from mgsr_bench.eval.evaluate import evaluate_model
+from mgsr_bench.methods import get_method
+from mgsr_bench.results import make_record, write_record
+from mgsr_bench.train import train
+
+
+@dataclass
+class EvalSettings:
+    """How models are scored; recorded in every run record."""
+
+    seeds: tuple[int, ...] = (10, 20, 30, 40, 50)
+    greedy: bool = False
+    batch_size: int = 64
+    max_new_tokens: int = 64
+    no_repeat_ngram_size: int = 6
+
+    def as_dict(self) -> dict[str, Any]:
+        decoding = {"decoding": "greedy"} if self.greedy else {"decoding": "sampling", "top_k": 0, "top_p": 1.0,
+                                                                "temperature": 1.0}
+        return {**dataclasses.asdict(self), "seeds": list(self.seeds[:1] if self.greedy else self.seeds), **decoding,
+                "metric": "rougeL F x100 (rouge_score, use_stemmer=True, max over references)"}
+
+
+def save_model_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    """Save weights (safetensors) and tokenizer into ``folder`` via a temporary sibling folder."""
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedModel | None,
+                  tokenizer: PreTrainedTokenizerBase, train_records: list[dict[str, Any]],
+                  valid_records: list[dict[str, Any]], train_defaults: dict[str, Any] | None = None,
+                  train_overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train ``student`` in place with ``recipe``; returns (resolved config, training summary).
+
+    Training settings resolve as: ``TrainConfig`` defaults < ``train_defaults`` (the suite's)
+    < the recipe's ``train`` block < ``train_overrides`` (the command line).
+    """
+    merged = {**(train_defaults or {}), **recipe.train, **(train_overrides or {})}
+    cfg = train_config(merged, where=f"recipe {recipe.name!r} train")
+    method = get_method(recipe.method, **recipe.options)
+    result = train(student, teacher, tokenizer, method, tokenize_records(train_records, tokenizer), valid_records,
+                   tokenize_records(valid_records, tokenizer), cfg, desc=f"train {recipe.name}")
+    config = {"recipe": recipe.name, "method": recipe.method, "options": method.options(),
+              "train": dataclasses.asdict(cfg)}
+    summary = {"best_step": result.best_step, "best_val": result.best_score, "wall_time_s": result.wall_time_s,
+               "seconds_per_step": result.seconds_per_step, "history": result.history}
+    return config, summary
+
+
+def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, label: str, method: str,
+                        datasets: dict[str, list[dict[str, Any]]], settings: EvalSettings, pair: dict[str, Any],
+                        config: dict[str, Any], record_path: Path, training: dict[str, Any] | None = None,
+                        started: float | None = None) -> dict[str, Any]:
+    """Score ``model`` on every dataset over the seeds and write its run record."""
+    t0 = time.perf_counter()
+    scores = evaluate_model(model, tokenizer, datasets, settings.seeds, settings.greedy, settings.batch_size,
+                            settings.max_new_tokens, settings.no_repeat_ngram_size, desc=f"eval {label}")
+    record = make_record(label=label, method=method, config={**config, "evaluation": settings.as_dict()}, pair=pair,
+                         evaluation=settings.as_dict(), scores=scores,
+                         wall_time_s=time.perf_counter() - (started if started is not None else t0),
+                         training=training)
+    write_record(record, record_path)
+    return record
+
+
+def parse_seeds(text: str | Sequence[int]) -> tuple[int, ...]:
+    """``"10,20,30"`` -> ``(10, 20, 30)``; a clear error for anything else."""
+    from mgsr_bench.errors import UserError
+
+    if not isinstance(text, str):
+        return tuple(text)
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise UserError("--seeds must name at least one seed")
+    return seeds

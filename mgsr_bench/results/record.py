@@ -1,0 +1,107 @@
+"""The run record: everything needed to trust, compare and reproduce one evaluated model.
+
+One JSON file per run, written atomically (complete or absent), with: the method and its recipe,
+the resolved config and its hash, the teacher/student pair, the decoding settings and seeds,
+per-dataset per-seed scores with summaries, training history and wall time, package versions and
+the git commit of the code that produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from mgsr_bench.config import PROJECT_ROOT, config_hash
+from mgsr_bench.data.jsonl import write_atomic
+from mgsr_bench.errors import UserError
+
+SCHEMA = "mgsr-bench/run-record"
+SCHEMA_VERSION = 1
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "schema": str, "schema_version": int, "label": str, "method": str, "config": dict, "config_hash": str,
+    "pair": dict, "evaluation": dict, "scores": dict, "wall_time_s": (int, float), "versions": dict,
+    "created": str,
+}
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("mgsr-bench", "torch", "transformers", "accelerate", "tokenizers", "rouge-score"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def git_commit() -> str | None:
+    """The commit of the code that ran, with ``+dirty`` when the work tree had changes."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
+
+
+def make_record(*, label: str, method: str, config: dict[str, Any], pair: dict[str, Any],
+                evaluation: dict[str, Any], scores: dict[str, Any], wall_time_s: float,
+                training: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Assemble a record; ``config`` is the resolved recipe (or evaluation settings) it hashes."""
+    import torch
+
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "label": label, "method": method,
+        "config": config, "config_hash": config_hash(config), "pair": pair, "evaluation": evaluation,
+        "scores": scores, "training": training, "wall_time_s": round(wall_time_s, 2),
+        "versions": package_versions(), "git_commit": git_commit(),
+        "machine": {"platform": platform.platform(), "processor": platform.machine(),
+                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def validate_record(record: Any, source: str) -> dict[str, Any]:
+    """Check the record's required fields and types; errors name the field and the file."""
+    if not isinstance(record, dict):
+        raise UserError(f"bad run record {source}: expected a JSON object")
+    if record.get("schema") != SCHEMA:
+        raise UserError(f"bad run record {source}: field 'schema' must be {SCHEMA!r}")
+    if record.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"bad run record {source}: unsupported schema_version {record.get('schema_version')!r} "
+                        f"(this mgsr-bench reads version {SCHEMA_VERSION})")
+    for key, kind in _REQUIRED.items():
+        if key not in record:
+            raise UserError(f"bad run record {source}: missing field {key!r}")
+        if not isinstance(record[key], kind):
+            raise UserError(f"bad run record {source}: field {key!r} has the wrong type")
+    for name, ds in record["scores"].items():
+        for key in ("rougeL", "exact_match", "per_seed"):
+            if key not in ds:
+                raise UserError(f"bad run record {source}: field 'scores.{name}.{key}' is missing")
+    return record
+
+
+def write_record(record: dict[str, Any], path: str | Path) -> Path:
+    """Validate and write a record atomically."""
+    validate_record(record, str(path))
+    write_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return Path(path)
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """Read and validate a record."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"run record not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"bad run record {path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    return validate_record(data, str(path))

@@ -1,0 +1,198 @@
+"""Build (once) and load the tiny suite: data, tokenizer, teacher and SFT-initialised student.
+
+Everything is derived from a :class:`SuiteConfig` and cached under
+``$MGSR_BENCH_CACHE`` (default ``~/.cache/mgsr-bench``) in a folder named by the config's hash, so
+a second run reuses the trained teacher and a changed config builds a new suite. A build happens
+in a temporary folder renamed into place when complete: a killed build leaves nothing that looks
+finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from mgsr_bench.config import config_hash, train_config
+from mgsr_bench.data.collate import tokenize_records
+from mgsr_bench.data.jsonl import read_records, write_atomic, write_records
+from mgsr_bench.models import count_parameters, load_model, load_tokenizer
+from mgsr_bench.suite.tasks import generate_suite_data
+from mgsr_bench.suite.tokenizer import train_tokenizer
+
+# Bump when the data generator, tokenizer training or build procedure changes what a config builds,
+# so that caches made by older code are not silently reused.
+SUITE_CODE_VERSION = 1
+SPLITS = ("train", "valid", "test", "shifted")
+EVAL_SPLITS = ("test", "shifted")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A LLaMA-architecture decoder shape (tied embeddings)."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+
+    def build(self, vocab_size: int, seed: int) -> LlamaForCausalLM:
+        torch.manual_seed(seed)
+        config = LlamaConfig(vocab_size=vocab_size, hidden_size=self.hidden_size,
+                             num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
+                             num_key_value_heads=self.num_attention_heads, intermediate_size=self.intermediate_size,
+                             max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
+                             pad_token_id=0)
+        return LlamaForCausalLM(config)
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """Everything that determines a tiny suite; its hash names the cache folder."""
+
+    name: str = "tiny"
+    seed: int = 0
+    n_train: int = 20000
+    n_valid: int = 300
+    n_test: int = 300
+    vocab_size: int = 1024
+    teacher: ModelShape = ModelShape(192, 4, 4, 512)
+    student: ModelShape = ModelShape(96, 2, 4, 256)
+    teacher_train: dict[str, Any] = field(default_factory=lambda: {
+        "steps": 3000, "micro_batch": 32, "lr": 1.5e-3, "eval_every": 250, "val_metric": "rougeL", "seed": 0})
+    student_init_train: dict[str, Any] = field(default_factory=lambda: {
+        "steps": 300, "micro_batch": 32, "lr": 2e-3, "eval_every": 100, "val_metric": "rougeL", "seed": 0})
+    # Defaults every method trains with on this suite (a recipe's `train` block overrides them).
+    method_train: dict[str, Any] = field(default_factory=lambda: {
+        "steps": 1000, "micro_batch": 32, "lr": 1e-3, "eval_every": 200, "val_metric": "rougeL"})
+    # Evaluation: responses are at most ~45 tokens, so 64 new tokens never cut a correct answer.
+    max_new_tokens: int = 64
+    # The protocol's no_repeat_ngram_size=6 counts the prompt too, and with digits split one per
+    # token six tokens are as short as "56, 34": sorting, extraction and QA answers legitimately
+    # repeat such spans from their input, so the tiny suite turns the ban off (a documented deviation).
+    no_repeat_ngram_size: int = 0
+
+    def key(self) -> str:
+        """Cache folder name: the suite name plus a hash of the fields that change what is built
+        (not the method and evaluation defaults) and of ``SUITE_CODE_VERSION``."""
+        built = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_BUILT}
+        return f"{self.name}-{config_hash({**built, 'code': SUITE_CODE_VERSION})}"
+
+
+_NOT_BUILT = ("method_train", "max_new_tokens", "no_repeat_ngram_size")
+QUICK = SuiteConfig(
+    name="tiny-quick", n_train=3000, n_valid=120, n_test=60, vocab_size=512,
+    teacher=ModelShape(128, 2, 4, 352), student=ModelShape(64, 1, 2, 176),
+    teacher_train={"steps": 150, "micro_batch": 32, "lr": 3e-3, "eval_every": 150, "val_metric": "loss", "seed": 0},
+    student_init_train={"steps": 40, "micro_batch": 32, "lr": 3e-3, "eval_every": 40, "val_metric": "loss", "seed": 0},
+    method_train={"steps": 30, "micro_batch": 32, "lr": 2e-3, "eval_every": 30, "val_metric": "loss"},
+)
+SUITES = {"tiny": SuiteConfig(), "tiny-quick": QUICK}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MGSR_BENCH_CACHE", Path.home() / ".cache" / "mgsr-bench"))
+
+
+@dataclass
+class Suite:
+    """A built suite on disk."""
+
+    root: Path
+    config: SuiteConfig
+    report: dict[str, Any]
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def teacher_dir(self) -> Path:
+        return self.root / "teacher"
+
+    @property
+    def student_init_dir(self) -> Path:
+        return self.root / "student-init"
+
+    def split(self, name: str) -> list[dict[str, Any]]:
+        return read_records(self.root / "data" / f"{name}.jsonl")
+
+    def pair(self) -> dict[str, Any]:
+        """The pair description that goes into run records."""
+        return {"name": self.config.key(), "teacher": str(self.teacher_dir), "student": str(self.student_init_dir),
+                "teacher_params": self.report["teacher_params"], "student_params": self.report["student_params"]}
+
+
+def _train_stage(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, data: dict[str, list[dict[str, Any]]],
+                 overrides: dict[str, Any], desc: str) -> dict[str, Any]:
+    from mgsr_bench.methods import get_method
+    from mgsr_bench.train import train
+
+    cfg = train_config(overrides, where=desc)
+    train_ex = tokenize_records(data["train"], tokenizer)
+    valid_ex = tokenize_records(data["valid"], tokenizer)
+    result = train(model, None, tokenizer, get_method("sft"), train_ex, data["valid"], valid_ex, cfg, desc=desc)
+    return {"best_step": result.best_step, f"best_val_{cfg.val_metric}": result.best_score,
+            "wall_time_s": round(result.wall_time_s, 1), "steps": cfg.steps}
+
+
+def build_suite(config: SuiteConfig, root: Path) -> None:
+    """Build every artefact of ``config`` into ``root`` (which must not exist yet)."""
+    tmp = root.with_name(f".{root.name}.building-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        t0 = time.perf_counter()
+        data = generate_suite_data(config.n_train, config.n_valid, config.n_test, config.seed)
+        for split, rows in data.items():
+            write_records(tmp / "data" / f"{split}.jsonl", rows)
+        tokenizer = train_tokenizer((r["prompt"] + r["output"] for r in data["train"]), config.vocab_size,
+                                    tmp / "tokenizer")
+        tokenizer = load_tokenizer(tmp / "tokenizer")
+        vocab = len(tokenizer)
+        teacher = config.teacher.build(vocab, config.seed)
+        student = config.student.build(vocab, config.seed + 1)
+        report: dict[str, Any] = {"teacher_params": count_parameters(teacher),
+                                  "student_params": count_parameters(student), "vocab_size": vocab}
+        print(f"[mgsr-bench] building suite {config.key()} (first time only): teacher "
+              f"{report['teacher_params'] / 1e6:.2f}M params, {config.teacher_train['steps']} steps; student "
+              f"{report['student_params'] / 1e6:.2f}M params, SFT init {config.student_init_train['steps']} steps",
+              flush=True)
+        report["teacher_train"] = _train_stage(teacher, tokenizer, data, config.teacher_train, "build: teacher")
+        teacher.save_pretrained(tmp / "teacher")
+        report["student_init_train"] = _train_stage(student, tokenizer, data, config.student_init_train,
+                                                    "build: student SFT init")
+        student.save_pretrained(tmp / "student-init")
+        report["build_time_s"] = round(time.perf_counter() - t0, 1)
+        write_atomic(tmp / "suite.json", json.dumps({"config": dataclasses.asdict(config), "report": report}, indent=2))
+        try:
+            os.replace(tmp, root)
+        except OSError:
+            if not (root / "suite.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # a concurrent build of the same suite finished first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def ensure_suite(config: SuiteConfig = SuiteConfig()) -> Suite:
+    """Return the cached suite for ``config``, building it first when it is missing."""
+    root = cache_root() / config.key()
+    if not (root / "suite.json").is_file():
+        build_suite(config, root)
+    meta = json.loads((root / "suite.json").read_text())
+    return Suite(root=root, config=config, report=meta["report"])
+
+
+def load_suite_models(suite: Suite) -> tuple[PreTrainedTokenizerBase, LlamaForCausalLM]:
+    """The suite's tokenizer and teacher (load the student from ``suite.student_init_dir`` per run)."""
+    return load_tokenizer(suite.tokenizer_dir), load_model(suite.teacher_dir)

@@ -1,0 +1,189 @@
+"""The training loop, shared by every method; read it top to bottom.
+
+What it guarantees, identically for every method:
+
+* the teacher is frozen, in eval mode, and run under ``no_grad``;
+* the loss covers response tokens only, the mask taken from the shifted labels (so the response's
+  own EOS stays in the loss even when pad == eos);
+* reduction is the token mean over the *global* batch: each micro-batch contributes
+  ``sum of its token losses / tokens in the global batch``, so splitting a batch into
+  micro-batches with gradient accumulation (or across DDP processes) gives the same loss and
+  gradients as one big batch;
+* AdamW, cosine schedule with linear warm-up, gradient clipping, mixed precision where the device
+  supports it (via accelerate), periodic validation, and the best weights by validation score.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
+
+from mgsr_bench.config import TrainConfig
+from mgsr_bench.data.collate import IGNORE, Example, collate, shifted_labels
+from mgsr_bench.eval.generate import decoding_config, generate
+from mgsr_bench.errors import UserError
+from mgsr_bench.eval.metrics import corpus_scores
+from mgsr_bench.methods import Method
+
+
+@dataclass
+class TrainResult:
+    """What a training run reports: per-step history, the best validation point and timing."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_step: int = 0
+    best_score: float = -math.inf
+    wall_time_s: float = 0.0
+    seconds_per_step: float = 0.0
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    """``auto`` means bf16 on a GPU that supports it and full precision elsewhere (CPU included)."""
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def global_batches(examples: list[Example], batch_size: int, seed: int) -> Iterator[list[Example]]:
+    """Endless shuffled global batches; every process draws the same sequence from the same seed."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(examples), generator=gen).tolist()
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield [examples[i] for i in order[start: start + batch_size]]
+
+
+def micro_batch_loss(method: Method, student: PreTrainedModel, teacher: PreTrainedModel | None,
+                     batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of the method's per-token losses over the response tokens of one micro-batch."""
+    targets = shifted_labels(batch["labels"])
+    mask = targets != IGNORE
+    student_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    teacher_logits = None
+    if method.needs_teacher:
+        with torch.no_grad():
+            teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[mask]
+    return method.token_losses(student_logits[mask], teacher_logits, targets[mask]).sum()
+
+
+def backward_global_batch(method: Method, student: PreTrainedModel, teacher: PreTrainedModel | None,
+                          examples: list[Example], n_tokens: int, micro_batch: int, pad_id: int,
+                          accelerator: Accelerator) -> float:
+    """Accumulate the gradients of one optimiser step; returns this process's share of the loss.
+
+    ``examples`` is this process's share of the global batch and ``n_tokens`` the number of
+    response tokens in the *whole* global batch. Each micro-batch's backward pass uses
+    ``token-loss sum * world / n_tokens``: summed over micro-batches and averaged by DDP over
+    processes, that is exactly the token mean over the global batch, however it is split.
+    """
+    world = accelerator.num_processes
+    micro = [examples[i: i + micro_batch] for i in range(0, len(examples), micro_batch)]
+    total = 0.0
+    for i, chunk in enumerate(micro):
+        batch = {k: v.to(accelerator.device) for k, v in collate(chunk, pad_id).items()}
+        sync = nullcontext() if i == len(micro) - 1 else accelerator.no_sync(student)
+        with sync, accelerator.autocast():
+            loss = micro_batch_loss(method, student, teacher, batch) * world / n_tokens
+            accelerator.backward(loss)
+        total += loss.item() / world
+    return total
+
+
+def response_tokens(examples: list[Example]) -> int:
+    """Tokens that carry a loss (response tokens including EOS) in a list of examples.
+
+    With an empty prompt nothing predicts the first response token, so it carries no loss.
+    """
+    return sum(len(e.response_ids) - (0 if e.prompt_ids else 1) for e in examples)
+
+
+@torch.no_grad()
+def validation_score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, valid: list[dict[str, Any]],
+                     valid_examples: list[Example], cfg: TrainConfig, device: torch.device) -> float:
+    """Higher is better: greedy ROUGE-L on the validation records, or minus the token-mean SFT loss."""
+    if cfg.val_metric == "rougeL":
+        gen = decoding_config(tokenizer, max_new_tokens=64, greedy=True, no_repeat_ngram_size=0)
+        preds = generate(model, tokenizer, [r["prompt"] for r in valid], gen, batch_size=64)
+        return corpus_scores(preds, [r["output"] for r in valid])["rougeL"]
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(valid_examples), 64):
+        chunk = valid_examples[start: start + 64]
+        batch = {k: v.to(device) for k, v in collate(chunk, tokenizer.pad_token_id).items()}
+        targets = shifted_labels(batch["labels"])
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        total += torch.nn.functional.cross_entropy(logits[targets != IGNORE].float(), targets[targets != IGNORE],
+                                                   reduction="sum").item()
+        count += response_tokens(chunk)
+    model.train()
+    return -total / count
+
+
+def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase,
+          method: Method, train_examples: list[Example], valid: list[dict[str, Any]],
+          valid_examples: list[Example], cfg: TrainConfig, desc: str = "train") -> TrainResult:
+    """Train ``student`` in place with ``method``; on return it holds the best validated weights."""
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
+    torch.manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
+    # The scheduler is stepped by hand once per optimiser step; accelerate's prepared scheduler
+    # would step once per process and run the schedule `world` times too fast.
+    student, optimizer = accelerator.prepare(student, optimizer)
+    if method.needs_teacher:
+        if teacher is None:
+            raise ValueError(f"method {method.name!r} needs a teacher")
+        teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if len(train_examples) < cfg.global_batch * world:
+        raise UserError(f"{len(train_examples)} training examples cannot fill one global batch of "
+                        f"{cfg.global_batch * world} (micro_batch x grad_accum x processes); lower train.micro_batch")
+    batches = global_batches(train_examples, cfg.global_batch * world, cfg.seed)
+
+    result = TrainResult()
+    best_state: dict[str, torch.Tensor] | None = None
+    student.train()
+    start = time.perf_counter()
+    bar = tqdm(range(1, cfg.steps + 1), desc=desc, disable=not accelerator.is_main_process)
+    for step in bar:
+        global_batch = next(batches)
+        n_tokens = response_tokens(global_batch)  # the same on every process: no all-reduce needed
+        step_loss = backward_global_batch(method, student, teacher, global_batch[rank::world], n_tokens,
+                                          cfg.micro_batch, tokenizer.pad_token_id, accelerator)
+        if world > 1:
+            step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item()
+        if not math.isfinite(step_loss):
+            raise FloatingPointError(f"non-finite loss {step_loss} at step {step} ({desc})")
+        grad_norm = accelerator.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        record: dict[str, float] = {"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
+                                    "grad_norm": float(grad_norm)}
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            model = accelerator.unwrap_model(student)
+            score = validation_score(model, tokenizer, valid[: cfg.val_size], valid_examples[: cfg.val_size],
+                                     cfg, accelerator.device)
+            record["val_" + cfg.val_metric] = score
+            if score > result.best_score:
+                result.best_score, result.best_step = score, step
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            bar.set_postfix(loss=f"{step_loss:.3f}", val=f"{score:.2f}", best=f"{result.best_score:.2f}")
+        elif step % 10 == 0:
+            bar.set_postfix(loss=f"{step_loss:.3f}", best=f"{result.best_score:.2f}")
+        result.history.append(record)
+    result.wall_time_s = time.perf_counter() - start
+    result.seconds_per_step = result.wall_time_s / cfg.steps
+    final = accelerator.unwrap_model(student)
+    if best_state is not None:
+        final.load_state_dict(best_state)
+    final.eval()
+    return result

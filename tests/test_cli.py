@@ -1,0 +1,100 @@
+"""The command line: help, listing, bad input (one line, non-zero exit, nothing written), and a
+train -> eval -> leaderboard path on tiny random-init models saved like Hub checkpoints."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mgsr_bench.cli.main import main
+from mgsr_bench.data.jsonl import write_records
+
+from conftest import tiny_model
+
+
+def _cli(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "mgsr_bench", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=600)
+
+
+@pytest.mark.parametrize("command", ["run", "train", "eval", "leaderboard", "list"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: mgsr-bench " + command in capsys.readouterr().out
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "sft" in out and "kd" in out and "tiny-quick" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--methods", "sft,kdd"], "unknown recipe 'kdd' (did you mean 'kd'?)"),
+    (["run", "--seeds", "1,x"], "--seeds must be comma-separated integers"),
+    (["train", "kd", "--teacher", "x"], "--teacher, --student, --train-data and --valid-data go together"),
+    (["eval", "m", "--data", "nofile"], "--data takes NAME=PATH"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "out"
+    proc = _cli(*args, "--out", str(out), env={"MGSR_BENCH_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"mgsr-bench: error: {proc.stderr.split('error: ', 1)[1].strip()}"]
+    assert message in proc.stderr
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.fixture()
+def hub_style_pair(tmp_path, tokenizer, records):
+    """Teacher and student saved with save_pretrained, loaded back through from_pretrained paths."""
+    for name, hidden in (("teacher", 48), ("student", 32)):
+        tiny_model(len(tokenizer), seed=hidden, hidden=hidden).save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    write_records(tmp_path / "train.jsonl", records[:160])
+    write_records(tmp_path / "valid.jsonl", records[160:200])
+    write_records(tmp_path / "test.jsonl", records[200:216])
+    return tmp_path
+
+
+def test_mismatched_tokenizers_are_refused(hub_style_pair, tmp_path):
+    from mgsr_bench.suite.tokenizer import train_tokenizer
+
+    other = tmp_path / "other"
+    tiny_model(300).save_pretrained(other)
+    train_tokenizer(["completely different text " * 50], 300, other)
+    p = hub_style_pair
+    proc = _cli("train", "kd", "--teacher", str(p / "teacher"), "--student", str(other), "--train-data",
+                str(p / "train.jsonl"), "--valid-data", str(p / "valid.jsonl"), "--out", str(p / "run"))
+    assert proc.returncode == 2 and "tokenizers differ" in proc.stderr
+    assert not (p / "run").exists()
+
+
+def test_malformed_data_is_refused_before_compute(hub_style_pair):
+    p = hub_style_pair
+    (p / "bad.jsonl").write_text('{"instruction": "x", "output": "y"}\n[1, 2]\n')
+    proc = _cli("train", "kd", "--teacher", str(p / "teacher"), "--student", str(p / "student"), "--train-data",
+                str(p / "bad.jsonl"), "--valid-data", str(p / "valid.jsonl"), "--out", str(p / "run"))
+    assert proc.returncode == 2 and "bad.jsonl:2" in proc.stderr
+    assert not (p / "run").exists()
+
+
+def test_train_eval_leaderboard_on_saved_models(hub_style_pair):
+    p = hub_style_pair
+    proc = _cli("train", "kd", "--teacher", str(p / "teacher"), "--student", str(p / "student"), "--train-data",
+                str(p / "train.jsonl"), "--valid-data", str(p / "valid.jsonl"), "--out", str(p / "run"),
+                "--steps", "3")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((p / "run" / "training.json").read_text())
+    assert summary["config"]["method"] == "kd" and len(summary["training"]["history"]) == 3
+    proc = _cli("eval", str(p / "run" / "model"), str(p / "teacher"), "--data", f"test={p / 'test.jsonl'}",
+                "--seeds", "10,20", "--out", str(p / "eval"))
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads((p / "eval" / "records" / "run.json").read_text())
+    assert set(rec["scores"]["test"]["per_seed"]) == {"10", "20"}
+    proc = _cli("leaderboard", str(p / "eval"), "--format", "csv")
+    assert proc.returncode == 0 and proc.stdout.splitlines()[0] == "method,test,avg"
+    assert {line.split(",")[0] for line in proc.stdout.splitlines()[1:]} == {"run", "teacher"}

@@ -1,0 +1,89 @@
+import json
+
+import pytest
+
+from mgsr_bench.data.collate import IGNORE, collate, shifted_labels, tokenize_records
+from mgsr_bench.data.jsonl import read_records, write_records
+from mgsr_bench.data.template import build_prompt
+from mgsr_bench.errors import UserError
+from mgsr_bench.suite.tasks import _NAMES, FAMILIES, generate_suite_data
+
+from conftest import SHARED
+
+
+def test_suite_data_is_deterministic_and_disjoint():
+    a = generate_suite_data(300, 60, 60, seed=7)
+    b = generate_suite_data(300, 60, 60, seed=7)
+    assert a == b
+    assert generate_suite_data(300, 60, 60, seed=8)["test"] != a["test"]
+    train = {r["prompt"] for r in a["train"]}
+    for split in ("valid", "test", "shifted"):
+        assert not train & {r["prompt"] for r in a[split]}, split
+    assert {r["family"] for r in a["test"]} == set(FAMILIES)
+    for r in a["train"][:20]:
+        assert r["prompt"] == build_prompt(r["instruction"], r["input"])
+
+
+def test_shifted_split_holds_out_phrasings_and_per_family_entities():
+    data = generate_suite_data(1200, 60, 120, seed=1)
+    train_instructions = {r["instruction"].split(". ")[0] for r in data["train"]}
+    assert all(r["instruction"].split(". ")[0] not in train_instructions for r in data["shifted"])
+    names = set(_NAMES)
+
+    def names_in(rows, family):
+        return {w.strip(".,'s") for r in rows if r["family"] == family for w in r["input"].split()} & names
+
+    # QA in the shifted split asks about people that train only shows in other families.
+    shifted_qa, train_qa = names_in(data["shifted"], "qa"), names_in(data["train"], "qa")
+    assert shifted_qa and not shifted_qa & train_qa
+    assert shifted_qa <= set().union(*(names_in(data["train"], f) for f in FAMILIES if f != "qa"))
+
+
+@pytest.mark.skipif(not (SHARED / "data/instruct").is_dir(), reason="../shared/data/instruct is absent")
+@pytest.mark.parametrize("path", ["dolly/valid.jsonl", "self-inst/valid.jsonl", "vicuna/valid.jsonl"])
+def test_template_matches_minillm_prompts(path):
+    rows = read_records(SHARED / "data/instruct" / path)
+    assert rows and all(build_prompt(r["instruction"], r.get("input", "")) == r["prompt"] for r in rows)
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"instruction": "a", "output": "b"}\n{not json}\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:2"):
+        read_records(path)
+    path.write_text('{"instruction": "a"}\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:1: missing key\(s\) output"):
+        read_records(path)
+    path.write_text("\n")
+    with pytest.raises(UserError, match="empty data file"):
+        read_records(path)
+    with pytest.raises(UserError, match="not found"):
+        read_records(tmp_path / "missing.jsonl")
+
+
+def test_records_round_trip(tmp_path, records):
+    write_records(tmp_path / "x.jsonl", records[:5])
+    assert read_records(tmp_path / "x.jsonl") == records[:5]
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_pad_equals_eos_labels_keep_the_response_eos(tokenizer, records):
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    examples = tokenize_records(records[:4], tokenizer)
+    batch = collate(examples, tokenizer.pad_token_id)
+    eos = tokenizer.eos_token_id
+    for i, e in enumerate(examples):
+        row_labels = batch["labels"][i]
+        n_prompt, n_resp = len(e.prompt_ids), len(e.response_ids)
+        assert (row_labels[:n_prompt] == IGNORE).all()
+        assert row_labels[n_prompt: n_prompt + n_resp].tolist() == e.response_ids
+        assert e.response_ids[-1] == eos
+        assert (row_labels[n_prompt + n_resp:] == IGNORE).all()  # padding, also eos ids, is ignored
+        # The position before the final EOS predicts it: the EOS is a loss target.
+        targets = shifted_labels(batch["labels"])[i]
+        assert targets[n_prompt + n_resp - 2].item() == eos
+        assert int((targets != IGNORE).sum()) == n_resp
+    # A mask taken from input_ids != pad would lose every response's EOS; the labels keep them all.
+    ids = batch["input_ids"]
+    naive = (ids != tokenizer.pad_token_id) & (batch["labels"] != IGNORE)
+    assert int(naive.sum()) == int((batch["labels"] != IGNORE).sum()) - len(examples)

@@ -1,0 +1,31 @@
+"""The main job end to end on the smoke-sized suite: build, train SFT and KD, evaluate, table."""
+
+import csv
+import json
+
+from test_cli import _cli
+
+
+def test_run_quick_end_to_end(tmp_path):
+    env = {"MGSR_BENCH_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "out"
+    proc = _cli("run", "--quick", "--out", str(out), "--seeds", "10,20", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "building suite tiny-quick" in proc.stdout
+    rows = list(csv.DictReader((out / "leaderboard.csv").open()))
+    assert [r["method"] for r in rows] == ["teacher", "sft", "kd"]
+    assert set(rows[0]) == {"method", "shifted", "test", "avg"}
+    for name in ("teacher", "sft", "kd"):
+        rec = json.loads((out / "records" / f"{name}.json").read_text())
+        assert set(rec["scores"]) == {"test", "shifted"}
+        assert set(rec["scores"]["test"]["per_seed"]) == {"10", "20"}
+        assert set(rec["scores"]["test"]["per_seed"]["10"]["family_exact_match"]) == {
+            "qa", "extract", "sort", "arith", "classify", "rewrite"}
+    assert (out / "models" / "kd" / "model.safetensors").is_file()
+    assert "| teacher" in proc.stdout
+    assert not list(out.rglob(".*tmp*"))
+
+    # A second command reuses the cached suite instead of rebuilding it.
+    proc = _cli("train", "sft", "--quick", "--steps", "1", "--out", str(tmp_path / "again"), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "building suite" not in proc.stdout

@@ -1,0 +1,40 @@
+import pytest
+from rouge_score import rouge_scorer
+
+from mgsr_bench.eval.metrics import corpus_scores, exact_match, normalize_answer, rouge_l
+
+PAIRS = [
+    ("The cat sat on the mat.", "A cat was sitting on the mat."),
+    ("Tom has 41 apples now.", "Tom has 14 apples now."),
+    ("running quickly", "runs quick"),
+    ("", "something"),
+]
+
+
+@pytest.mark.parametrize("pred,ref", PAIRS)
+def test_rouge_l_equals_rouge_score(pred, ref):
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    assert rouge_l(pred, ref) == scorer.score(ref, pred)["rougeL"].fmeasure
+
+
+def test_rouge_l_max_over_references():
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    refs = ["a totally different answer", "the cat sat on the mat"]
+    expected = max(scorer.score(r, "the cat sat on a mat")["rougeL"].fmeasure for r in refs)
+    assert rouge_l("the cat sat on a mat", refs) == expected
+    assert expected > scorer.score(refs[0], "the cat sat on a mat")["rougeL"].fmeasure
+
+
+def test_stemming_is_on():
+    assert rouge_l("running dogs", "run dog") == 1.0
+
+
+def test_corpus_scores_scale_and_exact_match():
+    scores = corpus_scores(["Tom has 41 apples now.", "Odd."], ["Tom has 41 apples now", ["even", "odd"]])
+    assert scores["exact_match"] == 100.0
+    assert scores["rougeL"] == pytest.approx(100.0)
+    assert corpus_scores(["Tom has 14 apples now."], ["Tom has 41 apples now."])["exact_match"] == 0.0
+    assert normalize_answer("The  Cat, sat!") == "cat sat"
+    assert exact_match("an answer", ["answer"]) == 1.0
+    with pytest.raises(ValueError):
+        corpus_scores(["a"], [])

@@ -1,0 +1,71 @@
+import json
+
+import pytest
+
+from mgsr_bench.errors import UserError
+from mgsr_bench.results import leaderboard_frame, load_records, make_record, read_record, render_leaderboard, write_record
+
+
+def _scores(values_by_dataset):
+    out = {}
+    for name, values in values_by_dataset.items():
+        per_seed = {str(10 * (i + 1)): {"rougeL": v, "exact_match": v / 2, "family_exact_match": {"arith": v / 4}}
+                    for i, v in enumerate(values)}
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
+        out[name] = {"n": 10, "per_seed": per_seed, "rougeL": {"mean": mean, "std": std},
+                     "exact_match": {"mean": mean / 2, "std": std / 2}}
+    return out
+
+
+def _record(label, values_by_dataset):
+    return make_record(label=label, method=label, config={"recipe": label}, pair={"name": "tiny"},
+                       evaluation={"seeds": [10, 20]}, scores=_scores(values_by_dataset), wall_time_s=1.5)
+
+
+def test_record_round_trip(tmp_path):
+    rec = _record("kd", {"test": [50.0, 52.0]})
+    path = write_record(rec, tmp_path / "kd.json")
+    assert read_record(path) == json.loads(json.dumps(rec))
+    assert rec["config_hash"] and rec["versions"]["torch"] and "created" in rec
+
+
+def test_bad_records_name_the_field(tmp_path):
+    rec = _record("kd", {"test": [50.0]})
+    del rec["scores"]["test"]["rougeL"]
+    with pytest.raises(UserError, match=r"scores.test.rougeL"):
+        write_record(rec, tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
+    path = tmp_path / "y.json"
+    rec = _record("kd", {"test": [50.0]})
+    rec.pop("pair")
+    path.write_text(json.dumps(rec))
+    with pytest.raises(UserError, match="missing field 'pair'"):
+        read_record(path)
+    path.write_text("{bad json")
+    with pytest.raises(UserError, match="invalid JSON"):
+        read_record(path)
+
+
+def test_leaderboard_pivot_hand_computed(tmp_path):
+    write_record(_record("kd", {"test": [50.0, 54.0], "shifted": [30.0, 30.0]}), tmp_path / "a" / "kd.json")
+    write_record(_record("teacher", {"test": [80.0, 80.0], "shifted": [60.0, 70.0]}), tmp_path / "teacher.json")
+    write_record(_record("sft", {"test": [40.0, 40.0], "shifted": [20.0, 22.0]}), tmp_path / "sft.json")
+    (tmp_path / "other.json").write_text('{"not": "a record"}')
+    records = load_records(tmp_path)
+    table = leaderboard_frame(records)
+    assert list(table.index) == ["teacher", "sft", "kd"]
+    assert table.loc["kd", "test"] == "52.00 ± 2.83"
+    assert table.loc["kd", "avg"] == "41.00"  # (52 + 30) / 2
+    assert table.loc["teacher", "shifted"] == "65.00 ± 7.07"
+    md = render_leaderboard(records)
+    assert "| teacher" in md and "Exact match by task family on test" in md
+    csv = render_leaderboard(records, "csv").splitlines()
+    assert csv[0] == "method,shifted,test,avg" and csv[1].startswith("teacher,")
+
+
+def test_leaderboard_errors(tmp_path):
+    with pytest.raises(UserError, match="no run records"):
+        load_records(tmp_path)
+    with pytest.raises(UserError, match="not found"):
+        load_records(tmp_path / "missing")

@@ -1,0 +1,75 @@
+import pytest
+import torch
+from accelerate import Accelerator
+
+from mgsr_bench.config import train_config
+from mgsr_bench.data.collate import tokenize_records
+from mgsr_bench.methods import get_method
+from mgsr_bench.train import train
+from mgsr_bench.train.loop import backward_global_batch, response_tokens, validation_score
+
+from conftest import tiny_model
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("method_name", ["sft", "kd"])
+def test_gradient_accumulation_gives_the_same_loss_and_gradients(method_name, tokenizer, records, teacher):
+    """One batch of 8 vs micro-batches of 4, 2 and 3 (uneven): same token-mean loss and gradients."""
+    examples = tokenize_records(records[:8], tokenizer)
+    assert len({len(e.response_ids) for e in examples}) > 1  # unequal lengths make naive averaging wrong
+    method = get_method(method_name)
+    n_tokens = response_tokens(examples)
+    accelerator = Accelerator(cpu=True)
+    results = []
+    for micro in (8, 4, 2, 3):
+        student = tiny_model(len(tokenizer), seed=1).double()
+        loss = backward_global_batch(method, student, teacher.double(), examples, n_tokens, micro,
+                                     tokenizer.pad_token_id, accelerator)
+        results.append((loss, _grads(student)))
+    ref_loss, ref_grads = results[0]
+    for loss, grads in results[1:]:
+        assert loss == pytest.approx(ref_loss, rel=1e-12)
+        for name in ref_grads:
+            torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-10, atol=1e-12)
+
+
+def test_naive_micro_batch_averaging_would_differ(tokenizer, records):
+    """The check above can fail: averaging per-micro-batch means gives a different loss."""
+    examples = tokenize_records(records[:8], tokenizer)
+    method = get_method("sft")
+    accelerator = Accelerator(cpu=True)
+    student = tiny_model(len(tokenizer), seed=1).double()
+    global_mean = backward_global_batch(method, student, None, examples, response_tokens(examples), 8,
+                                        tokenizer.pad_token_id, accelerator)
+    naive = sum(backward_global_batch(method, student, None, examples[i:i + 2], response_tokens(examples[i:i + 2]),
+                                      2, tokenizer.pad_token_id, accelerator) for i in range(0, 8, 2)) / 4
+    assert abs(naive - global_mean) > 1e-6
+
+
+def test_training_reduces_loss_keeps_teacher_frozen_and_restores_best(tokenizer, records, teacher):
+    examples = tokenize_records(records[:200], tokenizer)
+    valid = records[200:]
+    valid_ex = tokenize_records(valid, tokenizer)
+    student = tiny_model(len(tokenizer), seed=1)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    cfg = train_config({"steps": 12, "micro_batch": 4, "grad_accum": 2, "lr": 5e-3, "eval_every": 4,
+                        "val_metric": "loss", "val_size": 40})
+    result = train(student, teacher, tokenizer, get_method("kd"), examples, valid, valid_ex, cfg)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    vals = [h["val_loss"] for h in result.history if "val_loss" in h]
+    assert len(vals) == 3 and result.best_score == max(vals)
+    again = validation_score(student, tokenizer, valid, valid_ex, cfg, torch.device("cpu"))
+    assert again == pytest.approx(result.best_score, rel=1e-5)
+
+
+def test_kd_without_teacher_is_refused(tokenizer, records):
+    examples = tokenize_records(records[:8], tokenizer)
+    cfg = train_config({"steps": 1, "micro_batch": 4, "val_metric": "loss"})
+    with pytest.raises(ValueError, match="needs a teacher"):
+        train(tiny_model(len(tokenizer)), None, tokenizer, get_method("kd"), examples, records[:4],
+              examples[:4], cfg)
