@@ -11,6 +11,8 @@ Conventions used throughout mgsr-bench:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -25,14 +27,120 @@ def cross_entropy(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.
     return -_log_probs(student_logits, 1.0).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+               cross_entropy_form: bool = False) -> torch.Tensor:
     """Exact forward KL, ``KL(p || q) = sum_v p(v) (log p(v) - log q(v))``, per token.
 
     Convention: the exact KL, as TRL and DistillKit compute it; zero when student equals teacher.
-    DistiLLM, MiniLLM and torchtune minimise the cross-entropy ``-sum_v p(v) log q(v)`` instead,
-    which is this value plus the teacher entropy H(p): a constant for the student, so the
-    gradients are identical. No ``tau**2`` factor is applied.
+    DistiLLM, MiniLLM and torchtune minimise the cross-entropy ``-sum_v p(v) log q(v)`` instead
+    (``cross_entropy_form=True``), which is this value plus the teacher entropy H(p): a constant
+    for the student, so the gradients are identical. No ``tau**2`` factor is applied.
     """
     log_q = _log_probs(student_logits, temperature)
     log_p = _log_probs(teacher_logits, temperature)
+    if cross_entropy_form:
+        return -(log_p.exp() * log_q).sum(-1)
     return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Reverse KL, ``KL(q || p) = sum_v q(v) (log q(v) - log p(v))``, per token (mode-seeking).
+
+    Convention: the same in MiniLLM, DistiLLM, TRL (``beta = 1`` of its generalized JSD) and DistillKit.
+    """
+    log_q = _log_probs(student_logits, temperature)
+    log_p = _log_probs(teacher_logits, temperature)
+    return (log_q.exp() * (log_q - log_p)).sum(-1)
+
+
+def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.5,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """Generalized Jensen-Shannon divergence in TRL's convention (``GKDTrainer``), per token.
+
+    ``M = beta * p + (1 - beta) * q`` and ``JSD_beta = beta * KL(p || M) + (1 - beta) * KL(q || M)``.
+    As TRL does, the endpoints are defined as the KL limits: ``beta = 0`` gives ``KL(p || q)``
+    (forward) and ``beta = 1`` gives ``KL(q || p)`` (reverse); ``beta = 0.5`` is the symmetric JSD.
+    DistiLLM's ``js_distance`` with mixing weight ``lam`` weights the *student* by ``lam`` in M,
+    so it equals this function with ``beta = 1 - lam`` (see docs/divergences.md).
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if beta == 0.0:
+        return forward_kl(student_logits, teacher_logits, temperature)
+    if beta == 1.0:
+        return reverse_kl(student_logits, teacher_logits, temperature)
+    log_q = _log_probs(student_logits, temperature)
+    log_p = _log_probs(teacher_logits, temperature)
+    log_m = torch.logsumexp(torch.stack([log_p + math.log(beta), log_q + math.log(1 - beta)]), dim=0)
+    kl_p = (log_p.exp() * (log_p - log_m)).sum(-1)
+    kl_q = (log_q.exp() * (log_q - log_m)).sum(-1)
+    return beta * kl_p + (1 - beta) * kl_q
+
+
+def total_variation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Total variation distance, ``0.5 * sum_v |p(v) - q(v)|``, per token (in [0, 1])."""
+    p = _log_probs(teacher_logits, temperature).exp()
+    q = _log_probs(student_logits, temperature).exp()
+    return 0.5 * (p - q).abs().sum(-1)
+
+
+def skew_forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha: float = 0.1,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """DistiLLM's skew KL, ``KL(p || alpha * p + (1 - alpha) * q)``, per token (alpha = 0.1 there).
+
+    ``alpha = 0`` is the forward KL; the mixture keeps the gradient bounded where q is tiny.
+    """
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+    log_q = _log_probs(student_logits, temperature)
+    log_p = _log_probs(teacher_logits, temperature)
+    log_mix = log_q if alpha == 0 else torch.logsumexp(
+        torch.stack([log_p + math.log(alpha), log_q + math.log(1 - alpha)]), dim=0)
+    return (log_p.exp() * (log_p - log_mix)).sum(-1)
+
+
+def skew_reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha: float = 0.1,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """DistiLLM's skew reverse KL, ``KL(q || (1 - alpha) * p + alpha * q)``, per token.
+
+    ``alpha = 0`` is the reverse KL.
+    """
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+    log_q = _log_probs(student_logits, temperature)
+    log_p = _log_probs(teacher_logits, temperature)
+    log_mix = log_p if alpha == 0 else torch.logsumexp(
+        torch.stack([log_p + math.log(1 - alpha), log_q + math.log(alpha)]), dim=0)
+    return (log_q.exp() * (log_q - log_mix)).sum(-1)
+
+
+def symmetric_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, weight: float = 0.5,
+                 temperature: float = 1.0) -> torch.Tensor:
+    """Mix of the two KLs, ``(1 - weight) * KL(p || q) + weight * KL(q || p)``, per token."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    return ((1 - weight) * forward_kl(student_logits, teacher_logits, temperature)
+            + weight * reverse_kl(student_logits, teacher_logits, temperature))
+
+
+def alpha_beta_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha: float = 0.5,
+                          beta: float = 0.5, temperature: float = 1.0) -> torch.Tensor:
+    """The alpha-beta divergence of ABKD (Wang et al., ICML 2025), per token.
+
+    ``D_AB(p || q) = -1 / (alpha * beta) * sum_v [p^alpha q^beta - alpha / (alpha + beta) p^(alpha+beta)
+    - beta / (alpha + beta) q^(alpha+beta)]`` for ``alpha, beta, alpha + beta != 0``. Its limits
+    ``(alpha, beta) = (1, 0)`` and ``(0, 1)`` are the forward and reverse KL and are returned as such;
+    ``alpha = beta = 0.5`` is four times the squared Hellinger distance. Powers are taken in log space.
+    """
+    if (alpha, beta) == (1.0, 0.0):
+        return forward_kl(student_logits, teacher_logits, temperature)
+    if (alpha, beta) == (0.0, 1.0):
+        return reverse_kl(student_logits, teacher_logits, temperature)
+    if alpha == 0 or beta == 0 or alpha + beta == 0:
+        raise ValueError(f"alpha-beta divergence needs alpha, beta, alpha + beta != 0 "
+                         f"(or the KL limits (1, 0), (0, 1)); got ({alpha}, {beta})")
+    log_q = _log_probs(student_logits, temperature)
+    log_p = _log_probs(teacher_logits, temperature)
+    s = alpha + beta
+    terms = ((alpha * log_p + beta * log_q).exp() - alpha / s * (s * log_p).exp() - beta / s * (s * log_q).exp())
+    return -terms.sum(-1) / (alpha * beta)

@@ -1,10 +1,17 @@
-"""Built-in methods of the foundation harness: supervised fine-tuning and forward-KL KD."""
+"""Built-in methods on ground-truth responses: SFT, and token-level distillation with each divergence.
+
+Every distillation method here is ``(1 - sft_weight) * D(p_tau, q_tau) + sft_weight * CE(y)`` per
+response token, with ``D`` one of the divergences in :mod:`mgsr_bench.losses.divergences` (see
+docs/divergences.md for formulas and conventions). Methods that sample (GKD, DistiLLM, SeqKD,
+f-distill) build on the sampling sources and are registered with them.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from mgsr_bench.losses import cross_entropy, forward_kl
+from mgsr_bench.losses import divergences as D
+from mgsr_bench.losses.divergences import cross_entropy
 from mgsr_bench.methods.base import Method
 from mgsr_bench.methods.registry import register
 
@@ -20,15 +27,8 @@ class SFT(Method):
         return cross_entropy(student_logits, targets)
 
 
-@register
-class KD(Method):
-    """Word-level KD (Hinton et al., 2015; Kim & Rush, 2016) on ground-truth responses.
-
-    ``L = (1 - sft_weight) * KL(p_tau || q_tau) + sft_weight * CE(y)`` per token, with the exact
-    forward KL (see :func:`mgsr_bench.losses.forward_kl`).
-    """
-
-    name = "kd"
+class _Distillation(Method):
+    """Token-level distillation with one divergence, optionally mixed with the SFT loss."""
 
     def __init__(self, temperature: float = 1.0, sft_weight: float = 0.0) -> None:
         if temperature <= 0:
@@ -38,8 +38,87 @@ class KD(Method):
         self.temperature = temperature
         self.sft_weight = sft_weight
 
+    def divergence(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def token_losses(self, student_logits, teacher_logits, targets) -> torch.Tensor:
-        loss = forward_kl(student_logits, teacher_logits, self.temperature)
+        loss = self.divergence(student_logits, teacher_logits)
         if self.sft_weight:
             loss = (1 - self.sft_weight) * loss + self.sft_weight * cross_entropy(student_logits, targets)
         return loss
+
+
+@register
+class KD(_Distillation):
+    """Word-level KD (Hinton et al., 2015; Kim & Rush, 2016): forward KL(p || q) on ground truth."""
+
+    name = "kd"
+
+    def __init__(self, temperature: float = 1.0, sft_weight: float = 0.0, cross_entropy_form: bool = False) -> None:
+        super().__init__(temperature, sft_weight)
+        self.cross_entropy_form = cross_entropy_form
+
+    def divergence(self, student_logits, teacher_logits):
+        return D.forward_kl(student_logits, teacher_logits, self.temperature, self.cross_entropy_form)
+
+
+@register
+class RKL(_Distillation):
+    """Reverse KL(q || p) on ground-truth responses."""
+
+    name = "rkl"
+
+    def divergence(self, student_logits, teacher_logits):
+        return D.reverse_kl(student_logits, teacher_logits, self.temperature)
+
+
+@register
+class JSD(_Distillation):
+    """Generalized JSD(beta), TRL's convention, on ground-truth responses (GKD with lambda = 0)."""
+
+    name = "jsd"
+
+    def __init__(self, beta: float = 0.5, temperature: float = 1.0, sft_weight: float = 0.0) -> None:
+        super().__init__(temperature, sft_weight)
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must be in [0, 1], got {beta}")
+        self.beta = beta
+
+    def divergence(self, student_logits, teacher_logits):
+        return D.generalized_jsd(student_logits, teacher_logits, self.beta, self.temperature)
+
+
+@register
+class TVD(_Distillation):
+    """Total variation distance on ground-truth responses."""
+
+    name = "tvd"
+
+    def divergence(self, student_logits, teacher_logits):
+        return D.total_variation(student_logits, teacher_logits, self.temperature)
+
+
+@register
+class SkewForwardKL(_Distillation):
+    """DistiLLM's skew forward KL(p || a p + (1 - a) q) on ground-truth responses."""
+
+    name = "sfkl"
+
+    def __init__(self, alpha: float = 0.1, temperature: float = 1.0, sft_weight: float = 0.0) -> None:
+        super().__init__(temperature, sft_weight)
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+        self.alpha = alpha
+
+    def divergence(self, student_logits, teacher_logits):
+        return D.skew_forward_kl(student_logits, teacher_logits, self.alpha, self.temperature)
+
+
+@register
+class SkewReverseKL(SkewForwardKL):
+    """DistiLLM's skew reverse KL(q || (1 - a) p + a q) on ground-truth responses."""
+
+    name = "srkl"
+
+    def divergence(self, student_logits, teacher_logits):
+        return D.skew_reverse_kl(student_logits, teacher_logits, self.alpha, self.temperature)
