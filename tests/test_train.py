@@ -22,11 +22,12 @@ def test_gradient_accumulation_gives_the_same_loss_and_gradients(method_name, to
     assert len({len(e.response_ids) for e in examples}) > 1  # unequal lengths make naive averaging wrong
     method = get_method(method_name)
     n_tokens = response_tokens(examples)
-    accelerator = Accelerator(cpu=True)
+    accelerator = Accelerator()
+    teacher = teacher.double().to(accelerator.device)
     results = []
     for micro in (8, 4, 2, 3):
-        student = tiny_model(len(tokenizer), seed=1).double()
-        loss = backward_global_batch(method, student, teacher.double(), examples, n_tokens, micro,
+        student = tiny_model(len(tokenizer), seed=1).double().to(accelerator.device)
+        loss = backward_global_batch(method, student, teacher, examples, n_tokens, micro,
                                      tokenizer.pad_token_id, accelerator)
         results.append((loss, _grads(student)))
     ref_loss, ref_grads = results[0]
@@ -40,8 +41,8 @@ def test_naive_micro_batch_averaging_would_differ(tokenizer, records):
     """The check above can fail: averaging per-micro-batch means gives a different loss."""
     examples = tokenize_records(records[:8], tokenizer)
     method = get_method("sft")
-    accelerator = Accelerator(cpu=True)
-    student = tiny_model(len(tokenizer), seed=1).double()
+    accelerator = Accelerator()
+    student = tiny_model(len(tokenizer), seed=1).double().to(accelerator.device)
     global_mean = backward_global_batch(method, student, None, examples, response_tokens(examples), 8,
                                         tokenizer.pad_token_id, accelerator)
     naive = sum(backward_global_batch(method, student, None, examples[i:i + 2], response_tokens(examples[i:i + 2]),
@@ -59,11 +60,11 @@ def test_training_reduces_loss_keeps_teacher_frozen_and_restores_best(tokenizer,
                         "val_metric": "loss", "val_size": 40})
     result = train(student, teacher, tokenizer, get_method("kd"), examples, valid, valid_ex, cfg)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
-    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+    assert all(torch.equal(v, teacher.state_dict()[k].cpu()) for k, v in before.items())
     assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
     vals = [h["val_loss"] for h in result.history if "val_loss" in h]
     assert len(vals) == 3 and result.best_score == max(vals)
-    again = validation_score(student, tokenizer, valid, valid_ex, cfg, torch.device("cpu"))
+    again = validation_score(student, tokenizer, valid, valid_ex, cfg, next(student.parameters()).device)
     assert again == pytest.approx(result.best_score, rel=1e-5)
 
 
@@ -73,3 +74,18 @@ def test_kd_without_teacher_is_refused(tokenizer, records):
     with pytest.raises(ValueError, match="needs a teacher"):
         train(tiny_model(len(tokenizer)), None, tokenizer, get_method("kd"), examples, records[:4],
               examples[:4], cfg)
+
+
+def test_every_registered_method_and_recipe_trains_a_step(tokenizer, records, teacher):
+    from mgsr_bench.config import available_recipes, load_recipe
+    from mgsr_bench.methods import available_methods
+
+    examples = tokenize_records(records[:16], tokenizer)
+    cfg = train_config({"steps": 1, "micro_batch": 8, "val_metric": "loss", "val_size": 8})
+    recipes = [load_recipe(str(p)) for p in available_recipes().values()]
+    assert {r.method for r in recipes} == set(available_methods())  # every method ships a recipe
+    for recipe in recipes:
+        student = tiny_model(len(tokenizer), seed=1)
+        result = train(student, teacher, tokenizer, get_method(recipe.method, **recipe.options), examples,
+                       records[16:24], tokenize_records(records[16:24], tokenizer), cfg, desc=recipe.name)
+        assert len(result.history) == 1 and result.history[0]["loss"] > 0, recipe.name

@@ -1,0 +1,39 @@
+"""GPU-only checks (skipped without CUDA): bf16 mixed precision in the shared harness, and
+generation on the device. Run on a lent GPU with tests/gpu_check.sh."""
+
+import pytest
+import torch
+
+from mgsr_bench.config import train_config
+from mgsr_bench.data.collate import tokenize_records
+from mgsr_bench.eval.generate import decoding_config, generate
+from mgsr_bench.methods import get_method
+from mgsr_bench.train import train
+from mgsr_bench.train.loop import resolve_mixed_precision
+
+from conftest import tiny_model
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_auto_mixed_precision_is_bf16_on_a_bf16_gpu():
+    assert resolve_mixed_precision("auto") == ("bf16" if torch.cuda.is_bf16_supported() else "no")
+
+
+def test_kd_trains_in_bf16_on_gpu(tokenizer, records, teacher):
+    student = tiny_model(len(tokenizer), seed=1)
+    cfg = train_config({"steps": 20, "micro_batch": 8, "grad_accum": 2, "lr": 5e-3, "eval_every": 20,
+                        "val_metric": "loss", "val_size": 32})
+    result = train(student, teacher, tokenizer, get_method("kd"), tokenize_records(records[:200], tokenizer),
+                   records[200:], tokenize_records(records[200:], tokenizer), cfg)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert next(student.parameters()).device.type == "cuda"
+    assert next(student.parameters()).dtype == torch.float32  # fp32 master weights under autocast
+
+
+def test_generation_on_gpu_matches_prompt_count(tokenizer, records):
+    model = tiny_model(len(tokenizer)).cuda()
+    prompts = [r["prompt"] for r in records[:10]]
+    out = generate(model, tokenizer, prompts, decoding_config(tokenizer, 8, greedy=False), batch_size=4, seed=10)
+    again = generate(model, tokenizer, prompts, decoding_config(tokenizer, 8, greedy=False), batch_size=4, seed=10)
+    assert len(out) == 10 and out == again
