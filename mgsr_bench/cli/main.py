@@ -43,8 +43,15 @@ def _eval_settings(args: argparse.Namespace, suite_config=None):
     if suite_config is not None:
         settings.max_new_tokens = suite_config.max_new_tokens
         settings.no_repeat_ngram_size = suite_config.no_repeat_ngram_size
-    if settings.batch_size < 1:
-        raise UserError(f"--eval-batch-size must be >= 1, got {settings.batch_size}")
+    if args.max_new_tokens is not None:
+        settings.max_new_tokens = args.max_new_tokens
+    if args.no_repeat_ngram_size is not None:
+        settings.no_repeat_ngram_size = args.no_repeat_ngram_size
+    for name in ("batch_size", "max_new_tokens"):
+        if getattr(settings, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(settings, name)}")
+    if settings.no_repeat_ngram_size < 0:
+        raise UserError(f"--no-repeat-ngram-size must be >= 0, got {settings.no_repeat_ngram_size}")
     return settings
 
 
@@ -59,6 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite_config = _suite_config(args.quick)
     recipes = _load_recipes(args.methods)
     settings = _eval_settings(args, suite_config)
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {args.steps}")
     overrides = {"steps": args.steps} if args.steps is not None else {}
     out = Path(args.out)
     _prepare_out(out)
@@ -138,19 +147,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mgsr_bench.suite.build import EVAL_SPLITS, ensure_suite
 
     if args.data:
+        args.max_new_tokens = 256 if args.max_new_tokens is None else args.max_new_tokens
         datasets = {}
         for spec in args.data:
             name, sep, path = spec.partition("=")
             if not sep or not name or not path:
                 raise UserError(f"--data takes NAME=PATH, got {spec!r}")
             datasets[name] = read_records(path)
-    settings = _eval_settings(args)
+    settings = _eval_settings(args, None if args.data else _suite_config(args.quick))
     out = Path(args.out)
     _prepare_out(out)
     if not args.data:
         suite = ensure_suite(_suite_config(args.quick))
-        settings.max_new_tokens = suite.config.max_new_tokens
-        settings.no_repeat_ngram_size = suite.config.no_repeat_ngram_size
         datasets = {split: suite.split(split) for split in EVAL_SPLITS}
     for model_path in args.models:
         t0 = time.perf_counter()
@@ -209,6 +217,10 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="10,20,30,40,50", help="sampling seeds (default: 10,20,30,40,50)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of the protocol's sampling")
     p.add_argument("--eval-batch-size", type=int, default=64, help="generation batch size (default: 64)")
+    p.add_argument("--max-new-tokens", type=int,
+                   help="generation budget (default: the tiny suite's 64; 256 with --data)")
+    p.add_argument("--no-repeat-ngram-size", type=int,
+                   help="n-gram ban over prompt + output (default: the tiny suite's 0; the protocol's 6 with --data)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -126,8 +126,9 @@ class Suite:
         return read_records(self.root / "data" / f"{name}.jsonl")
 
     def pair(self) -> dict[str, Any]:
-        """The pair description that goes into run records."""
-        return {"name": self.config.key(), "teacher": str(self.teacher_dir), "student": str(self.student_init_dir),
+        """The pair description that goes into run records (paths relative to the suite cache)."""
+        key = self.config.key()
+        return {"name": key, "teacher": f"{key}/teacher", "student": f"{key}/student-init",
                 "teacher_params": self.report["teacher_params"], "student_params": self.report["student_params"]}
 
 
