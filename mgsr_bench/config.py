@@ -47,6 +47,7 @@ class TrainConfig:
     val_size: int = 120
     seed: int = 1
     mixed_precision: str = "auto"  # "auto": bf16 where the device supports it, else fp32
+    loss_chunk_size: int = 1024  # response tokens per chunk of full-vocabulary logits; 0 = full logits
 
     def validate(self) -> None:
         """Reject impossible settings before any compute."""
@@ -54,6 +55,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.loss_chunk_size < 0:
+            raise UserError(f"train.loss_chunk_size must be >= 0, got {self.loss_chunk_size}")
         if self.lr <= 0:
             raise UserError(f"train.lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:

@@ -73,6 +73,17 @@ def test_mismatched_tokenizers_are_refused(hub_style_pair, tmp_path):
     assert not (p / "run").exists()
 
 
+def test_student_with_too_few_embedding_rows_is_refused(hub_style_pair, tokenizer):
+    p = hub_style_pair
+    small = p / "small"
+    tiny_model(len(tokenizer) - 10).save_pretrained(small)
+    tokenizer.save_pretrained(small)
+    proc = _cli("train", "kd", "--teacher", str(p / "teacher"), "--student", str(small), "--train-data",
+                str(p / "train.jsonl"), "--valid-data", str(p / "valid.jsonl"), "--out", str(p / "run"))
+    assert proc.returncode == 2 and "student has" in proc.stderr and "embedding rows" in proc.stderr
+    assert not (p / "run").exists()
+
+
 def test_malformed_data_is_refused_before_compute(hub_style_pair):
     p = hub_style_pair
     (p / "bad.jsonl").write_text('{"instruction": "x", "output": "y"}\n[1, 2]\n')

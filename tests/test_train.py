@@ -6,7 +6,7 @@ from mgsr_bench.config import train_config
 from mgsr_bench.data.collate import tokenize_records
 from mgsr_bench.methods import get_method
 from mgsr_bench.train import train
-from mgsr_bench.train.loop import backward_global_batch, response_tokens, validation_score
+from mgsr_bench.train.loop import backward_global_batch, micro_batch_loss, response_tokens, validation_score
 
 from conftest import tiny_model
 
@@ -15,9 +15,11 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("method_name", ["sft", "kd"])
-def test_gradient_accumulation_gives_the_same_loss_and_gradients(method_name, tokenizer, records, teacher):
-    """One batch of 8 vs micro-batches of 4, 2 and 3 (uneven): same token-mean loss and gradients."""
+@pytest.mark.parametrize("chunk_size", [0, 7])
+@pytest.mark.parametrize("method_name", ["sft", "kd", "jsd"])
+def test_gradient_accumulation_gives_the_same_loss_and_gradients(method_name, chunk_size, tokenizer, records, teacher):
+    """One batch of 8 vs micro-batches of 4, 2 and 3 (uneven): same token-mean loss and gradients,
+    with full logits (chunk_size 0) and with the chunked loss."""
     examples = tokenize_records(records[:8], tokenizer)
     assert len({len(e.response_ids) for e in examples}) > 1  # unequal lengths make naive averaging wrong
     method = get_method(method_name)
@@ -28,7 +30,7 @@ def test_gradient_accumulation_gives_the_same_loss_and_gradients(method_name, to
     for micro in (8, 4, 2, 3):
         student = tiny_model(len(tokenizer), seed=1).double().to(accelerator.device)
         loss = backward_global_batch(method, student, teacher, examples, n_tokens, micro,
-                                     tokenizer.pad_token_id, accelerator)
+                                     tokenizer.pad_token_id, accelerator, len(tokenizer), chunk_size)
         results.append((loss, _grads(student)))
     ref_loss, ref_grads = results[0]
     for loss, grads in results[1:]:
@@ -44,9 +46,10 @@ def test_naive_micro_batch_averaging_would_differ(tokenizer, records):
     accelerator = Accelerator()
     student = tiny_model(len(tokenizer), seed=1).double().to(accelerator.device)
     global_mean = backward_global_batch(method, student, None, examples, response_tokens(examples), 8,
-                                        tokenizer.pad_token_id, accelerator)
+                                        tokenizer.pad_token_id, accelerator, len(tokenizer))
     naive = sum(backward_global_batch(method, student, None, examples[i:i + 2], response_tokens(examples[i:i + 2]),
-                                      2, tokenizer.pad_token_id, accelerator) for i in range(0, 8, 2)) / 4
+                                      2, tokenizer.pad_token_id, accelerator, len(tokenizer))
+                for i in range(0, 8, 2)) / 4
     assert abs(naive - global_mean) > 1e-6
 
 
@@ -89,3 +92,43 @@ def test_every_registered_method_and_recipe_trains_a_step(tokenizer, records, te
         result = train(student, teacher, tokenizer, get_method(recipe.method, **recipe.options), examples,
                        records[16:24], tokenize_records(records[16:24], tokenizer), cfg, desc=recipe.name)
         assert len(result.history) == 1 and result.history[0]["loss"] > 0, recipe.name
+
+
+@pytest.mark.parametrize("method_name", ["sft", "kd", "rkl"])
+def test_chunked_loss_equals_full_logits_in_the_harness(method_name, tokenizer, records, teacher):
+    from mgsr_bench.data.collate import collate
+
+    batch = collate(tokenize_records(records[:6], tokenizer), tokenizer.pad_token_id)
+    method = get_method(method_name)
+    teacher = teacher.double()
+    results = []
+    for chunk_size in (0, 5, 10_000):
+        student = tiny_model(len(tokenizer), seed=1).double()
+        loss = micro_batch_loss(method, student, teacher, batch, len(tokenizer), chunk_size)
+        loss.backward()
+        results.append((loss.item(), _grads(student)))
+    for loss, grads in results[1:]:
+        assert loss == pytest.approx(results[0][0], rel=1e-12)
+        for name, g in results[0][1].items():
+            torch.testing.assert_close(grads[name], g, rtol=1e-10, atol=1e-12)
+
+
+def test_logits_are_cut_to_the_tokenizer_vocabulary(tokenizer, records, teacher):
+    """A teacher with a padded embedding matrix (Qwen2.5: 151936 vs 152064) is sliced, not refused."""
+    from mgsr_bench.data.collate import collate
+
+    batch = collate(tokenize_records(records[:4], tokenizer), tokenizer.pad_token_id)
+    padded = tiny_model(len(tokenizer) + 64, seed=2, hidden=48)
+    with torch.no_grad():
+        padded.get_output_embeddings().weight[: len(tokenizer)] = teacher.get_output_embeddings().weight
+        padded.get_output_embeddings().weight[len(tokenizer):] = 10.0  # would dominate if not sliced
+        for name, p in teacher.named_parameters():
+            if "embed_tokens" not in name and "lm_head" not in name:
+                padded.get_parameter(name).copy_(p)
+        padded.get_input_embeddings().weight[: len(tokenizer)] = teacher.get_input_embeddings().weight
+    method = get_method("kd")
+    student = tiny_model(len(tokenizer), seed=1)
+    for chunk_size in (0, 8):
+        a = micro_batch_loss(method, student, teacher, batch, len(tokenizer), chunk_size)
+        b = micro_batch_loss(method, student, padded, batch, len(tokenizer), chunk_size)
+        torch.testing.assert_close(a, b)

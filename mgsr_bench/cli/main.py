@@ -108,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train one student with one recipe; defaults to the tiny suite's pair and data."""
     from mgsr_bench.config import load_recipe
     from mgsr_bench.data.jsonl import read_records, write_atomic
-    from mgsr_bench.models import check_same_vocabulary, load_model, load_tokenizer
+    from mgsr_bench.models import check_same_vocabulary, check_vocabulary_fits, load_model, load_tokenizer
     from mgsr_bench.pipeline import save_model_atomic, train_student
     from mgsr_bench.suite.build import ensure_suite
 
@@ -122,8 +122,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_records, valid_records = read_records(args.train_data), read_records(args.valid_data)
         tokenizer, student_tok = load_tokenizer(args.teacher), load_tokenizer(args.student)
         check_same_vocabulary(tokenizer, student_tok)
-        _prepare_out(out)
         teacher, student = load_model(args.teacher), load_model(args.student)
+        check_vocabulary_fits(teacher, tokenizer, "teacher")
+        check_vocabulary_fits(student, tokenizer, "student")
+        _prepare_out(out)
     else:
         _prepare_out(out)
         suite = ensure_suite(_suite_config(args.quick))

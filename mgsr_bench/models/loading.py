@@ -44,6 +44,15 @@ def check_same_vocabulary(teacher: PreTrainedTokenizerBase, student: PreTrainedT
         )
 
 
+def check_vocabulary_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, role: str) -> None:
+    """A model may pad its embedding matrix beyond the tokenizer (Qwen2.5: 151936 vs 152064 rows;
+    logits are then cut to the tokenizer's length), but never have fewer rows than it has tokens."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if rows < len(tokenizer):
+        raise UserError(f"{role} has {rows} embedding rows for a tokenizer of {len(tokenizer)} tokens; "
+                        "resize its embeddings or use the tokenizer it was trained with")
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     """Number of parameters (tied weights counted once)."""
     return sum(p.numel() for p in model.parameters())

@@ -31,7 +31,8 @@ from mgsr_bench.data.collate import IGNORE, Example, collate, shifted_labels
 from mgsr_bench.eval.generate import decoding_config, generate
 from mgsr_bench.errors import UserError
 from mgsr_bench.eval.metrics import corpus_scores
-from mgsr_bench.methods import Method
+from mgsr_bench.losses.chunked import chunked_linear_loss
+from mgsr_bench.methods import Method, get_method
 
 
 @dataclass
@@ -61,22 +62,51 @@ def global_batches(examples: list[Example], batch_size: int, seed: int) -> Itera
             yield [examples[i] for i in order[start: start + batch_size]]
 
 
+def _head(model: PreTrainedModel) -> torch.nn.Linear | None:
+    """The bias-free output projection whose input is the base model's last hidden state, if any.
+
+    A model wrapped for distributed training exposes none, so it takes the full-logits path
+    (its wrapper's forward must run for gradient synchronisation).
+    """
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if get_head is not None else None
+    return head if isinstance(head, torch.nn.Linear) and head.bias is None else None
+
+
 def micro_batch_loss(method: Method, student: PreTrainedModel, teacher: PreTrainedModel | None,
-                     batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum of the method's per-token losses over the response tokens of one micro-batch."""
+                     batch: dict[str, torch.Tensor], vocab_size: int, chunk_size: int = 1024) -> torch.Tensor:
+    """Sum of the method's per-token losses over the response tokens of one micro-batch.
+
+    Only response positions (``shifted labels != IGNORE``) are scored, and logits are cut to the
+    shared tokenizer's ``vocab_size`` (models may pad their embedding matrices differently). With
+    ``chunk_size > 0`` the heads are applied chunk by chunk (:func:`chunked_linear_loss`), so no
+    full ``(tokens, vocab)`` logits tensor is ever held; ``0`` computes full logits (the naive path,
+    also used for models whose head is not a plain bias-free linear layer).
+    """
     targets = shifted_labels(batch["labels"])
     mask = targets != IGNORE
-    student_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    heads = (_head(student), _head(teacher) if method.needs_teacher else None)
+    if chunk_size and heads[0] is not None and (heads[1] is not None or not method.needs_teacher):
+        hidden = student.base_model(**inputs).last_hidden_state[mask]
+        teacher_hidden = teacher_weight = None
+        if method.needs_teacher:
+            with torch.no_grad():
+                teacher_hidden = teacher.base_model(**inputs).last_hidden_state[mask]
+            teacher_weight = heads[1].weight[:vocab_size]
+        return chunked_linear_loss(hidden, heads[0].weight[:vocab_size], teacher_hidden, teacher_weight,
+                                   targets[mask], method.token_losses, chunk_size)
+    student_logits = student(**inputs).logits[mask][:, :vocab_size]
     teacher_logits = None
     if method.needs_teacher:
         with torch.no_grad():
-            teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[mask]
-    return method.token_losses(student_logits[mask], teacher_logits, targets[mask]).sum()
+            teacher_logits = teacher(**inputs).logits[mask][:, :vocab_size]
+    return method.token_losses(student_logits, teacher_logits, targets[mask]).sum()
 
 
 def backward_global_batch(method: Method, student: PreTrainedModel, teacher: PreTrainedModel | None,
                           examples: list[Example], n_tokens: int, micro_batch: int, pad_id: int,
-                          accelerator: Accelerator) -> float:
+                          accelerator: Accelerator, vocab_size: int, chunk_size: int = 1024) -> float:
     """Accumulate the gradients of one optimiser step; returns this process's share of the loss.
 
     ``examples`` is this process's share of the global batch and ``n_tokens`` the number of
@@ -91,7 +121,7 @@ def backward_global_batch(method: Method, student: PreTrainedModel, teacher: Pre
         batch = {k: v.to(accelerator.device) for k, v in collate(chunk, pad_id).items()}
         sync = nullcontext() if i == len(micro) - 1 else accelerator.no_sync(student)
         with sync, accelerator.autocast():
-            loss = micro_batch_loss(method, student, teacher, batch) * world / n_tokens
+            loss = micro_batch_loss(method, student, teacher, batch, vocab_size, chunk_size) * world / n_tokens
             accelerator.backward(loss)
         total += loss.item() / world
     return total
@@ -114,14 +144,12 @@ def validation_score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         preds = generate(model, tokenizer, [r["prompt"] for r in valid], gen, batch_size=64)
         return corpus_scores(preds, [r["output"] for r in valid])["rougeL"]
     model.eval()
+    sft = get_method("sft")
     total, count = 0.0, 0
-    for start in range(0, len(valid_examples), 64):
-        chunk = valid_examples[start: start + 64]
+    for start in range(0, len(valid_examples), cfg.micro_batch):
+        chunk = valid_examples[start: start + cfg.micro_batch]
         batch = {k: v.to(device) for k, v in collate(chunk, tokenizer.pad_token_id).items()}
-        targets = shifted_labels(batch["labels"])
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        total += torch.nn.functional.cross_entropy(logits[targets != IGNORE].float(), targets[targets != IGNORE],
-                                                   reduction="sum").item()
+        total += micro_batch_loss(sft, model, None, batch, len(tokenizer), cfg.loss_chunk_size).item()
         count += response_tokens(chunk)
     model.train()
     return -total / count
@@ -157,7 +185,8 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         global_batch = next(batches)
         n_tokens = response_tokens(global_batch)  # the same on every process: no all-reduce needed
         step_loss = backward_global_batch(method, student, teacher, global_batch[rank::world], n_tokens,
-                                          cfg.micro_batch, tokenizer.pad_token_id, accelerator)
+                                          cfg.micro_batch, tokenizer.pad_token_id, accelerator, len(tokenizer),
+                                          cfg.loss_chunk_size)
         if world > 1:
             step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item()
         if not math.isfinite(step_loss):
