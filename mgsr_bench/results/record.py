@@ -21,6 +21,7 @@ from mgsr_bench.data.jsonl import write_atomic
 from mgsr_bench.errors import UserError
 
 SCHEMA = "mgsr-bench/run-record"
+_CODE_PATHS = ("mgsr_bench", "baselines", "methods", "pyproject.toml")
 SCHEMA_VERSION = 1
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "schema": str, "schema_version": int, "label": str, "method": str, "config": dict, "config_hash": str,
@@ -40,12 +41,13 @@ def package_versions() -> dict[str, str]:
 
 
 def git_commit() -> str | None:
-    """The commit of the code that ran, with ``+dirty`` when the work tree had changes."""
+    """The commit of the code that ran, with ``+dirty`` when its code, recipes or packaging had
+    uncommitted changes (result files, such as the committed leaderboards a run rewrites, do not count)."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *_CODE_PATHS],
+                               cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return sha + ("+dirty" if dirty else "")
