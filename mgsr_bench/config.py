@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from mgsr_bench.errors import UserError
+from mgsr_bench.errors import UserError, unknown_name
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RECIPE_DIRS = (PROJECT_ROOT / "baselines", PROJECT_ROOT / "methods")
@@ -48,6 +48,8 @@ class TrainConfig:
     seed: int = 1
     mixed_precision: str = "auto"  # "auto": bf16 where the device supports it, else fp32
     loss_chunk_size: int = 1024  # response tokens per chunk of full-vocabulary logits; 0 = full logits
+    gen_max_new_tokens: int = 128  # length limit of sampled training responses (student or teacher)
+    gen_temperature: float = 1.0  # sampling temperature of training responses (top_k = 0, top_p = 1)
 
     def validate(self) -> None:
         """Reject impossible settings before any compute."""
@@ -55,6 +57,10 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.gen_max_new_tokens < 1:
+            raise UserError(f"train.gen_max_new_tokens must be >= 1, got {self.gen_max_new_tokens}")
+        if self.gen_temperature <= 0:
+            raise UserError(f"train.gen_temperature must be > 0, got {self.gen_temperature}")
         if self.loss_chunk_size < 0:
             raise UserError(f"train.loss_chunk_size must be >= 0, got {self.loss_chunk_size}")
         if self.lr <= 0:
@@ -136,9 +142,7 @@ def load_recipe(name_or_path: str) -> Recipe:
     if not (path.suffix in (".yaml", ".yml") and path.is_file()):
         recipes = available_recipes()
         if name_or_path not in recipes:
-            hint = difflib.get_close_matches(name_or_path, recipes, n=1)
-            did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise UserError(f"unknown recipe {name_or_path!r}{did_you_mean}; known recipes: {', '.join(recipes)}")
+            raise unknown_name("recipe", name_or_path, recipes)
         path = recipes[name_or_path]
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))

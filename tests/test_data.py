@@ -87,3 +87,14 @@ def test_pad_equals_eos_labels_keep_the_response_eos(tokenizer, records):
     ids = batch["input_ids"]
     naive = (ids != tokenizer.pad_token_id) & (batch["labels"] != IGNORE)
     assert int(naive.sum()) == int((batch["labels"] != IGNORE).sum()) - len(examples)
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    import os
+
+    from mgsr_bench.data.jsonl import write_atomic
+
+    write_atomic(tmp_path / "x.json", "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask

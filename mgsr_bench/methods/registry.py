@@ -10,11 +10,10 @@ where ``MyMethod`` subclasses :class:`mgsr_bench.methods.Method`.
 
 from __future__ import annotations
 
-import difflib
 from importlib.metadata import entry_points
 from typing import Any
 
-from mgsr_bench.errors import UserError
+from mgsr_bench.errors import UserError, unknown_name
 from mgsr_bench.methods.base import Method
 
 ENTRY_POINT_GROUP = "mgsr_bench.methods"
@@ -54,9 +53,7 @@ def get_method(name: str, **options: Any) -> Method:
     """Instantiate a method by name with its options; unknown names or options raise ``UserError``."""
     methods = available_methods()
     if name not in methods:
-        hint = difflib.get_close_matches(name, methods, n=1)
-        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise UserError(f"unknown method {name!r}{did_you_mean}; known methods: {', '.join(methods)}")
+        raise unknown_name("method", name, methods)
     cls = methods[name]
     try:
         return cls(**options)
