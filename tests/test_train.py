@@ -132,3 +132,22 @@ def test_logits_are_cut_to_the_tokenizer_vocabulary(tokenizer, records, teacher)
         a = micro_batch_loss(method, student, teacher, batch, len(tokenizer), chunk_size)
         b = micro_batch_loss(method, student, padded, batch, len(tokenizer), chunk_size)
         torch.testing.assert_close(a, b)
+
+
+def test_sampling_methods_train_on_their_sources(tokenizer, records, teacher):
+    examples = tokenize_records(records[:64], tokenizer)
+    valid, valid_ex = records[64:72], tokenize_records(records[64:72], tokenizer)
+    cfg = train_config({"steps": 4, "micro_batch": 8, "val_metric": "loss", "val_size": 8, "eval_every": 2,
+                        "gen_max_new_tokens": 8})
+
+    def sources(method):
+        result = train(tiny_model(len(tokenizer), seed=1), teacher, tokenizer, method, examples, valid, valid_ex, cfg)
+        return result.history
+
+    assert [h["source"] for h in sources(get_method("gkd", lmbda=1.0))] == ["student"] * 4
+    assert [h["source"] for h in sources(get_method("seqkd"))] == ["teacher"] * 4
+    assert [h["source"] for h in sources(get_method("jsd"))] == ["ground_truth"] * 4
+    history = sources(get_method("distillm", init_threshold=1.0, capacity=8, replay_ratio="constant"))
+    assert history[0]["source"] == "student"  # the buffer starts empty: the first draw below 1 generates
+    assert {h["source"] for h in history} <= {"student", "replay"}
+    assert [h["step"] for h in history if "replay_threshold" in h] == [2, 4]

@@ -11,22 +11,24 @@ from typing import Any, ClassVar
 
 import torch
 
-# Batch sources a method can ask for. Only ground truth exists in the foundation harness; student
-# and teacher samples arrive with the sampling sources.
-SOURCES = ("ground_truth",)
+from mgsr_bench.sampling.sources import SourceSpec
 
 
 class Method:
     """Base class for a registered method.
 
-    Subclasses set ``name``, ``needs_teacher`` and ``sources``, accept their options as keyword
-    arguments in ``__init__`` (unknown options are an error, caught by the recipe loader) and
-    implement :meth:`token_losses`.
+    Subclasses set ``name`` and ``needs_teacher`` (whether the loss uses teacher logits), accept
+    their options as keyword arguments in ``__init__`` (unknown options are an error, caught by the
+    recipe loader), implement :meth:`token_losses` and, when they train on samples, override
+    :meth:`source_spec`.
     """
 
     name: ClassVar[str]
     needs_teacher: ClassVar[bool] = True
-    sources: ClassVar[tuple[str, ...]] = ("ground_truth",)
+
+    def source_spec(self) -> SourceSpec:
+        """Where the responses of each step's batch come from (default: the ground truth only)."""
+        return SourceSpec()
 
     def options(self) -> dict[str, Any]:
         """The resolved options, recorded in the run record."""

@@ -2,8 +2,8 @@
 
 Every distillation method here is ``(1 - sft_weight) * D(p_tau, q_tau) + sft_weight * CE(y)`` per
 response token, with ``D`` one of the divergences in :mod:`mgsr_bench.losses.divergences` (see
-docs/divergences.md for formulas and conventions). Methods that sample (GKD, DistiLLM, SeqKD,
-f-distill) build on the sampling sources and are registered with them.
+docs/divergences.md for formulas and conventions). GKD and SeqKD train on sampled responses
+through the shared sampling sources (:mod:`mgsr_bench.sampling`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from mgsr_bench.losses import divergences as D
 from mgsr_bench.losses.divergences import cross_entropy
 from mgsr_bench.methods.base import Method
 from mgsr_bench.methods.registry import register
+from mgsr_bench.sampling import SourceSpec
+from mgsr_bench.sampling.replay import AdaptiveSchedule
 
 
 @register
@@ -122,3 +124,63 @@ class SkewReverseKL(SkewForwardKL):
 
     def divergence(self, student_logits, teacher_logits):
         return D.skew_reverse_kl(student_logits, teacher_logits, self.alpha, self.temperature)
+
+
+@register
+class GKD(JSD):
+    """GKD (Agarwal et al., 2024): JSD(beta) on student samples with probability ``lmbda`` per step.
+
+    TRL's ``GKDTrainer`` defaults: ``beta = 0.5``, ``lmbda = 0.5``. With ``seq_kd`` the steps that
+    are not on-policy train on teacher samples instead of the ground truth (TRL's ``seq_kd``).
+    """
+
+    name = "gkd"
+
+    def __init__(self, beta: float = 0.5, lmbda: float = 0.5, seq_kd: bool = False, temperature: float = 1.0,
+                 sft_weight: float = 0.0) -> None:
+        super().__init__(beta, temperature, sft_weight)
+        if not 0.0 <= lmbda <= 1.0:
+            raise ValueError(f"lmbda must be in [0, 1], got {lmbda}")
+        self.lmbda = lmbda
+        self.seq_kd = seq_kd
+
+    def source_spec(self) -> SourceSpec:
+        return SourceSpec(student_prob=self.lmbda, teacher_prob=(1 - self.lmbda) if self.seq_kd else 0.0)
+
+
+@register
+class SeqKD(SFT):
+    """Sequence-level KD (Kim & Rush, 2016): SFT on responses sampled from the teacher."""
+
+    name = "seqkd"
+
+    def source_spec(self) -> SourceSpec:
+        return SourceSpec(teacher_prob=1.0)
+
+
+@register
+class DistiLLM(_Distillation):
+    """DistiLLM (Ko et al., 2024): skew KL with the adaptive off-policy replay of student samples."""
+
+    name = "distillm"
+
+    def __init__(self, divergence: str = "srkl", alpha: float = 0.1, init_threshold: float = 0.0,
+                 loss_eps: float = 0.1, capacity: int = 1000, replay_ratio: str = "decreasing",
+                 temperature: float = 1.0, sft_weight: float = 0.0) -> None:
+        super().__init__(temperature, sft_weight)
+        if divergence not in ("sfkl", "srkl"):
+            raise ValueError(f"divergence must be 'sfkl' or 'srkl', got {divergence!r}")
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+        self.divergence_name, self.alpha = divergence, alpha
+        self.init_threshold, self.loss_eps, self.capacity, self.replay_ratio = (init_threshold, loss_eps, capacity,
+                                                                              replay_ratio)
+        self.source_spec()  # validates the schedule options now, before any compute
+
+    def divergence(self, student_logits, teacher_logits):
+        skew = D.skew_forward_kl if self.divergence_name == "sfkl" else D.skew_reverse_kl
+        return skew(student_logits, teacher_logits, self.alpha, self.temperature)
+
+    def source_spec(self) -> SourceSpec:
+        return SourceSpec(adaptive=AdaptiveSchedule(init_threshold=self.init_threshold, loss_eps=self.loss_eps,
+                                                    capacity=self.capacity, replay_ratio=self.replay_ratio))

@@ -72,7 +72,8 @@ class SuiteConfig:
         "steps": 300, "micro_batch": 32, "lr": 2e-3, "eval_every": 100, "val_metric": "rougeL", "seed": 0})
     # Defaults every method trains with on this suite (a recipe's `train` block overrides them).
     method_train: dict[str, Any] = field(default_factory=lambda: {
-        "steps": 1000, "micro_batch": 32, "lr": 1e-3, "eval_every": 200, "val_metric": "rougeL"})
+        "steps": 1000, "micro_batch": 32, "lr": 1e-3, "eval_every": 200, "val_metric": "rougeL",
+        "gen_max_new_tokens": 64})
     # Evaluation: responses are at most ~45 tokens, so 64 new tokens never cut a correct answer.
     max_new_tokens: int = 64
     # The protocol's no_repeat_ngram_size=6 counts the prompt too, and with digits split one per
@@ -93,7 +94,8 @@ QUICK = SuiteConfig(
     teacher=ModelShape(128, 2, 4, 352), student=ModelShape(64, 1, 2, 176),
     teacher_train={"steps": 150, "micro_batch": 32, "lr": 3e-3, "eval_every": 150, "val_metric": "loss", "seed": 0},
     student_init_train={"steps": 40, "micro_batch": 32, "lr": 3e-3, "eval_every": 40, "val_metric": "loss", "seed": 0},
-    method_train={"steps": 30, "micro_batch": 32, "lr": 2e-3, "eval_every": 30, "val_metric": "loss"},
+    method_train={"steps": 30, "micro_batch": 32, "lr": 2e-3, "eval_every": 30, "val_metric": "loss",
+                  "gen_max_new_tokens": 64},
 )
 SUITES = {"tiny": SuiteConfig(), "tiny-quick": QUICK}
 

@@ -33,13 +33,14 @@ from mgsr_bench.errors import UserError
 from mgsr_bench.eval.metrics import corpus_scores
 from mgsr_bench.losses.chunked import chunked_linear_loss
 from mgsr_bench.methods import Method, get_method
+from mgsr_bench.sampling import BatchSource
 
 
 @dataclass
 class TrainResult:
     """What a training run reports: per-step history, the best validation point and timing."""
 
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
     best_step: int = 0
     best_score: float = -math.inf
     wall_time_s: float = 0.0
@@ -136,13 +137,9 @@ def response_tokens(examples: list[Example]) -> int:
 
 
 @torch.no_grad()
-def validation_score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, valid: list[dict[str, Any]],
-                     valid_examples: list[Example], cfg: TrainConfig, device: torch.device) -> float:
-    """Higher is better: greedy ROUGE-L on the validation records, or minus the token-mean SFT loss."""
-    if cfg.val_metric == "rougeL":
-        gen = decoding_config(tokenizer, max_new_tokens=64, greedy=True, no_repeat_ngram_size=0)
-        preds = generate(model, tokenizer, [r["prompt"] for r in valid], gen, batch_size=64)
-        return corpus_scores(preds, [r["output"] for r in valid])["rougeL"]
+def validation_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, valid_examples: list[Example],
+                    cfg: TrainConfig, device: torch.device) -> float:
+    """Token-mean SFT cross-entropy on the validation examples (chunked like the training loss)."""
     model.eval()
     sft = get_method("sft")
     total, count = 0.0, 0
@@ -152,7 +149,18 @@ def validation_score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         total += micro_batch_loss(sft, model, None, batch, len(tokenizer), cfg.loss_chunk_size).item()
         count += response_tokens(chunk)
     model.train()
-    return -total / count
+    return total / count
+
+
+@torch.no_grad()
+def validation_score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, valid: list[dict[str, Any]],
+                     valid_examples: list[Example], cfg: TrainConfig, device: torch.device) -> float:
+    """Higher is better: greedy ROUGE-L on the validation records, or minus the validation loss."""
+    if cfg.val_metric == "rougeL":
+        gen = decoding_config(tokenizer, max_new_tokens=64, greedy=True, no_repeat_ngram_size=0)
+        preds = generate(model, tokenizer, [r["prompt"] for r in valid], gen, batch_size=64)
+        return corpus_scores(preds, [r["output"] for r in valid])["rougeL"]
+    return -validation_loss(model, tokenizer, valid_examples, cfg, device)
 
 
 def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase,
@@ -166,7 +174,9 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     # The scheduler is stepped by hand once per optimiser step; accelerate's prepared scheduler
     # would step once per process and run the schedule `world` times too fast.
     student, optimizer = accelerator.prepare(student, optimizer)
-    if method.needs_teacher:
+    spec = method.source_spec()
+    source = BatchSource(spec, tokenizer, cfg.gen_max_new_tokens, cfg.gen_temperature, cfg.seed) if spec.samples else None
+    if method.needs_teacher or spec.teacher_prob > 0:
         if teacher is None:
             raise ValueError(f"method {method.name!r} needs a teacher")
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
@@ -176,17 +186,25 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
                         f"{cfg.global_batch * world} (micro_batch x grad_accum x processes); lower train.micro_batch")
     batches = global_batches(train_examples, cfg.global_batch * world, cfg.seed)
 
+    valid, valid_examples = valid[: cfg.val_size], valid_examples[: cfg.val_size]
+    if source is not None and source.wants_validation_loss:  # DistiLLM's reference before training
+        source.observe_validation_loss(validation_loss(accelerator.unwrap_model(student), tokenizer, valid_examples,
+                                                       cfg, accelerator.device))
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
     student.train()
     start = time.perf_counter()
     bar = tqdm(range(1, cfg.steps + 1), desc=desc, disable=not accelerator.is_main_process)
     for step in bar:
-        global_batch = next(batches)
-        n_tokens = response_tokens(global_batch)  # the same on every process: no all-reduce needed
-        step_loss = backward_global_batch(method, student, teacher, global_batch[rank::world], n_tokens,
-                                          cfg.micro_batch, tokenizer.pad_token_id, accelerator, len(tokenizer),
-                                          cfg.loss_chunk_size)
+        mine = next(batches)[rank::world]
+        origin = "ground_truth"
+        if source is not None:  # every process draws the same source; each samples its own share
+            mine, origin = source(mine, accelerator.unwrap_model(student), teacher, step, cfg.steps)
+        n_tokens = response_tokens(mine)
+        if world > 1:  # the token count of the whole global batch
+            n_tokens = int(accelerator.reduce(torch.tensor(n_tokens, device=accelerator.device), "sum").item())
+        step_loss = backward_global_batch(method, student, teacher, mine, n_tokens, cfg.micro_batch,
+                                          tokenizer.pad_token_id, accelerator, len(tokenizer), cfg.loss_chunk_size)
         if world > 1:
             step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item()
         if not math.isfinite(step_loss):
@@ -195,13 +213,17 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        record: dict[str, float] = {"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
-                                    "grad_norm": float(grad_norm)}
+        record: dict[str, Any] = {"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
+                                  "grad_norm": float(grad_norm), "source": origin}
         if step % cfg.eval_every == 0 or step == cfg.steps:
             model = accelerator.unwrap_model(student)
-            score = validation_score(model, tokenizer, valid[: cfg.val_size], valid_examples[: cfg.val_size],
-                                     cfg, accelerator.device)
+            score = validation_score(model, tokenizer, valid, valid_examples, cfg, accelerator.device)
             record["val_" + cfg.val_metric] = score
+            if source is not None and source.wants_validation_loss:
+                loss = -score if cfg.val_metric == "loss" else validation_loss(model, tokenizer, valid_examples, cfg,
+                                                                                accelerator.device)
+                source.observe_validation_loss(loss)
+                record["val_loss"], record["replay_threshold"] = loss, source.adaptive.threshold
             if score > result.best_score:
                 result.best_score, result.best_step = score, step
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

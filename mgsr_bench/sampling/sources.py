@@ -1,0 +1,98 @@
+"""Batch sources: each training step's responses come from the data, the student or the teacher.
+
+A method states what it needs as a :class:`SourceSpec`; the harness builds one
+:class:`BatchSource` from it and asks it for every global batch. The decision per step is drawn
+from a generator seeded with the training seed, so every process makes the same choice and a run
+is reproducible.
+
+* ground truth: the batch as drawn from the training set;
+* student samples ("on-policy", GKD's ``lambda``): the prompts are kept, the responses are sampled
+  from the current student;
+* teacher samples (SeqKD, f-distill): the responses are sampled from the teacher;
+* DistiLLM's adaptive off-policy replay (:mod:`mgsr_bench.sampling.replay`): student samples,
+  stored and replayed on an adaptive schedule driven by the validation loss.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from mgsr_bench.data.collate import Example
+from mgsr_bench.sampling.generation import sample_responses
+from mgsr_bench.sampling.replay import AdaptiveOffPolicy, AdaptiveSchedule
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Per-step probabilities of replacing the ground-truth responses by student or teacher samples."""
+
+    student_prob: float = 0.0
+    teacher_prob: float = 0.0
+    adaptive: AdaptiveSchedule | None = None  # DistiLLM's schedule; excludes the two probabilities
+
+    def __post_init__(self) -> None:
+        if self.adaptive is not None and (self.student_prob or self.teacher_prob):
+            raise ValueError("an adaptive schedule decides the sources itself: leave the probabilities at 0")
+        for name in ("student_prob", "teacher_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.student_prob + self.teacher_prob > 1.0:
+            raise ValueError("student_prob + teacher_prob must be <= 1")
+
+    @property
+    def samples(self) -> bool:
+        return self.student_prob > 0 or self.teacher_prob > 0 or self.adaptive is not None
+
+
+class BatchSource:
+    """Turns each drawn global batch into the batch the method trains on."""
+
+    def __init__(self, spec: SourceSpec, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int,
+                 temperature: float, seed: int) -> None:
+        self.spec = spec
+        self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.rng = random.Random(seed)
+        self.adaptive = AdaptiveOffPolicy(spec.adaptive, seed) if spec.adaptive is not None else None
+        self.counts = {"ground_truth": 0, "student": 0, "teacher": 0, "replay": 0}
+
+    @property
+    def wants_validation_loss(self) -> bool:
+        return self.adaptive is not None
+
+    def observe_validation_loss(self, loss: float) -> None:
+        if self.adaptive is not None:
+            self.adaptive.observe_validation_loss(loss)
+
+    def choose(self, step: int = 1, total_steps: int = 1, batch_size: int = 1) -> str:
+        """The source of the next batch, drawn once per step."""
+        if self.adaptive is not None:
+            return self.adaptive.choose(step, total_steps, batch_size)
+        r = self.rng.random()
+        if r < self.spec.student_prob:
+            return "student"
+        if r < self.spec.student_prob + self.spec.teacher_prob:
+            return "teacher"
+        return "ground_truth"
+
+    def __call__(self, batch: list[Example], student: PreTrainedModel, teacher: PreTrainedModel | None,
+                 step: int = 1, total_steps: int = 1) -> tuple[list[Example], str]:
+        """The batch to train on and its source name."""
+        source = self.choose(step, total_steps, len(batch))
+        self.counts[source] += 1
+        if source == "ground_truth":
+            return batch, source
+        if source == "replay":
+            return self.adaptive.replay(len(batch)), source
+        model = student if source == "student" else teacher
+        prompts = [e.prompt_ids for e in batch]
+        responses = sample_responses(model, prompts, self.eos_id, self.pad_id, self.max_new_tokens, self.temperature)
+        # An empty response (the prompt's end hit the limit) still needs one target: keep EOS.
+        samples = [Example(p, r or [self.eos_id]) for p, r in zip(prompts, responses)]
+        if self.adaptive is not None:
+            self.adaptive.store(samples)
+        return samples, source

@@ -1,0 +1,117 @@
+import pytest
+import torch
+
+from mgsr_bench.data.collate import IGNORE, Example, collate, shifted_labels, tokenize_records
+from mgsr_bench.sampling import BatchSource, SourceSpec, sample_responses
+
+from conftest import tiny_model
+
+
+class _ScriptedLM(torch.nn.Module):
+    """Stands in for a model in sample_responses: emits a fixed continuation per row, then pads."""
+
+    def __init__(self, rows):
+        super().__init__()
+        self.rows = rows
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def generate(self, input_ids, attention_mask, generation_config):
+        width = max(len(r) for r in self.rows)
+        out = torch.full((len(self.rows), width), generation_config.pad_token_id)
+        for i, r in enumerate(self.rows):
+            out[i, : len(r)] = torch.tensor(r)
+        return torch.cat([input_ids, out], dim=1)
+
+
+def test_responses_keep_their_eos_and_drop_the_padding_after_it():
+    eos = pad = 0
+    model = _ScriptedLM([[5, 6, eos], [7, eos, 9, 9], [8, 8, 8, 8]])  # row 3 hits the length limit
+    model.train()
+    out = sample_responses(model, [[1, 2], [3], [4, 4, 4]], eos, pad, max_new_tokens=4)
+    assert out == [[5, 6, eos], [7, eos], [8, 8, 8, 8]]
+    assert model.training  # mode restored
+
+
+def test_sampled_batches_mask_padding_but_keep_the_generated_eos(tokenizer, records):
+    """pad == eos: the generated EOS is a loss target, the padding after it is not."""
+    eos = tokenizer.eos_token_id
+    assert tokenizer.pad_token_id == eos
+    prompts = [e.prompt_ids for e in tokenize_records(records[:2], tokenizer)]
+    batch = collate([Example(prompts[0], [11, 12, eos]), Example(prompts[1], [13, eos])], tokenizer.pad_token_id)
+    targets = shifted_labels(batch["labels"])
+    assert [t for t in targets[1].tolist() if t != IGNORE] == [13, eos]
+    assert [t for t in targets[0].tolist() if t != IGNORE] == [11, 12, eos]
+
+
+def test_real_sampling_is_reproducible_and_ends_at_eos(tokenizer, records):
+    model = tiny_model(len(tokenizer))
+    prompts = [e.prompt_ids for e in tokenize_records(records[:6], tokenizer)]
+    a = sample_responses(model, prompts, tokenizer.eos_token_id, tokenizer.pad_token_id, 12, generator_seed=3)
+    b = sample_responses(model, prompts, tokenizer.eos_token_id, tokenizer.pad_token_id, 12, generator_seed=3)
+    assert a == b and len(a) == 6
+    for r in a:
+        assert 1 <= len(r) <= 12
+        assert tokenizer.eos_token_id not in r[:-1]
+
+
+def test_source_choice_follows_the_probabilities_and_the_seed(tokenizer):
+    spec = SourceSpec(student_prob=0.3, teacher_prob=0.2)
+    src, twin = BatchSource(spec, tokenizer, 8, 1.0, seed=5), BatchSource(spec, tokenizer, 8, 1.0, seed=5)
+    draws = [src.choose() for _ in range(4000)]
+    assert draws == [twin.choose() for _ in range(4000)]  # every process draws the same sources
+    freq = {k: draws.count(k) / len(draws) for k in ("student", "teacher", "ground_truth")}
+    assert freq["student"] == pytest.approx(0.3, abs=0.03) and freq["teacher"] == pytest.approx(0.2, abs=0.03)
+    assert {BatchSource(SourceSpec(), tokenizer, 8, 1.0, 0).choose() for _ in range(20)} == {"ground_truth"}
+
+
+def test_batch_source_replaces_responses_with_model_samples(tokenizer, records):
+    examples = tokenize_records(records[:4], tokenizer)
+    student, teacher = tiny_model(len(tokenizer), seed=1), tiny_model(len(tokenizer), seed=2)
+    src = BatchSource(SourceSpec(teacher_prob=1.0), tokenizer, max_new_tokens=6, temperature=1.0, seed=0)
+    out, origin = src(examples, student, teacher)
+    assert origin == "teacher" and src.counts["teacher"] == 1
+    assert [e.prompt_ids for e in out] == [e.prompt_ids for e in examples]
+    assert all(1 <= len(e.response_ids) <= 6 for e in out)
+
+
+def test_bad_specs_are_refused():
+    with pytest.raises(ValueError):
+        SourceSpec(student_prob=1.5)
+    with pytest.raises(ValueError):
+        SourceSpec(student_prob=0.6, teacher_prob=0.6)
+
+
+def test_adaptive_threshold_rises_only_on_a_validation_loss_increase():
+    from mgsr_bench.sampling.replay import AdaptiveOffPolicy, AdaptiveSchedule
+
+    policy = AdaptiveOffPolicy(AdaptiveSchedule(init_threshold=0.0, loss_eps=0.1), seed=0)
+    for loss, expected in [(2.0, 0.0), (1.5, 0.0), (2.05, 0.0), (2.1, 0.1), (2.15, 0.1), (2.2, 0.2), (9.0, 0.3)]:
+        policy.observe_validation_loss(loss)
+        assert policy.threshold == pytest.approx(expected), loss
+    for _ in range(20):
+        policy.observe_validation_loss(policy.reference_loss + 1)
+    assert policy.threshold == 1.0
+
+
+@pytest.mark.parametrize("ratio,at_start,at_end", [("decreasing", 1.0, 0.0), ("constant", 0.5, 0.5),
+                                                   ("increasing", 0.0, 1.0)])
+def test_replay_schedules(ratio, at_start, at_end):
+    from mgsr_bench.sampling.replay import AdaptiveOffPolicy, AdaptiveSchedule
+
+    policy = AdaptiveOffPolicy(AdaptiveSchedule(init_threshold=1.0, replay_ratio=ratio), seed=0)
+    assert policy.sample_threshold(0, 100) == pytest.approx(at_start)
+    assert policy.sample_threshold(100, 100) == pytest.approx(at_end)
+
+
+def test_adaptive_choice_generates_until_the_buffer_is_full_then_replays():
+    from mgsr_bench.sampling.replay import AdaptiveOffPolicy, AdaptiveSchedule
+
+    policy = AdaptiveOffPolicy(AdaptiveSchedule(init_threshold=1.0, capacity=8, replay_ratio="constant"), seed=1)
+    assert policy.choose(1, 10, batch_size=4) == "student"  # below the threshold and not full
+    policy.store([Example([1], [2])] * 8)
+    draws = [policy.choose(1, 10, batch_size=4) for _ in range(400)]
+    # Full buffer, threshold 1: r < 0.5 generates, the rest replays; nothing falls to ground truth.
+    assert set(draws) == {"student", "replay"} and 0.4 < draws.count("student") / 400 < 0.6
+    assert len(policy.replay(4)) == 4
+    cold = AdaptiveOffPolicy(AdaptiveSchedule(init_threshold=0.0), seed=1)
+    assert {cold.choose(s, 10, 4) for s in range(10)} == {"ground_truth"}
