@@ -82,3 +82,12 @@ def test_entry_point_must_be_a_method(monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     with pytest.raises(UserError, match="not a mgsr_bench.methods.Method subclass"):
         available_methods()
+
+
+def test_recorded_options_recreate_the_method():
+    """A run record's options must be valid options: every recipe's method round-trips."""
+    for path in available_recipes().values():
+        recipe = load_recipe(str(path))
+        method = get_method(recipe.method, **recipe.options)
+        again = get_method(recipe.method, **method.options())
+        assert again.options() == method.options(), recipe.name

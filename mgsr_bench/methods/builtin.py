@@ -177,6 +177,11 @@ class DistiLLM(_Distillation):
                                                                               replay_ratio)
         self.source_spec()  # validates the schedule options now, before any compute
 
+    def options(self) -> dict:
+        options = super().options()
+        options["divergence"] = options.pop("divergence_name")
+        return options
+
     def divergence(self, student_logits, teacher_logits):
         skew = D.skew_forward_kl if self.divergence_name == "sfkl" else D.skew_reverse_kl
         return skew(student_logits, teacher_logits, self.alpha, self.temperature)

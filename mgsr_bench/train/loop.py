@@ -32,7 +32,8 @@ from mgsr_bench.eval.generate import decoding_config, generate
 from mgsr_bench.errors import UserError
 from mgsr_bench.eval.metrics import corpus_scores
 from mgsr_bench.losses.chunked import chunked_linear_loss
-from mgsr_bench.methods import Method, get_method
+from mgsr_bench.methods import Method
+from mgsr_bench.methods.builtin import SFT
 from mgsr_bench.sampling import BatchSource
 
 
@@ -71,6 +72,10 @@ def _head(model: PreTrainedModel) -> torch.nn.Linear | None:
     """
     get_head = getattr(model, "get_output_embeddings", None)
     head = get_head() if get_head is not None else None
+    config = getattr(model, "config", None)
+    # Models that post-process logits (Gemma's soft-capping, Cohere's logit scale) need their own forward.
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
     return head if isinstance(head, torch.nn.Linear) and head.bias is None else None
 
 
@@ -117,15 +122,16 @@ def backward_global_batch(method: Method, student: PreTrainedModel, teacher: Pre
     """
     world = accelerator.num_processes
     micro = [examples[i: i + micro_batch] for i in range(0, len(examples), micro_batch)]
-    total = 0.0
+    total = torch.zeros((), device=accelerator.device)
     for i, chunk in enumerate(micro):
         batch = {k: v.to(accelerator.device) for k, v in collate(chunk, pad_id).items()}
         sync = nullcontext() if i == len(micro) - 1 else accelerator.no_sync(student)
-        with sync, accelerator.autocast():
-            loss = micro_batch_loss(method, student, teacher, batch, vocab_size, chunk_size) * world / n_tokens
+        with sync:
+            with accelerator.autocast():  # the forward under autocast, the backward outside it
+                loss = micro_batch_loss(method, student, teacher, batch, vocab_size, chunk_size) * world / n_tokens
             accelerator.backward(loss)
-        total += loss.item() / world
-    return total
+        total += loss.detach()
+    return total.item() / world
 
 
 def response_tokens(examples: list[Example]) -> int:
@@ -141,7 +147,7 @@ def validation_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
                     cfg: TrainConfig, device: torch.device) -> float:
     """Token-mean SFT cross-entropy on the validation examples (chunked like the training loss)."""
     model.eval()
-    sft = get_method("sft")
+    sft = SFT()
     total, count = 0.0, 0
     for start in range(0, len(valid_examples), cfg.micro_batch):
         chunk = valid_examples[start: start + cfg.micro_batch]
@@ -218,12 +224,15 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         if step % cfg.eval_every == 0 or step == cfg.steps:
             model = accelerator.unwrap_model(student)
             score = validation_score(model, tokenizer, valid, valid_examples, cfg, accelerator.device)
-            record["val_" + cfg.val_metric] = score
+            if cfg.val_metric == "loss":
+                record["val_loss"] = -score  # the score is minus the loss (higher is better)
+            else:
+                record["val_rougeL"] = score
             if source is not None and source.wants_validation_loss:
-                loss = -score if cfg.val_metric == "loss" else validation_loss(model, tokenizer, valid_examples, cfg,
-                                                                                accelerator.device)
-                source.observe_validation_loss(loss)
-                record["val_loss"], record["replay_threshold"] = loss, source.adaptive.threshold
+                if "val_loss" not in record:
+                    record["val_loss"] = validation_loss(model, tokenizer, valid_examples, cfg, accelerator.device)
+                source.observe_validation_loss(record["val_loss"])
+                record["replay_threshold"] = source.adaptive.threshold
             if score > result.best_score:
                 result.best_score, result.best_step = score, step
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
