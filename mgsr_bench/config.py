@@ -28,6 +28,7 @@ import yaml
 from mgsr_bench.errors import UserError, unknown_name
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SEEDS = (10, 20, 30, 40, 50)  # the evaluation protocol's sampling seeds (MiniLLM, DistiLLM)
 RECIPE_DIRS = (PROJECT_ROOT / "baselines", PROJECT_ROOT / "methods")
 
 

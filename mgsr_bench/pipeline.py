@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mgsr_bench.config import Recipe, train_config
+from mgsr_bench.config import DEFAULT_SEEDS, Recipe, train_config
 from mgsr_bench.data.collate import tokenize_records
 from mgsr_bench.eval.evaluate import evaluate_model
 from mgsr_bench.methods import get_method
@@ -29,7 +29,7 @@ from mgsr_bench.train import train
 class EvalSettings:
     """How models are scored; recorded in every run record."""
 
-    seeds: tuple[int, ...] = (10, 20, 30, 40, 50)
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
     greedy: bool = False
     batch_size: int = 64
     max_new_tokens: int = 64

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mgsr_bench.errors import UserError
+from mgsr_bench.config import DEFAULT_SEEDS
 
 DEFAULT_METHODS = "sft,kd"
 
@@ -216,7 +217,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seeds", default="10,20,30,40,50", help="sampling seeds (default: 10,20,30,40,50)")
+    seeds = ",".join(map(str, DEFAULT_SEEDS))
+    p.add_argument("--seeds", default=seeds, help=f"sampling seeds (default: {seeds})")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of the protocol's sampling")
     p.add_argument("--eval-batch-size", type=int, default=64, help="generation batch size (default: 64)")
     p.add_argument("--max-new-tokens", type=int,

@@ -53,6 +53,17 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": attn, "labels": labels}
 
 
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists for generation: ``(input_ids, attention_mask)``, prompts flush right."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        attn[row, width - len(p):] = 1
+    return ids, attn
+
+
 def shifted_labels(labels: torch.Tensor) -> torch.Tensor:
     """Targets aligned with logits: position t predicts ``labels[t + 1]``; the last position predicts nothing."""
     return torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE)], dim=1)

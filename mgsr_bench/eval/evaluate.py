@@ -8,10 +8,10 @@ from typing import Any, Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from mgsr_bench.config import DEFAULT_SEEDS
 from mgsr_bench.eval.generate import decoding_config, generate
 from mgsr_bench.eval.metrics import corpus_scores, exact_match
 
-DEFAULT_SEEDS = (10, 20, 30, 40, 50)
 
 
 def _summary(values: list[float]) -> dict[str, float]:

@@ -8,6 +8,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from mgsr_bench.data.collate import left_pad
+
 
 def decoding_config(tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, greedy: bool,
                     temperature: float = 1.0, no_repeat_ngram_size: int = 6) -> GenerationConfig:
@@ -45,12 +47,8 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     batches = range(0, len(order), batch_size)
     for start in tqdm(batches, desc=progress, disable=progress is None, leave=False):
         idx = order[start: start + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for row, i in enumerate(idx):
-            ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            attn[row, width - len(encoded[i]):] = 1
+        ids, attn = left_pad([encoded[i] for i in idx], pad)
+        width = ids.shape[1]
         out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), generation_config=gen_config)
         for row, i in enumerate(idx):
             text = tokenizer.decode(out[row, width:], skip_special_tokens=True)

@@ -15,6 +15,9 @@ from typing import Sequence
 from rouge_score import rouge_scorer
 
 
+_PUNCTUATION = frozenset(string.punctuation)
+
+
 @lru_cache(maxsize=1)
 def _scorer() -> rouge_scorer.RougeScorer:
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
@@ -31,7 +34,7 @@ def rouge_l(prediction: str, references: str | Sequence[str]) -> float:
 
 def normalize_answer(text: str) -> str:
     """Lower-case, drop punctuation and the articles a/an/the, collapse whitespace."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 

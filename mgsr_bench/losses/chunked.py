@@ -22,40 +22,49 @@ import torch
 TokenLoss = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
 
 
+def _chunk_loop(hidden: torch.Tensor, weight: torch.Tensor, teacher_hidden: torch.Tensor | None,
+                teacher_weight: torch.Tensor | None, targets: torch.Tensor, token_loss: TokenLoss, chunk_size: int,
+                need_hidden: bool, need_weight: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The summed loss and, as asked, its gradients for ``hidden`` and ``weight``, chunk by chunk."""
+    grad_hidden = torch.zeros_like(hidden) if need_hidden else None
+    grad_weight = torch.zeros_like(weight) if need_weight else None
+    # The losses are computed in float32 (float64 for float64 inputs); so is their sum.
+    total = torch.zeros((), dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32,
+                        device=hidden.device)
+    w = weight.detach().requires_grad_(need_weight)
+    for start in range(0, hidden.shape[0], chunk_size):
+        stop = start + chunk_size
+        h = hidden[start:stop].detach().requires_grad_(need_hidden)
+        teacher_logits = None
+        if teacher_hidden is not None:
+            with torch.no_grad():
+                teacher_logits = teacher_hidden[start:stop] @ teacher_weight.T
+        with torch.enable_grad() if (need_hidden or need_weight) else torch.no_grad():
+            loss = token_loss(h @ w.T, teacher_logits, targets[start:stop]).sum()
+            grads = list(torch.autograd.grad(loss, [t for t in (h, w) if t.requires_grad])) if loss.requires_grad else []
+        if grad_hidden is not None:
+            grad_hidden[start:stop] = grads.pop(0)
+        if grad_weight is not None:
+            grad_weight += grads.pop(0)
+        total += loss.detach().to(total.dtype)
+    return total, grad_hidden, grad_weight
+
+
 class _ChunkedLinearLoss(torch.autograd.Function):
-    """Sum over tokens of ``token_loss(h W^T, h_t W_t^T, y)``, computed chunk by chunk."""
+    """Sum over tokens of ``token_loss(h W^T, h_t W_t^T, y)``; gradients collected in the forward."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, teacher_hidden: torch.Tensor | None,
                 teacher_weight: torch.Tensor | None, targets: torch.Tensor, token_loss: TokenLoss,
                 chunk_size: int) -> torch.Tensor:
-        grad_hidden = torch.zeros_like(hidden) if hidden.requires_grad else None
-        grad_weight = torch.zeros_like(weight) if weight.requires_grad else None
-        # The losses are computed in float32 (float64 for float64 inputs); so is their sum.
-        total = torch.zeros((), dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32,
-                            device=hidden.device)
-        w = weight.detach().requires_grad_(weight.requires_grad)
-        for start in range(0, hidden.shape[0], chunk_size):
-            stop = start + chunk_size
-            h = hidden[start:stop].detach().requires_grad_(hidden.requires_grad)
-            teacher_logits = None
-            if teacher_hidden is not None:
-                with torch.no_grad():
-                    teacher_logits = teacher_hidden[start:stop] @ teacher_weight.T
-            with torch.enable_grad():
-                loss = token_loss(h @ w.T, teacher_logits, targets[start:stop]).sum()
-                wanted = [t for t in (h, w) if t.requires_grad]
-                grads = torch.autograd.grad(loss, wanted) if wanted else ()
-            grads = list(grads)
-            if grad_hidden is not None:
-                grad_hidden[start:stop] = grads.pop(0)
-            if grad_weight is not None:
-                grad_weight += grads.pop(0)
-            total += loss.detach().to(total.dtype)
+        total, grad_hidden, grad_weight = _chunk_loop(hidden, weight, teacher_hidden, teacher_weight, targets,
+                                                      token_loss, chunk_size, hidden.requires_grad,
+                                                      weight.requires_grad)
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
         scale = lambda g: None if g is None else g * grad_output.to(g.dtype)  # noqa: E731
@@ -77,11 +86,6 @@ def chunked_linear_loss(hidden: torch.Tensor, weight: torch.Tensor, teacher_hidd
     if (teacher_hidden is None) != (teacher_weight is None):
         raise ValueError("teacher_hidden and teacher_weight go together")
     if not torch.is_grad_enabled():  # evaluation: same chunking, no gradients to collect
-        total = torch.zeros((), dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32,
-                            device=hidden.device)
-        for start in range(0, hidden.shape[0], chunk_size):
-            stop = start + chunk_size
-            teacher_logits = None if teacher_hidden is None else teacher_hidden[start:stop] @ teacher_weight.T
-            total += token_loss(hidden[start:stop] @ weight.T, teacher_logits, targets[start:stop]).sum().to(total.dtype)
-        return total
+        return _chunk_loop(hidden, weight, teacher_hidden, teacher_weight, targets, token_loss, chunk_size,
+                           need_hidden=False, need_weight=False)[0]
     return _ChunkedLinearLoss.apply(hidden, weight, teacher_hidden, teacher_weight, targets, token_loss, chunk_size)

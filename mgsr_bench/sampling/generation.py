@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
+from mgsr_bench.data.collate import left_pad
+
 
 @torch.no_grad()
 def sample_responses(model: PreTrainedModel, prompts: list[list[int]], eos_id: int, pad_id: int,
@@ -22,12 +24,8 @@ def sample_responses(model: PreTrainedModel, prompts: list[list[int]], eos_id: i
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p)
-        attn[row, width - len(p):] = 1
+    ids, attn = left_pad(prompts, pad_id)
+    width = ids.shape[1]
     config = GenerationConfig(do_sample=True, top_k=0, top_p=1.0, temperature=temperature,
                               max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id)
     out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), generation_config=config)
