@@ -4,7 +4,7 @@ convention identities, and the basic properties."""
 import pytest
 import torch
 
-from mgsr_bench.losses.divergences import (alpha_beta_divergence, forward_kl, generalized_jsd, reverse_kl,
+from mgsr_bench.losses.divergences import (alpha_beta_divergence, forward_kl, generalized_jsd, jsd_terms, reverse_kl,
                                            skew_forward_kl, skew_reverse_kl, symmetric_kl, total_variation)
 
 
@@ -114,3 +114,14 @@ def test_out_of_range_parameters_are_refused():
                lambda: alpha_beta_divergence(s, t, 0.5, -0.5)):
         with pytest.raises(ValueError):
             fn()
+
+
+def test_jsd_terms_are_the_two_halves_of_the_jsd():
+    torch.manual_seed(3)
+    s, t = torch.randn(5, 9, dtype=torch.float64), torch.randn(5, 9, dtype=torch.float64)
+    p, q = _probs(s, t)
+    m = 0.3 * p + 0.7 * q
+    kl_p, kl_q = jsd_terms(s, t, 0.3)
+    torch.testing.assert_close(kl_p, _kl(p, m))
+    torch.testing.assert_close(kl_q, _kl(q, m))
+    torch.testing.assert_close(0.3 * kl_p + 0.7 * kl_q, generalized_jsd(s, t, 0.3))

@@ -74,6 +74,18 @@ def test_batch_source_replaces_responses_with_model_samples(tokenizer, records):
     assert all(1 <= len(e.response_ids) <= 6 for e in out)
 
 
+def test_both_source_splits_rows_between_teacher_and_student_and_records_origins(tokenizer, records):
+    examples = tokenize_records(records[:6], tokenizer)
+    student, teacher = tiny_model(len(tokenizer), seed=1), tiny_model(len(tokenizer), seed=2)
+    src = BatchSource(SourceSpec(both=True), tokenizer, max_new_tokens=6, temperature=1.0, seed=0)
+    out, origin = src(examples, student, teacher)
+    assert origin == "both"
+    assert [e.origin for e in out] == ["teacher"] * 3 + ["student"] * 3
+    assert [e.prompt_ids for e in out] == [e.prompt_ids for e in examples]
+    batch = collate(out, tokenizer.pad_token_id)
+    assert batch["origin"].tolist() == [2, 2, 2, 1, 1, 1]
+
+
 def test_bad_specs_are_refused():
     with pytest.raises(ValueError):
         SourceSpec(student_prob=1.5)

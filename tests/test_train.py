@@ -147,7 +147,22 @@ def test_sampling_methods_train_on_their_sources(tokenizer, records, teacher):
     assert [h["source"] for h in sources(get_method("gkd", lmbda=1.0))] == ["student"] * 4
     assert [h["source"] for h in sources(get_method("seqkd"))] == ["teacher"] * 4
     assert [h["source"] for h in sources(get_method("jsd"))] == ["ground_truth"] * 4
+    assert [h["source"] for h in sources(get_method("fdistill-kl"))] == ["teacher"] * 4
+    assert [h["source"] for h in sources(get_method("fdistill-rkl"))] == ["student"] * 4
+    assert [h["source"] for h in sources(get_method("fdistill-js"))] == ["both"] * 4
     history = sources(get_method("distillm", init_threshold=1.0, capacity=8, replay_ratio="constant"))
     assert history[0]["source"] == "student"  # the buffer starts empty: the first draw below 1 generates
     assert {h["source"] for h in history} <= {"student", "replay"}
     assert [h["step"] for h in history if "replay_threshold" in h] == [2, 4]
+
+
+def test_fdistill_js_takes_each_kl_term_on_its_own_samples():
+    from mgsr_bench.data.collate import ORIGINS, TokenBatch
+    from mgsr_bench.losses.divergences import jsd_terms
+
+    torch.manual_seed(0)
+    s, t = torch.randn(6, 11, dtype=torch.float64), torch.randn(6, 11, dtype=torch.float64)
+    origin = torch.tensor([ORIGINS.index(o) for o in ["teacher"] * 3 + ["student"] * 3])
+    loss = get_method("fdistill-js").token_losses(s, t, TokenBatch(torch.zeros(6, dtype=torch.long), origin))
+    kl_p_m, kl_q_m = jsd_terms(s, t, 0.5)
+    torch.testing.assert_close(loss, torch.cat([kl_p_m[:3], kl_q_m[3:]]))

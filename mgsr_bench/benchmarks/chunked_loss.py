@@ -38,6 +38,7 @@ def measure(path: str, vocab: int, tokens: int, hidden: int, teacher_hidden: int
     """One measurement in this process (call it in a fresh process for a clean memory peak)."""
     import torch
 
+    from mgsr_bench.data.collate import TokenBatch
     from mgsr_bench.losses.chunked import chunked_linear_loss
     from mgsr_bench.methods import get_method
 
@@ -47,7 +48,7 @@ def measure(path: str, vocab: int, tokens: int, hidden: int, teacher_hidden: int
     w = (torch.randn(vocab, hidden, device=device) * 0.02).requires_grad_()
     th = torch.randn(tokens, teacher_hidden, device=device)
     tw = torch.randn(vocab, teacher_hidden, device=device) * 0.02
-    y = torch.randint(0, vocab, (tokens,), device=device)
+    y = TokenBatch(torch.randint(0, vocab, (tokens,), device=device))
 
     def step() -> None:
         if path == "naive":

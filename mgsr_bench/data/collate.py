@@ -10,20 +10,62 @@ it from labels avoids the bug by construction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 IGNORE = -100
+ORIGINS = ("ground_truth", "student", "teacher")  # where a response came from; replayed samples are "student"
 
 
 @dataclass
 class Example:
-    """One tokenised record: prompt ids and response ids (the response ends with EOS)."""
+    """One tokenised record: prompt ids and response ids (the response ends with EOS).
+
+    ``origin`` says who wrote the response (one of :data:`ORIGINS`); ``links`` optionally marks,
+    per response token, that it forms a pair with the next response token inside one span (the
+    span loss's pairs; set by a method's ``annotate``).
+    """
 
     prompt_ids: list[int]
     response_ids: list[int]
+    origin: str = "ground_truth"
+    links: list[bool] | None = None
+
+
+@dataclass
+class TokenBatch:
+    """What a method sees besides the logits, for each of the N selected response positions.
+
+    ``targets`` are the next-token ids, ``origin`` indexes :data:`ORIGINS` (the row's source),
+    ``link[n]`` says positions n and n + 1 form a span pair (both in the same row; never split
+    across loss chunks) and ``pair_scale`` is (response tokens / span pairs) in the global batch,
+    so that a pair term summed per token and divided by the token count is a mean over pairs.
+    """
+
+    targets: torch.Tensor
+    origin: torch.Tensor | None = None
+    link: torch.Tensor | None = None
+    pair_scale: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.origin is None:
+            self.origin = torch.zeros_like(self.targets)
+
+    def __len__(self) -> int:
+        return self.targets.shape[0]
+
+    def slice(self, start: int, stop: int) -> "TokenBatch":
+        return TokenBatch(self.targets[start:stop], self.origin[start:stop],
+                          None if self.link is None else self.link[start:stop], self.pair_scale)
+
+    def is_from(self, *origins: str) -> torch.Tensor:
+        """Boolean mask of the positions whose row came from one of ``origins``."""
+        mask = torch.zeros_like(self.targets, dtype=torch.bool)
+        for name in origins:
+            mask |= self.origin == ORIGINS.index(name)
+        return mask
 
 
 def tokenize_records(records: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase,
@@ -39,18 +81,27 @@ def tokenize_records(records: list[dict[str, Any]], tokenizer: PreTrainedTokeniz
     return out
 
 
-def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad prompt+response sequences for training; labels mark response tokens only."""
+def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad prompt+response sequences for training; labels mark response tokens only.
+
+    Also returns ``origin`` (one index into :data:`ORIGINS` per row) and ``links`` (bool, aligned
+    with ``labels``: True at a response token that pairs with the next one; all False when the
+    examples carry no links).
+    """
     length = max(len(e.prompt_ids) + len(e.response_ids) for e in examples)
     ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
     labels = torch.full_like(ids, IGNORE)
     attn = torch.zeros_like(ids)
+    links = torch.zeros_like(ids, dtype=torch.bool)
     for i, e in enumerate(examples):
         seq = e.prompt_ids + e.response_ids
         ids[i, : len(seq)] = torch.tensor(seq)
         attn[i, : len(seq)] = 1
         labels[i, len(e.prompt_ids): len(seq)] = torch.tensor(e.response_ids)
-    return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+        if e.links is not None:
+            links[i, len(e.prompt_ids): len(seq)] = torch.tensor(e.links, dtype=torch.bool)
+    origin = torch.tensor([ORIGINS.index(e.origin) for e in examples], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": attn, "labels": labels, "origin": origin, "links": links}
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,6 +115,15 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, attn
 
 
-def shifted_labels(labels: torch.Tensor) -> torch.Tensor:
+def shifted_labels(labels: torch.Tensor, fill: int | bool = IGNORE) -> torch.Tensor:
     """Targets aligned with logits: position t predicts ``labels[t + 1]``; the last position predicts nothing."""
-    return torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE)], dim=1)
+    return torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], fill)], dim=1)
+
+
+def token_batch(batch: dict[str, torch.Tensor], pair_scale: float = 0.0) -> tuple[torch.Tensor, TokenBatch]:
+    """The loss mask over logit positions and the :class:`TokenBatch` of the selected positions."""
+    targets = shifted_labels(batch["labels"])
+    mask = targets != IGNORE
+    origin = batch["origin"].unsqueeze(1).expand_as(targets)[mask]
+    link = shifted_labels(batch["links"], False)[mask] if batch["links"].any() else None
+    return mask, TokenBatch(targets[mask], origin, link, pair_scale)

@@ -69,12 +69,22 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
         return forward_kl(student_logits, teacher_logits, temperature)
     if beta == 1.0:
         return reverse_kl(student_logits, teacher_logits, temperature)
+    kl_p, kl_q = jsd_terms(student_logits, teacher_logits, beta, temperature)
+    return beta * kl_p + (1 - beta) * kl_q
+
+
+def jsd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.5,
+              temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two halves of :func:`generalized_jsd`: ``(KL(p || M), KL(q || M))``, ``M = beta p + (1 - beta) q``.
+
+    f-distill's JS estimator takes the first on teacher samples and the second on student samples.
+    """
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"beta must be in (0, 1), got {beta}")
     log_q = _log_probs(student_logits, temperature)
     log_p = _log_probs(teacher_logits, temperature)
     log_m = torch.logsumexp(torch.stack([log_p + math.log(beta), log_q + math.log(1 - beta)]), dim=0)
-    kl_p = (log_p.exp() * (log_p - log_m)).sum(-1)
-    kl_q = (log_q.exp() * (log_q - log_m)).sum(-1)
-    return beta * kl_p + (1 - beta) * kl_q
+    return (log_p.exp() * (log_p - log_m)).sum(-1), (log_q.exp() * (log_q - log_m)).sum(-1)
 
 
 def total_variation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

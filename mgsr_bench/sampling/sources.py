@@ -9,20 +9,29 @@ is reproducible.
 * student samples ("on-policy", GKD's ``lambda``): the prompts are kept, the responses are sampled
   from the current student;
 * teacher samples (SeqKD, f-distill): the responses are sampled from the teacher;
+* both (f-distill's JS and TVD estimators): half of the rows sampled from the teacher, the other
+  half from the student;
 * DistiLLM's adaptive off-policy replay (:mod:`mgsr_bench.sampling.replay`): student samples,
   stored and replayed on an adaptive schedule driven by the validation loss.
+
+A method may also give a ``reviser`` (MGSR's SCRG): it rewrites every batch of freshly generated
+student samples before training (and before they enter the replay buffer).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Callable
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mgsr_bench.data.collate import Example
 from mgsr_bench.sampling.generation import sample_responses
 from mgsr_bench.sampling.replay import AdaptiveOffPolicy, AdaptiveSchedule
+
+
+Reviser = Callable[[list[Example], PreTrainedModel, PreTrainedModel], tuple[list[Example], dict[str, float]]]
 
 
 @dataclass(frozen=True)
@@ -32,10 +41,14 @@ class SourceSpec:
     student_prob: float = 0.0
     teacher_prob: float = 0.0
     adaptive: AdaptiveSchedule | None = None  # DistiLLM's schedule; excludes the two probabilities
+    both: bool = False  # every step: first half of the rows teacher samples, second half student samples
+    reviser: Reviser | None = None  # applied to every batch of fresh student samples
 
     def __post_init__(self) -> None:
-        if self.adaptive is not None and (self.student_prob or self.teacher_prob):
-            raise ValueError("an adaptive schedule decides the sources itself: leave the probabilities at 0")
+        if (self.adaptive is not None or self.both) and (self.student_prob or self.teacher_prob):
+            raise ValueError("an adaptive or 'both' schedule decides the sources itself: leave the probabilities at 0")
+        if self.adaptive is not None and self.both:
+            raise ValueError("choose one of an adaptive schedule and 'both'")
         for name in ("student_prob", "teacher_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -44,7 +57,7 @@ class SourceSpec:
 
     @property
     def samples(self) -> bool:
-        return self.student_prob > 0 or self.teacher_prob > 0 or self.adaptive is not None
+        return self.student_prob > 0 or self.teacher_prob > 0 or self.adaptive is not None or self.both
 
 
 class BatchSource:
@@ -58,7 +71,8 @@ class BatchSource:
         self.temperature = temperature
         self.rng = random.Random(seed)
         self.adaptive = AdaptiveOffPolicy(spec.adaptive, seed) if spec.adaptive is not None else None
-        self.counts = {"ground_truth": 0, "student": 0, "teacher": 0, "replay": 0}
+        self.counts = {"ground_truth": 0, "student": 0, "teacher": 0, "replay": 0, "both": 0}
+        self.stats: dict[str, float] = {}
 
     @property
     def wants_validation_loss(self) -> bool:
@@ -72,12 +86,32 @@ class BatchSource:
         """The source of the next batch, drawn once per step."""
         if self.adaptive is not None:
             return self.adaptive.choose(step, total_steps, batch_size)
+        if self.spec.both:
+            return "both"
         r = self.rng.random()
         if r < self.spec.student_prob:
             return "student"
         if r < self.spec.student_prob + self.spec.teacher_prob:
             return "teacher"
         return "ground_truth"
+
+    def step_stats(self) -> dict[str, float]:
+        """The reviser's figures for the last batch of student samples (cleared when read)."""
+        stats, self.stats = self.stats, {}
+        return stats
+
+    def sample(self, model: PreTrainedModel, batch: list[Example], origin: str) -> list[Example]:
+        prompts = [e.prompt_ids for e in batch]
+        responses = sample_responses(model, prompts, self.eos_id, self.pad_id, self.max_new_tokens, self.temperature)
+        # An empty response (the prompt's end hit the limit) still needs one target: keep EOS.
+        return [Example(p, r or [self.eos_id], origin=origin) for p, r in zip(prompts, responses)]
+
+    def student_samples(self, batch: list[Example], student: PreTrainedModel,
+                        teacher: PreTrainedModel | None) -> list[Example]:
+        samples = self.sample(student, batch, "student")
+        if self.spec.reviser is not None:
+            samples, self.stats = self.spec.reviser(samples, student, teacher)
+        return samples
 
     def __call__(self, batch: list[Example], student: PreTrainedModel, teacher: PreTrainedModel | None,
                  step: int = 1, total_steps: int = 1) -> tuple[list[Example], str]:
@@ -88,11 +122,13 @@ class BatchSource:
             return batch, source
         if source == "replay":
             return self.adaptive.replay(len(batch)), source
-        model = student if source == "student" else teacher
-        prompts = [e.prompt_ids for e in batch]
-        responses = sample_responses(model, prompts, self.eos_id, self.pad_id, self.max_new_tokens, self.temperature)
-        # An empty response (the prompt's end hit the limit) still needs one target: keep EOS.
-        samples = [Example(p, r or [self.eos_id]) for p, r in zip(prompts, responses)]
+        if source == "teacher":
+            return self.sample(teacher, batch, "teacher"), source
+        if source == "both":
+            half = len(batch) // 2
+            return self.sample(teacher, batch[:half], "teacher") + self.student_samples(batch[half:], student,
+                                                                                         teacher), source
+        samples = self.student_samples(batch, student, teacher)
         if self.adaptive is not None:
             self.adaptive.store(samples)
         return samples, source

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
 from mgsr_bench.config import TrainConfig
-from mgsr_bench.data.collate import IGNORE, Example, collate, shifted_labels
+from mgsr_bench.data.collate import Example, collate, token_batch
 from mgsr_bench.eval.generate import decoding_config, generate
 from mgsr_bench.errors import UserError
 from mgsr_bench.eval.metrics import corpus_scores
@@ -80,7 +80,8 @@ def _head(model: PreTrainedModel) -> torch.nn.Linear | None:
 
 
 def micro_batch_loss(method: Method, student: PreTrainedModel, teacher: PreTrainedModel | None,
-                     batch: dict[str, torch.Tensor], vocab_size: int, chunk_size: int = 1024) -> torch.Tensor:
+                     batch: dict[str, torch.Tensor], vocab_size: int, chunk_size: int = 1024,
+                     pair_scale: float = 0.0) -> torch.Tensor:
     """Sum of the method's per-token losses over the response tokens of one micro-batch.
 
     Only response positions (``shifted labels != IGNORE``) are scored, and logits are cut to the
@@ -89,8 +90,7 @@ def micro_batch_loss(method: Method, student: PreTrainedModel, teacher: PreTrain
     full ``(tokens, vocab)`` logits tensor is ever held; ``0`` computes full logits (the naive path,
     also used for models whose head is not a plain bias-free linear layer).
     """
-    targets = shifted_labels(batch["labels"])
-    mask = targets != IGNORE
+    mask, tokens = token_batch(batch, pair_scale)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     heads = (_head(student), _head(teacher) if method.needs_teacher else None)
     if chunk_size and heads[0] is not None and (heads[1] is not None or not method.needs_teacher):
@@ -100,19 +100,22 @@ def micro_batch_loss(method: Method, student: PreTrainedModel, teacher: PreTrain
             with torch.no_grad():
                 teacher_hidden = teacher.base_model(**inputs).last_hidden_state[mask]
             teacher_weight = heads[1].weight[:vocab_size]
+        module = method.module()
+        params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
         return chunked_linear_loss(hidden, heads[0].weight[:vocab_size], teacher_hidden, teacher_weight,
-                                   targets[mask], method.token_losses, chunk_size)
+                                   tokens, method.token_losses, chunk_size, params)
     student_logits = student(**inputs).logits[mask][:, :vocab_size]
     teacher_logits = None
     if method.needs_teacher:
         with torch.no_grad():
             teacher_logits = teacher(**inputs).logits[mask][:, :vocab_size]
-    return method.token_losses(student_logits, teacher_logits, targets[mask]).sum()
+    return method.token_losses(student_logits, teacher_logits, tokens).sum()
 
 
 def backward_global_batch(method: Method, student: PreTrainedModel, teacher: PreTrainedModel | None,
                           examples: list[Example], n_tokens: int, micro_batch: int, pad_id: int,
-                          accelerator: Accelerator, vocab_size: int, chunk_size: int = 1024) -> float:
+                          accelerator: Accelerator, vocab_size: int, chunk_size: int = 1024,
+                          pair_scale: float = 0.0) -> float:
     """Accumulate the gradients of one optimiser step; returns this process's share of the loss.
 
     ``examples`` is this process's share of the global batch and ``n_tokens`` the number of
@@ -128,10 +131,16 @@ def backward_global_batch(method: Method, student: PreTrainedModel, teacher: Pre
         sync = nullcontext() if i == len(micro) - 1 else accelerator.no_sync(student)
         with sync:
             with accelerator.autocast():  # the forward under autocast, the backward outside it
-                loss = micro_batch_loss(method, student, teacher, batch, vocab_size, chunk_size) * world / n_tokens
+                loss = micro_batch_loss(method, student, teacher, batch, vocab_size, chunk_size,
+                                        pair_scale) * world / n_tokens
             accelerator.backward(loss)
         total += loss.detach()
     return total.item() / world
+
+
+def span_pairs(examples: list[Example]) -> int:
+    """Span pairs (linked adjacent response tokens) in a list of examples."""
+    return sum(sum(e.links) for e in examples if e.links is not None)
 
 
 def response_tokens(examples: list[Example]) -> int:
@@ -180,9 +189,15 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     # The scheduler is stepped by hand once per optimiser step; accelerate's prepared scheduler
     # would step once per process and run the schedule `world` times too fast.
     student, optimizer = accelerator.prepare(student, optimizer)
+    # A loss with its own sub-network (MGSR's f_phi) trains it with its own optimiser state.
+    module = method.module()
+    module_optimizer = None
+    if module is not None:
+        module.to(accelerator.device).train()
+        module_optimizer = torch.optim.AdamW(module.parameters(), lr=method.module_lr)
     spec = method.source_spec()
     source = BatchSource(spec, tokenizer, cfg.gen_max_new_tokens, cfg.gen_temperature, cfg.seed) if spec.samples else None
-    if method.needs_teacher or spec.teacher_prob > 0:
+    if method.needs_teacher or spec.teacher_prob > 0 or spec.both or spec.reviser is not None:
         if teacher is None:
             raise ValueError(f"method {method.name!r} needs a teacher")
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
@@ -206,11 +221,14 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         origin = "ground_truth"
         if source is not None:  # every process draws the same source; each samples its own share
             mine, origin = source(mine, accelerator.unwrap_model(student), teacher, step, cfg.steps)
-        n_tokens = response_tokens(mine)
-        if world > 1:  # the token count of the whole global batch
-            n_tokens = int(accelerator.reduce(torch.tensor(n_tokens, device=accelerator.device), "sum").item())
+        mine = method.annotate(mine, tokenizer)
+        n_tokens, n_pairs = response_tokens(mine), span_pairs(mine)
+        if world > 1:  # the token and pair counts of the whole global batch
+            counts = accelerator.reduce(torch.tensor([n_tokens, n_pairs], device=accelerator.device), "sum")
+            n_tokens, n_pairs = (int(c) for c in counts.tolist())
         step_loss = backward_global_batch(method, student, teacher, mine, n_tokens, cfg.micro_batch,
-                                          tokenizer.pad_token_id, accelerator, len(tokenizer), cfg.loss_chunk_size)
+                                          tokenizer.pad_token_id, accelerator, len(tokenizer), cfg.loss_chunk_size,
+                                          n_tokens / n_pairs if n_pairs else 0.0)
         if world > 1:
             step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item()
         if not math.isfinite(step_loss):
@@ -219,8 +237,16 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if module_optimizer is not None:
+            if world > 1:  # the sub-network is not wrapped by DDP: average its gradients here
+                for p in module.parameters():
+                    if p.grad is not None:
+                        p.grad = accelerator.reduce(p.grad, "mean")
+            module_optimizer.step()
+            module_optimizer.zero_grad(set_to_none=True)
         record: dict[str, Any] = {"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
-                                  "grad_norm": float(grad_norm), "source": origin}
+                                  "grad_norm": float(grad_norm), "source": origin,
+                                  **(source.step_stats() if source is not None else {}), **method.step_stats()}
         if step % cfg.eval_every == 0 or step == cfg.steps:
             model = accelerator.unwrap_model(student)
             score = validation_score(model, tokenizer, valid, valid_examples, cfg, accelerator.device)
