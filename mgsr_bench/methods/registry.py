@@ -44,6 +44,7 @@ def _load_entry_points() -> None:
 def available_methods() -> dict[str, type[Method]]:
     """All methods by name: the built-ins plus those installed through entry points."""
     import mgsr_bench.methods.builtin  # noqa: F401  (registers the built-ins)
+    import mgsr_bench.methods.mgsr  # noqa: F401
 
     _load_entry_points()
     return dict(sorted(_REGISTRY.items()))

@@ -31,7 +31,10 @@ from mgsr_bench.sampling.generation import sample_responses
 from mgsr_bench.sampling.replay import AdaptiveOffPolicy, AdaptiveSchedule
 
 
-Reviser = Callable[[list[Example], PreTrainedModel, PreTrainedModel], tuple[list[Example], dict[str, float]]]
+# (samples, student, teacher, generate, eos_id, pad_id, vocab_size, max_new_tokens) -> (revised samples,
+# figures to log);
+# ``generate(model, prompts, max_new_tokens)`` samples continuations with the source's own settings.
+Reviser = Callable[..., tuple[list[Example], dict[str, float]]]
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class BatchSource:
                  temperature: float, seed: int) -> None:
         self.spec = spec
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.vocab_size = len(tokenizer)
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.rng = random.Random(seed)
@@ -100,9 +104,13 @@ class BatchSource:
         stats, self.stats = self.stats, {}
         return stats
 
+    def generate(self, model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """Sampled continuations of ``prompts`` with this source's settings."""
+        return sample_responses(model, prompts, self.eos_id, self.pad_id, max_new_tokens, self.temperature)
+
     def sample(self, model: PreTrainedModel, batch: list[Example], origin: str) -> list[Example]:
         prompts = [e.prompt_ids for e in batch]
-        responses = sample_responses(model, prompts, self.eos_id, self.pad_id, self.max_new_tokens, self.temperature)
+        responses = self.generate(model, prompts, self.max_new_tokens)
         # An empty response (the prompt's end hit the limit) still needs one target: keep EOS.
         return [Example(p, r or [self.eos_id], origin=origin) for p, r in zip(prompts, responses)]
 
@@ -110,7 +118,8 @@ class BatchSource:
                         teacher: PreTrainedModel | None) -> list[Example]:
         samples = self.sample(student, batch, "student")
         if self.spec.reviser is not None:
-            samples, self.stats = self.spec.reviser(samples, student, teacher)
+            samples, self.stats = self.spec.reviser(samples, student, teacher, self.generate, self.eos_id,
+                                                    self.pad_id, self.vocab_size, self.max_new_tokens)
         return samples
 
     def __call__(self, batch: list[Example], student: PreTrainedModel, teacher: PreTrainedModel | None,

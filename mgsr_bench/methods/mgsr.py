@@ -1,0 +1,193 @@
+"""MGSR (Liu et al., arXiv 2407.10068): SFT + DAC-KL + span loss on SCRG-revised samples.
+
+``L = sft_weight * L_SFT + dac_weight * L_DAC + span_weight * L_span`` per response token, reduced
+by the harness like every other method (token mean over the global batch; the span term is a mean
+over span pairs through ``pair_scale``). L_SFT only applies to ground-truth rows. Samples come from
+DistiLLM's adaptive off-policy replay, and SCRG revises every batch the student generates before it
+is trained on or stored. Every detail the paper leaves open is an option with the default of
+``../shared/specs/mgsr.md`` (see docs/methods/mgsr.md for the table).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from mgsr_bench.data.collate import Example, TokenBatch
+from mgsr_bench.data.spans import SPAN_MODES, extract_spans, span_links
+from mgsr_bench.losses import divergences as D
+from mgsr_bench.losses.dac_kl import BandNet, dac_kl, kept_mass, reverse_gradient, teacher_head
+from mgsr_bench.losses.span import RELATIONS, span_pair_losses
+from mgsr_bench.methods.base import Method
+from mgsr_bench.methods.registry import register
+from mgsr_bench.sampling import SourceSpec
+from mgsr_bench.sampling.replay import AdaptiveSchedule
+from mgsr_bench.sampling.scrg import SCRG
+
+TOKEN_LOSSES = ("dac_kl", "fkl")
+SUBNET_MODES = ("joint", "fixed", "adversarial")
+TARGETS = ("label", "teacher_argmax")
+
+
+@register
+class MGSR(Method):
+    """Multi-granularity semantic revision; the options are listed in docs/methods/mgsr.md."""
+
+    name = "mgsr"
+
+    def __init__(self, *,
+                 # objective
+                 sft_weight: float = 1.0, dac_weight: float = 1.0, span_weight: float = 1.0,
+                 token_loss: str = "dac_kl", temperature: float = 1.0,
+                 # SCRG (sequence level)
+                 rounds: int = 1, teacher_token: str = "argmax", difference: str = "fkl",
+                 # DAC-KL (token level)
+                 top_k_max: int = 256, target: str = "label", subnet: str = "joint", subnet_inputs: int = 64,
+                 subnet_hidden: int = 64, subnet_lr: float = 1e-3, sharpness: float = 0.02,
+                 renormalize: bool = True, coverage: float = 0.9, coverage_weight: float = 1.0,
+                 fixed_lower: float = 0.1, fixed_upper: float = 0.9,
+                 # span level
+                 spans: str = "rule", span_max_tokens: int = 8, span_top_k: int = 64, relation: str = "hadamard",
+                 spacy_model: str = "en_core_web_sm",
+                 # sampling schedule (DistiLLM's adaptive off-policy replay)
+                 init_threshold: float = 0.0, loss_eps: float = 0.1, capacity: int = 1000,
+                 replay_ratio: str = "decreasing") -> None:
+        for label, value in (("sft_weight", sft_weight), ("dac_weight", dac_weight), ("span_weight", span_weight),
+                             ("coverage_weight", coverage_weight)):
+            if value < 0:
+                raise ValueError(f"{label} must be >= 0, got {value}")
+        for label, value, allowed in (("token_loss", token_loss, TOKEN_LOSSES), ("subnet", subnet, SUBNET_MODES),
+                                      ("target", target, TARGETS), ("spans", spans, SPAN_MODES),
+                                      ("relation", relation, RELATIONS)):
+            if value not in allowed:
+                raise ValueError(f"{label} must be one of {', '.join(allowed)}, got {value!r}")
+        if temperature <= 0 or sharpness <= 0 or subnet_lr <= 0:
+            raise ValueError("temperature, sharpness and subnet_lr must be > 0")
+        if min(top_k_max, subnet_inputs, subnet_hidden, span_top_k) < 1 or span_max_tokens < 2:
+            raise ValueError("top_k_max, subnet_inputs, subnet_hidden and span_top_k must be >= 1, "
+                             "span_max_tokens >= 2")
+        if not 0.0 <= coverage <= 1.0:
+            raise ValueError(f"coverage must be in [0, 1], got {coverage}")
+        if fixed_lower >= fixed_upper:
+            raise ValueError(f"fixed_lower must be < fixed_upper, got {fixed_lower} >= {fixed_upper}")
+        self.sft_weight, self.dac_weight, self.span_weight = sft_weight, dac_weight, span_weight
+        self.token_loss, self.temperature = token_loss, temperature
+        self.rounds, self.teacher_token, self.difference = rounds, teacher_token, difference
+        self.top_k_max, self.target, self.subnet = top_k_max, target, subnet
+        self.subnet_inputs, self.subnet_hidden, self.subnet_lr = subnet_inputs, subnet_hidden, subnet_lr
+        self.sharpness, self.renormalize = sharpness, renormalize
+        self.coverage, self.coverage_weight = coverage, coverage_weight
+        self.fixed_lower, self.fixed_upper = fixed_lower, fixed_upper
+        self.spans, self.span_max_tokens, self.span_top_k = spans, span_max_tokens, span_top_k
+        self.relation, self.spacy_model = relation, spacy_model
+        self.init_threshold, self.loss_eps, self.capacity, self.replay_ratio = (init_threshold, loss_eps, capacity,
+                                                                              replay_ratio)
+        self.source_spec()  # validates the SCRG and schedule options now, before any compute
+        self._band_net = BandNet(subnet_inputs, subnet_hidden) if self._uses_subnet else None
+        self._links: dict[tuple[int, ...], list[bool]] = {}
+        self._sums: dict[str, float] = {}
+
+    @property
+    def module_lr(self) -> float:  # the harness's learning rate for f_phi
+        return self.subnet_lr
+
+    @property
+    def _uses_subnet(self) -> bool:
+        return self.token_loss == "dac_kl" and self.dac_weight > 0 and self.subnet != "fixed"
+
+    def options(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def source_spec(self) -> SourceSpec:
+        scrg = SCRG(self.rounds, self.teacher_token, self.difference, self.temperature) if self.rounds else None
+        return SourceSpec(adaptive=AdaptiveSchedule(init_threshold=self.init_threshold, loss_eps=self.loss_eps,
+                                                    capacity=self.capacity, replay_ratio=self.replay_ratio),
+                          reviser=scrg)
+
+    def module(self) -> torch.nn.Module | None:
+        return self._band_net
+
+    # -- span pairs -------------------------------------------------------------------------------
+    def annotate(self, examples: list[Example], tokenizer: PreTrainedTokenizerBase) -> list[Example]:
+        """Mark the span pairs of every response (cached per response: ground-truth rows recur)."""
+        if not self.span_weight:
+            return examples
+        out = []
+        for e in examples:
+            key = tuple(e.response_ids)
+            if key not in self._links:
+                spans = extract_spans(tokenizer, e.response_ids, self.spans, self.span_max_tokens, self.spacy_model)
+                self._links[key] = span_links(len(e.response_ids), spans)
+            out.append(Example(e.prompt_ids, e.response_ids, e.origin, self._links[key]))
+        return out
+
+    # -- the loss ---------------------------------------------------------------------------------
+    def _add(self, name: str, value: torch.Tensor) -> None:
+        self._sums[name] = self._sums.get(name, 0.0) + float(value.detach().sum())
+
+    def step_stats(self) -> dict[str, float]:
+        """Mean DAC-KL and span loss per scored token / pair, band bounds and kept teacher mass of the step."""
+        sums, self._sums = self._sums, {}
+        stats = {}
+        tokens, pairs = sums.get("tokens", 0.0), sums.get("pairs", 0.0)
+        for name in ("dac", "lower", "upper", "kept"):
+            if name in sums and tokens:
+                stats[f"mgsr_{name}"] = sums[name] / tokens
+        if pairs:
+            stats["mgsr_span"] = sums["span"] / pairs
+        return stats
+
+    def _band(self, sorted_probs: torch.Tensor, entropy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.subnet == "fixed":
+            return sorted_probs.new_tensor(self.fixed_lower), sorted_probs.new_tensor(self.fixed_upper)
+        return self._band_net(sorted_probs, entropy)
+
+    def dac_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, tokens: TokenBatch
+                 ) -> torch.Tensor:
+        """DAC-KL per token, plus the sub-network's coverage term as a zero-valued, gradient-only addend."""
+        log_p, sorted_probs, ids, entropy = teacher_head(teacher_logits, self.top_k_max, self.temperature)
+        target = tokens.targets
+        if self.target == "teacher_argmax":
+            target = ids[:, 0]
+        else:  # the label on ground-truth rows, the teacher's argmax on sampled rows
+            target = torch.where(tokens.is_from("ground_truth"), target, ids[:, 0])
+        lower, upper = self._band(sorted_probs, entropy)
+        band_lower, band_upper = ((reverse_gradient(lower), reverse_gradient(upper)) if self.subnet == "adversarial"
+                                  else (lower, upper))
+        loss, kept = dac_kl(student_logits, log_p, sorted_probs, ids, target, band_lower, band_upper,
+                            self.sharpness, self.renormalize, self.temperature)
+        if self.subnet == "adversarial":  # the coverage term still pulls f_phi towards coverage
+            kept = kept_mass(log_p, sorted_probs, ids, target, lower, upper, self.sharpness)
+        n = torch.ones_like(loss)
+        self._add("tokens", n)
+        self._add("dac", loss)
+        self._add("kept", kept)
+        self._add("lower", lower * n)
+        self._add("upper", upper * n)
+        if self.subnet != "fixed" and self.coverage_weight:
+            # L_phi = L_DAC + gamma * relu(rho - M_kept): the coverage term reaches only f_phi (M_kept does
+            # not depend on the student) and adds nothing to the reported loss.
+            penalty = self.coverage_weight * torch.relu(self.coverage - kept)
+            loss = loss + (penalty - penalty.detach())
+        return loss
+
+    def token_losses(self, student_logits, teacher_logits, tokens) -> torch.Tensor:
+        loss = torch.zeros(len(tokens), dtype=torch.float64 if student_logits.dtype == torch.float64 else torch.float32,
+                           device=student_logits.device)
+        if self.sft_weight:
+            sft = D.cross_entropy(student_logits, tokens.targets)
+            loss = loss + self.sft_weight * sft * tokens.is_from("ground_truth")
+        if self.dac_weight:
+            if self.token_loss == "dac_kl":
+                loss = loss + self.dac_weight * self.dac_term(student_logits, teacher_logits, tokens)
+            else:
+                loss = loss + self.dac_weight * D.forward_kl(student_logits, teacher_logits, self.temperature)
+        if self.span_weight and tokens.link is not None:
+            pairs = span_pair_losses(student_logits, teacher_logits, tokens.link, self.span_top_k, self.relation,
+                                     self.temperature)
+            self._add("span", pairs)
+            self._add("pairs", tokens.link.float())
+            loss = loss + self.span_weight * tokens.pair_scale * pairs
+        return loss

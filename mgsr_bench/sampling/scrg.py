@@ -1,0 +1,149 @@
+"""SCRG, MGSR's sequence-level revision of student samples (MGSR spec section 1).
+
+Given a batch of responses the student sampled:
+
+1. one no-grad forward of teacher and student over (prompt, response) gives ``p_i`` and ``q_i`` at
+   every response position;
+2. the teacher's token ``t_i`` (argmax of ``p_i``, or a sample from it) and the semantic cognitive
+   difference ``d_i`` (``KL(p_i || q_i)`` by default; reverse KL or JSD as options);
+3. the error position ``j``: the argmax of ``d_i`` over positions where the response disagrees with
+   the teacher (``y_i != t_i``; EOS is a real position, padding is not); a response without one is
+   kept unchanged and counted as uncorrected;
+4. the correction ``y_j := t_j`` with the prefix ``y_<j`` kept, and the student re-generates from
+   ``(x, y_<j, t_j)`` with the same sampling settings, until EOS or the length limit (the limit counts
+   the kept prefix: a revised response is never longer than a sampled one);
+5. ``rounds`` repetitions, each looking only past the previous correction; ``rounds = 0`` disables it.
+
+Rows are revised together: their corrected prefixes are left-padded and generated in one batch per
+round. The positions and corrections are deterministic given the models (argmax mode), so the
+batched result equals the row-by-row one whenever generation is deterministic (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from mgsr_bench.data.collate import Example, collate
+from mgsr_bench.losses import divergences as D
+
+Generate = Callable[[PreTrainedModel, list[list[int]], int], list[list[int]]]
+TEACHER_TOKENS = ("argmax", "sample")
+DIFFERENCES = ("fkl", "rkl", "jsd")
+
+
+@dataclass(frozen=True)
+class Correction:
+    """One row's correction: response position ``j``, the teacher token put there and ``d_j``."""
+
+    position: int
+    token: int
+    difference: float
+
+
+@dataclass(frozen=True)
+class SCRG:
+    """Sequence correction and re-generation with the spec's defaults (each a "decided" option)."""
+
+    rounds: int = 1
+    teacher_token: str = "argmax"
+    difference: str = "fkl"
+    temperature: float = 1.0  # of p and q used for t_i and d_i
+    micro_batch: int = 8  # rows per no-grad forward
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0:
+            raise ValueError(f"rounds must be >= 0, got {self.rounds}")
+        if self.teacher_token not in TEACHER_TOKENS:
+            raise ValueError(f"teacher_token must be one of {', '.join(TEACHER_TOKENS)}, got {self.teacher_token!r}")
+        if self.difference not in DIFFERENCES:
+            raise ValueError(f"difference must be one of {', '.join(DIFFERENCES)}, got {self.difference!r}")
+
+    def _differences(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        if self.difference == "fkl":
+            return D.forward_kl(student_logits, teacher_logits, self.temperature)
+        if self.difference == "rkl":
+            return D.reverse_kl(student_logits, teacher_logits, self.temperature)
+        return D.generalized_jsd(student_logits, teacher_logits, 0.5, self.temperature)
+
+    @torch.no_grad()
+    def find_corrections(self, examples: list[Example], student: PreTrainedModel, teacher: PreTrainedModel,
+                         starts: list[int], pad_id: int, vocab_size: int) -> list[Correction | None]:
+        """Per row, the correction at or after ``starts[row]``, or None when nothing disagrees there."""
+        device = next(student.parameters()).device
+        out: list[Correction | None] = []
+        for first in range(0, len(examples), self.micro_batch):
+            rows = examples[first: first + self.micro_batch]
+            batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            student_logits = student(**inputs).logits[..., :vocab_size]
+            teacher_logits = teacher(**inputs).logits[..., :vocab_size]
+            for r, e in enumerate(rows):
+                n = len(e.response_ids)
+                positions = slice(len(e.prompt_ids) - 1, len(e.prompt_ids) - 1 + n)  # logits predicting y_0..y_n-1
+                s, t = student_logits[r, positions].float(), teacher_logits[r, positions].float()
+                if self.teacher_token == "argmax":
+                    teacher_tokens = t.argmax(-1)
+                else:
+                    teacher_tokens = torch.multinomial(F.softmax(t / self.temperature, -1), 1).squeeze(-1)
+                d = self._differences(s, t)
+                response = torch.tensor(e.response_ids, device=device)
+                candidates = (response != teacher_tokens)
+                candidates[: starts[first + r]] = False
+                if not candidates.any():
+                    out.append(None)
+                    continue
+                j = int(d.masked_fill(~candidates, float("-inf")).argmax())
+                out.append(Correction(j, int(teacher_tokens[j]), float(d[j])))
+        return out
+
+    def __call__(self, samples: list[Example], student: PreTrainedModel, teacher: PreTrainedModel,
+                 generate: Generate, eos_id: int, pad_id: int, vocab_size: int, max_new_tokens: int
+                 ) -> tuple[list[Example], dict[str, float]]:
+        """The revised samples and the step's figures (fraction corrected, mean relative position and d of j).
+
+        ``max_new_tokens`` is the response length limit the samples were drawn with.
+        """
+        samples = list(samples)
+        active = list(range(len(samples)))
+        starts = [0] * len(samples)
+        corrected: set[int] = set()
+        rel_positions: list[float] = []
+        differences: list[float] = []
+        for _ in range(self.rounds):
+            if not active:
+                break
+            found = self.find_corrections([samples[i] for i in active], student, teacher,
+                                          [starts[i] for i in active], pad_id, vocab_size)
+            regenerate: list[tuple[int, list[int], int]] = []  # (row, new response prefix, token budget left)
+            still = []
+            for i, c in zip(active, found):
+                if c is None:
+                    continue
+                e = samples[i]
+                corrected.add(i)
+                rel_positions.append(c.position / len(e.response_ids))
+                differences.append(c.difference)
+                prefix = e.response_ids[: c.position] + [c.token]
+                budget = max_new_tokens - len(prefix)
+                samples[i] = Example(e.prompt_ids, prefix, origin=e.origin)
+                starts[i] = len(prefix)
+                if c.token != eos_id and budget > 0:
+                    regenerate.append((i, prefix, budget))
+                if c.token != eos_id:
+                    still.append(i)
+            if regenerate:
+                prompts = [samples[i].prompt_ids + prefix for i, prefix, _ in regenerate]
+                continuations = generate(student, prompts, max(b for _, _, b in regenerate))
+                for (i, prefix, budget), cont in zip(regenerate, continuations):
+                    samples[i] = Example(samples[i].prompt_ids, prefix + cont[:budget], origin=samples[i].origin)
+            active = [i for i in still if starts[i] < len(samples[i].response_ids)]
+        stats = {"scrg_corrected": len(corrected) / len(samples) if samples else 0.0}
+        if rel_positions:
+            stats["scrg_rel_position"] = sum(rel_positions) / len(rel_positions)
+            stats["scrg_difference"] = sum(differences) / len(differences)
+        return samples, stats

@@ -1,0 +1,312 @@
+"""MGSR's three components (SCRG, DAC-KL, span loss) and the method's recipes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mgsr_bench.config import available_recipes, load_recipe, train_config
+from mgsr_bench.data.collate import ORIGINS, Example, TokenBatch, tokenize_records
+from mgsr_bench.data.spans import extract_spans, span_links, token_pieces
+from mgsr_bench.losses.dac_kl import BandNet, dac_kl, teacher_head
+from mgsr_bench.losses.span import span_pair_losses
+from mgsr_bench.methods import get_method
+from mgsr_bench.sampling import sample_responses
+from mgsr_bench.sampling.scrg import SCRG
+from mgsr_bench.train import train
+
+from conftest import SHARED, tiny_model
+
+
+# --- SCRG ----------------------------------------------------------------------------------------
+
+class _FixedLogits(torch.nn.Module):
+    """A "model" whose logits at sequence position t are a fixed table row: hand-built distributions."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = table  # (T, V)
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, input_ids, attention_mask=None):
+        b, t = input_ids.shape
+        return type("Out", (), {"logits": self.table[:t].unsqueeze(0).expand(b, t, -1)})()
+
+
+def _peaked(tokens: list[int], vocab: int, strength: list[float]) -> torch.Tensor:
+    table = torch.zeros(len(tokens) + 1, vocab)  # the last sequence position predicts nothing
+    for i, (tok, s) in enumerate(zip(tokens, strength)):
+        table[i, tok] = s
+    return table
+
+
+def test_scrg_picks_the_largest_difference_among_mismatched_positions():
+    vocab, prompt = 6, [5]
+    # positions predict response tokens 0..3 from sequence positions 0..3 (the prompt has one token)
+    teacher = _FixedLogits(_peaked([1, 2, 3, 4], vocab, [8.0, 8.0, 8.0, 8.0]))
+    student = _FixedLogits(_peaked([1, 2, 3, 4], vocab, [0.0, 6.0, 1.0, 3.0]))
+    scrg = SCRG()
+    # the response agrees with the teacher at 0 (largest d) and differs at 1, 2, 3
+    response = [1, 0, 0, 0]
+    d = [float(torch.nn.functional.kl_div(F.log_softmax(student.table[i], -1), F.log_softmax(teacher.table[i], -1),
+                                          log_target=True, reduction="sum")) for i in range(4)]
+    (c,) = scrg.find_corrections([Example(prompt, response)], student, teacher, [0], 0, vocab)
+    expected = max((1, 2, 3), key=lambda i: d[i])
+    assert d[0] > d[expected]  # the matching position would have won without the mismatch rule
+    assert c.position == expected and c.token == [1, 2, 3, 4][expected]
+    assert c.difference == pytest.approx(d[expected], rel=1e-5)
+    # rounds look only past the previous correction
+    (later,) = scrg.find_corrections([Example(prompt, response)], student, teacher, [expected + 1], 0, vocab)
+    assert later is None or later.position > expected
+    # a response that agrees everywhere is left alone
+    assert scrg.find_corrections([Example(prompt, [1, 2, 3, 4])], student, teacher, [0], 0, vocab) == [None]
+
+
+def test_scrg_corrects_keeps_the_prefix_and_regenerates(tokenizer, records):
+    student, teacher = tiny_model(len(tokenizer), seed=1), tiny_model(len(tokenizer), seed=2, hidden=48)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    prompts = [e.prompt_ids for e in tokenize_records(records[:6], tokenizer)]
+    torch.manual_seed(0)
+    samples = [Example(p, r or [eos], origin="student")
+               for p, r in zip(prompts, sample_responses(student, prompts, eos, pad, 12))]
+    scrg = SCRG(rounds=1)
+    found = scrg.find_corrections(samples, student, teacher, [0] * len(samples), pad, len(tokenizer))
+    revised, stats = scrg(samples, student, teacher, _greedy(eos, pad), eos, pad, len(tokenizer), 12)
+    assert stats["scrg_corrected"] == sum(c is not None for c in found) / len(samples) > 0
+    for before, after, c in zip(samples, revised, found):
+        assert after.prompt_ids == before.prompt_ids and after.origin == "student"
+        if c is None:
+            assert after.response_ids == before.response_ids
+            continue
+        assert after.response_ids[: c.position] == before.response_ids[: c.position]  # prefix kept
+        assert after.response_ids[c.position] == c.token  # the teacher's token
+        assert len(after.response_ids) <= 12
+    assert 0 <= stats["scrg_rel_position"] < 1 and stats["scrg_difference"] > 0
+    assert scrg.__class__(rounds=0)(samples, student, teacher, _greedy(eos, pad), eos, pad, len(tokenizer), 12)[0] \
+        == samples
+
+
+def _greedy(eos, pad):
+    def generate(model, prompts, max_new_tokens):
+        return sample_responses(model, prompts, eos, pad, max_new_tokens, temperature=1e-6)
+    return generate
+
+
+def test_scrg_batched_equals_row_by_row(tokenizer, records):
+    student = tiny_model(len(tokenizer), seed=1).double()
+    teacher = tiny_model(len(tokenizer), seed=2, hidden=48).double()
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    prompts = [e.prompt_ids for e in tokenize_records(records[:5], tokenizer)]
+    torch.manual_seed(1)
+    samples = [Example(p, r or [eos], origin="student")
+               for p, r in zip(prompts, sample_responses(student, prompts, eos, pad, 10))]
+    scrg, gen = SCRG(rounds=2), _greedy(eos, pad)
+    batched, _ = scrg(samples, student, teacher, gen, eos, pad, len(tokenizer), 10)
+    single = [scrg([s], student, teacher, gen, eos, pad, len(tokenizer), 10)[0][0] for s in samples]
+    assert batched == single
+
+
+# --- DAC-KL --------------------------------------------------------------------------------------
+
+def _logits(n=4, v=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, v, generator=g, dtype=torch.float64) * 2, torch.randn(n, v, generator=g, dtype=torch.float64) * 2
+
+
+def test_dac_kl_with_a_band_over_the_whole_head_is_kl_on_the_renormalised_head_plus_target():
+    s, t = _logits()
+    k = 5
+    log_p, sorted_probs, ids, _ = teacher_head(t, k)
+    target = torch.tensor([ids[0, 0].item(), ids[1, 3].item(), 11 if 11 not in ids[2] else 0, ids[3, 4].item()])
+    loss, kept = dac_kl(s, log_p, sorted_probs, ids, target, torch.tensor(-10.0), torch.tensor(10.0), sharpness=1e-3)
+    p, q = F.softmax(t, -1), F.softmax(s, -1)
+    for row in range(4):
+        support = sorted(set(ids[row].tolist()) | {int(target[row])})
+        P, Q = p[row, support] / p[row, support].sum(), q[row, support] / q[row, support].sum()
+        assert loss[row].item() == pytest.approx(float((P * (P / Q).log()).sum()), rel=1e-6)
+        assert kept[row].item() == pytest.approx(float(p[row, support].sum()), rel=1e-6)
+
+
+def test_dac_kl_fixed_band_matches_a_hand_computation():
+    p = torch.tensor([[0.5, 0.25, 0.15, 0.1]], dtype=torch.float64)
+    q = torch.tensor([[0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
+    log_p, sorted_probs, ids, _ = teacher_head(p.log(), 4)
+    lower, upper, s = 0.55, 0.85, 0.02
+    loss, _ = dac_kl(q.log(), log_p, sorted_probs, ids, torch.tensor([0]),
+                     torch.tensor(lower, dtype=torch.float64), torch.tensor(upper, dtype=torch.float64), s)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    cum = [0.0, 0.5, 0.75, 0.9]  # mass before each rank; ranks are ids 0..3 here
+    w = [0.0] + [sig((cum[k] + p[0, k].item() - lower) / s) * sig((upper - cum[k]) / s) for k in (1, 2, 3)]
+    P = [w[k] * p[0, k].item() for k in range(4)] + [p[0, 0].item()]
+    Q = [w[k] * q[0, k].item() for k in range(4)] + [q[0, 0].item()]
+    P, Q = [x / sum(P) for x in P], [x / sum(Q) for x in Q]
+    expected = sum(a * math.log(a / b) for a, b in zip(P, Q) if a > 0)
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+    # the band keeps ranks 2 and 3 (intervals [0.5, 0.75] and [0.75, 0.9] overlap [0.55, 0.85]), not rank 4
+    assert w[1] > 0.9 and w[2] > 0.9 and w[3] < 0.1
+
+
+def test_dac_kl_gradients_reach_the_student_and_the_subnetwork():
+    s, t = _logits(n=6, v=40)
+    s.requires_grad_(True)
+    method = get_method("mgsr")
+    net = method.module()
+    tokens = TokenBatch(torch.randint(0, 40, (6,)))
+    loss = method.dac_term(s, t, tokens).sum()
+    loss.backward()
+    assert s.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    fixed = get_method("mgsr", subnet="fixed")
+    assert fixed.module() is None
+
+
+def _train_band(gamma: float, steps: int = 150) -> float:
+    torch.manual_seed(0)
+    t = torch.randn(64, 50) * 3
+    s = t + torch.randn(64, 50)  # a student near the teacher, as after SFT initialisation
+    method = get_method("mgsr", coverage_weight=gamma)
+    net = method.module()
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    tokens = TokenBatch(t.argmax(-1))
+    for _ in range(steps):
+        opt.zero_grad()
+        method.dac_term(s, t, tokens).sum().backward()
+        opt.step()
+    method.step_stats()
+    method.dac_term(s, t, tokens)
+    return method.step_stats()["mgsr_kept"]
+
+
+def test_coverage_term_prevents_an_empty_band():
+    without, with_coverage = _train_band(0.0), _train_band(1.0)
+    assert without < 0.6  # minimising L_DAC alone shrinks the band to nothing: only the target is left
+    assert with_coverage > 0.85 and with_coverage > without + 0.2  # near rho = 0.9
+
+
+def test_adversarial_subnetwork_ascends_the_dac_loss():
+    s, t = _logits(n=6, v=40)
+    tokens = TokenBatch(torch.randint(0, 40, (6,)))
+    grads = {}
+    for mode in ("joint", "adversarial"):
+        method = get_method("mgsr", subnet=mode, coverage_weight=0.0)
+        torch.manual_seed(0)
+        method._band_net.load_state_dict(BandNet().state_dict())
+        method.dac_term(s, t, tokens).sum().backward()
+        grads[mode] = [p.grad.clone() for p in method.module().parameters()]
+    for a, b in zip(grads["joint"], grads["adversarial"]):
+        torch.testing.assert_close(a, -b)
+
+
+# --- span loss -----------------------------------------------------------------------------------
+
+def test_rule_spans_with_the_gpt2_tokenizer():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(SHARED / "tokenizers" / "gpt2")
+    text = "The quick brown fox jumped over the lazy dog, and it was 12345 metres away."
+    ids = tok(text).input_ids + [tok.eos_token_id]
+    assert "".join(token_pieces(tok, ids[:-1])) == text
+    rule = [tok.decode(ids[a:b]) for a, b in extract_spans(tok, ids, "rule")]
+    assert rule == ["The quick brown fox jumped", " over the lazy dog", " and it", " was 12345 metres away"]
+    assert [tok.decode(ids[a:b]) for a, b in extract_spans(tok, ids, "word")] == [" 12345"]
+    assert extract_spans(tok, ids, "rule", max_tokens=2)[0] == (0, 2)
+    with pytest.raises(ValueError, match="span mode"):
+        extract_spans(tok, ids, "nouns")
+
+
+def test_rule_spans_with_the_tiny_suite_tokenizer(tokenizer):
+    text = "Clara moved to Lisbon in 1987 and sold 345 apples."
+    ids = tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    spans = extract_spans(tokenizer, ids, "word")
+    words = [tokenizer.decode(ids[a:b]).strip() for a, b in spans]
+    assert "1987" in words and "345" in words  # digits are split into tokens and regrouped into words
+    for a, b in extract_spans(tokenizer, ids, "rule"):
+        assert 2 <= b - a <= 8 and ids[b - 1] != tokenizer.eos_token_id
+    links = span_links(len(ids), spans)
+    assert sum(links) == sum(b - a - 1 for a, b in spans)
+
+
+def test_spacy_mode_fails_clearly_when_spacy_is_missing(tokenizer):
+    try:
+        import spacy  # noqa: F401
+    except ImportError:
+        from mgsr_bench.errors import UserError
+
+        with pytest.raises(UserError, match="spaCy"):
+            extract_spans(tokenizer, tokenizer("a b c").input_ids, "spacy")
+    else:
+        pytest.skip("spaCy is installed")
+
+
+@pytest.mark.parametrize("relation", ["hadamard", "cosine"])
+def test_span_loss_is_zero_for_equal_models_and_positive_otherwise(relation):
+    s, t = _logits(n=6, v=30)
+    link = torch.tensor([True, True, False, True, False, False])
+    assert span_pair_losses(t, t, link, relation=relation).abs().max() < 1e-15
+    losses = span_pair_losses(s, t, link, relation=relation)
+    assert (losses[link] > 0).all() and (losses[~link] == 0).all()
+
+
+def test_span_loss_uses_the_teacher_top_k_support_of_the_product():
+    s, t = _logits(n=2, v=30)
+    link = torch.tensor([True, False])
+    p, q = F.softmax(t, -1), F.softmax(s, -1)
+    r_t, r_s = p[0] * p[1], q[0] * q[1]
+    support = r_t.topk(5).indices
+    expected = ((r_t[support] - r_s[support]) ** 2).sum()
+    assert span_pair_losses(s, t, link, top_k=5)[0].item() == pytest.approx(expected.item(), rel=1e-10)
+
+
+# --- the method ----------------------------------------------------------------------------------
+
+def test_mgsr_sft_term_only_on_ground_truth_rows_and_span_term_as_a_pair_mean():
+    s, t = _logits(n=4, v=20)
+    targets = torch.tensor([1, 2, 3, 4])
+    origin = torch.tensor([ORIGINS.index("ground_truth")] * 2 + [ORIGINS.index("student")] * 2)
+    sft_only = get_method("mgsr", dac_weight=0.0, span_weight=0.0)
+    loss = sft_only.token_losses(s, t, TokenBatch(targets, origin))
+    ce = F.cross_entropy(s, targets, reduction="none")
+    torch.testing.assert_close(loss, torch.cat([ce[:2], torch.zeros(2, dtype=ce.dtype)]))
+    span_only = get_method("mgsr", sft_weight=0.0, dac_weight=0.0)
+    link = torch.tensor([True, False, True, False])
+    loss = span_only.token_losses(s, t, TokenBatch(targets, origin, link, pair_scale=2.0))
+    torch.testing.assert_close(loss, 2.0 * span_pair_losses(s, t, link))
+
+
+def test_mgsr_trains_with_scrg_revised_samples_and_logs_every_component(tokenizer, records):
+    examples = tokenize_records(records[:32], tokenizer)
+    valid, valid_ex = records[32:40], tokenize_records(records[32:40], tokenizer)
+    cfg = train_config({"steps": 2, "micro_batch": 8, "val_metric": "loss", "val_size": 8, "eval_every": 1,
+                        "gen_max_new_tokens": 12})
+    teacher = tiny_model(len(tokenizer), seed=2, hidden=48).eval()
+    method = get_method("mgsr", init_threshold=1.0, capacity=8, replay_ratio="constant")
+    before = [p.detach().clone() for p in method.module().parameters()]
+    history = train(tiny_model(len(tokenizer), seed=1), teacher, tokenizer, method, examples, valid, valid_ex,
+                    cfg).history
+    assert history[0]["source"] == "student"
+    first = history[0]
+    for key in ("scrg_corrected", "mgsr_dac", "mgsr_lower", "mgsr_upper", "mgsr_kept"):
+        assert key in first, key
+    assert 0 < first["mgsr_lower"] < first["mgsr_upper"] < 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, method.module().parameters()))  # f_phi trained
+
+
+def test_every_mgsr_recipe_trains_a_step(tokenizer, records):
+    examples = tokenize_records(records[:16], tokenizer)
+    cfg = train_config({"steps": 1, "micro_batch": 8, "val_metric": "loss", "val_size": 8, "gen_max_new_tokens": 8})
+    teacher = tiny_model(len(tokenizer), seed=2, hidden=48).eval()
+    names = [n for n, p in available_recipes().items() if p.parent.name == "methods"]
+    assert {"mgsr", "mgsr-no-scrg", "mgsr-fkl", "mgsr-no-span", "mgsr-scrg-fkl", "mgsr-dackl", "mgsr-dackl-fixed",
+            "mgsr-rounds3"} <= set(names)
+    for name in names:
+        recipe = load_recipe(name)
+        # start generating at once so that SCRG runs in this single step
+        method = get_method(recipe.method, **{**recipe.options, "init_threshold": 1.0})
+        result = train(tiny_model(len(tokenizer), seed=1), teacher, tokenizer, method, examples, records[16:24],
+                       tokenize_records(records[16:24], tokenizer), cfg, desc=name)
+        step = result.history[0]
+        assert step["source"] == "student" and math.isfinite(step["loss"]), name
+        assert ("scrg_corrected" in step) == (method.rounds > 0), name
