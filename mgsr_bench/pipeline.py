@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mgsr_bench.config import DEFAULT_SEEDS, Recipe, train_config
@@ -42,13 +43,23 @@ class EvalSettings:
                 "metric": "rougeL F x100 (rouge_score, use_stemmer=True, max over references)"}
 
 
-def save_model_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
-    """Save weights (safetensors) and tokenizer into ``folder`` via a temporary sibling folder."""
+METHOD_STATE = "method_state.pt"
+
+
+def save_model_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path,
+                      method_state: dict[str, Any] | None = None) -> None:
+    """Save weights (safetensors) and tokenizer into ``folder`` via a temporary sibling folder.
+
+    ``method_state`` (a loss sub-network's weights and optimiser state, e.g. MGSR's f_phi) is saved
+    beside them as ``method_state.pt``.
+    """
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if method_state is not None:
+            torch.save(method_state, tmp / METHOD_STATE)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
     except BaseException:
@@ -59,8 +70,9 @@ def save_model_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedModel | None,
                   tokenizer: PreTrainedTokenizerBase, train_records: list[dict[str, Any]],
                   valid_records: list[dict[str, Any]], train_defaults: dict[str, Any] | None = None,
-                  train_overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Train ``student`` in place with ``recipe``; returns (resolved config, training summary).
+                  train_overrides: dict[str, Any] | None = None
+                  ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """Train ``student`` in place with ``recipe``; returns (resolved config, training summary, method state).
 
     Training settings resolve as: ``TrainConfig`` defaults < ``train_defaults`` (the suite's)
     < the recipe's ``train`` block < ``train_overrides`` (the command line).
@@ -74,7 +86,7 @@ def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedM
               "train": dataclasses.asdict(cfg)}
     summary = {"best_step": result.best_step, "best_val": result.best_score, "wall_time_s": result.wall_time_s,
                "seconds_per_step": result.seconds_per_step, "history": result.history}
-    return config, summary
+    return config, summary, result.method_state
 
 
 def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, label: str, method: str,

@@ -15,7 +15,7 @@ from mgsr_bench.losses.dac_kl import BandNet, dac_kl, teacher_head
 from mgsr_bench.losses.span import span_pair_losses
 from mgsr_bench.methods import get_method
 from mgsr_bench.sampling import sample_responses
-from mgsr_bench.sampling.scrg import SCRG
+from mgsr_bench.sampling.scrg import SCRG, Revision
 from mgsr_bench.train import train
 
 from conftest import SHARED, tiny_model
@@ -74,7 +74,8 @@ def test_scrg_corrects_keeps_the_prefix_and_regenerates(tokenizer, records):
                for p, r in zip(prompts, sample_responses(student, prompts, eos, pad, 12))]
     scrg = SCRG(rounds=1)
     found = scrg.find_corrections(samples, student, teacher, [0] * len(samples), pad, len(tokenizer))
-    revised, stats = scrg(samples, student, teacher, _greedy(eos, pad), eos, pad, len(tokenizer), 12)
+    revision = Revision(_greedy(eos, pad), eos, pad, len(tokenizer), 12)
+    revised, stats = scrg(samples, student, teacher, revision)
     assert stats["scrg_corrected"] == sum(c is not None for c in found) / len(samples) > 0
     for before, after, c in zip(samples, revised, found):
         assert after.prompt_ids == before.prompt_ids and after.origin == "student"
@@ -85,8 +86,7 @@ def test_scrg_corrects_keeps_the_prefix_and_regenerates(tokenizer, records):
         assert after.response_ids[c.position] == c.token  # the teacher's token
         assert len(after.response_ids) <= 12
     assert 0 <= stats["scrg_rel_position"] < 1 and stats["scrg_difference"] > 0
-    assert scrg.__class__(rounds=0)(samples, student, teacher, _greedy(eos, pad), eos, pad, len(tokenizer), 12)[0] \
-        == samples
+    assert SCRG(rounds=0)(samples, student, teacher, revision)[0] == samples
 
 
 def _greedy(eos, pad):
@@ -103,9 +103,10 @@ def test_scrg_batched_equals_row_by_row(tokenizer, records):
     torch.manual_seed(1)
     samples = [Example(p, r or [eos], origin="student")
                for p, r in zip(prompts, sample_responses(student, prompts, eos, pad, 10))]
-    scrg, gen = SCRG(rounds=2), _greedy(eos, pad)
-    batched, _ = scrg(samples, student, teacher, gen, eos, pad, len(tokenizer), 10)
-    single = [scrg([s], student, teacher, gen, eos, pad, len(tokenizer), 10)[0][0] for s in samples]
+    scrg = SCRG(rounds=2)
+    batched, _ = scrg(samples, student, teacher, Revision(_greedy(eos, pad), eos, pad, len(tokenizer), 10, 3))
+    single = [scrg([s], student, teacher, Revision(_greedy(eos, pad), eos, pad, len(tokenizer), 10))[0][0]
+              for s in samples]
     assert batched == single
 
 
@@ -284,8 +285,9 @@ def test_mgsr_trains_with_scrg_revised_samples_and_logs_every_component(tokenize
     teacher = tiny_model(len(tokenizer), seed=2, hidden=48).eval()
     method = get_method("mgsr", init_threshold=1.0, capacity=8, replay_ratio="constant")
     before = [p.detach().clone() for p in method.module().parameters()]
-    history = train(tiny_model(len(tokenizer), seed=1), teacher, tokenizer, method, examples, valid, valid_ex,
-                    cfg).history
+    result = train(tiny_model(len(tokenizer), seed=1), teacher, tokenizer, method, examples, valid, valid_ex, cfg)
+    history = result.history
+    assert set(result.method_state) == {"module", "optimizer"}  # f_phi and its own optimiser state, for checkpoints
     assert history[0]["source"] == "student"
     first = history[0]
     for key in ("scrg_corrected", "mgsr_dac", "mgsr_lower", "mgsr_upper", "mgsr_kept"):

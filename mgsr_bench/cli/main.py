@@ -86,9 +86,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for recipe in recipes:
         t0 = time.perf_counter()
         student = load_model(suite.student_init_dir)
-        config, summary = train_student(recipe, student, teacher, tokenizer, train_records, valid_records,
-                                        suite.config.method_train, overrides)
-        save_model_atomic(student, tokenizer, out / "models" / recipe.name)
+        config, summary, method_state = train_student(recipe, student, teacher, tokenizer, train_records,
+                                                      valid_records, suite.config.method_train, overrides)
+        save_model_atomic(student, tokenizer, out / "models" / recipe.name, method_state)
         evaluate_and_record(student, tokenizer, label=recipe.name, method=recipe.method, datasets=datasets,
                             settings=settings, pair=suite.pair(), config={**suite_info, **config},
                             record_path=out / "records" / f"{recipe.name}.json", training=summary, started=t0)
@@ -134,9 +134,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         tokenizer = load_tokenizer(suite.tokenizer_dir)
         teacher, student = load_model(suite.teacher_dir), load_model(suite.student_init_dir)
         train_records, valid_records = suite.split("train"), suite.split("valid")
-    config, summary = train_student(recipe, student, teacher, tokenizer, train_records, valid_records, defaults,
-                                    {"steps": args.steps} if args.steps is not None else {})
-    save_model_atomic(student, tokenizer, out / "model")
+    config, summary, method_state = train_student(recipe, student, teacher, tokenizer, train_records, valid_records,
+                                                  defaults, {"steps": args.steps} if args.steps is not None else {})
+    save_model_atomic(student, tokenizer, out / "model", method_state)
     write_atomic(out / "training.json", json.dumps({"config": config, "training": summary}, indent=2))
     print(f"best validation {summary['best_val']:.3f} at step {summary['best_step']}; model saved to {out / 'model'}")
     return 0

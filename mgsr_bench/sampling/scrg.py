@@ -21,6 +21,7 @@ batched result equals the row-by-row one whenever generation is deterministic (t
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,12 +29,28 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from mgsr_bench.data.collate import Example, collate
+from mgsr_bench.data.collate import Example, collate, token_batch
 from mgsr_bench.losses import divergences as D
 
-Generate = Callable[[PreTrainedModel, list[list[int]], int], list[list[int]]]
 TEACHER_TOKENS = ("argmax", "sample")
 DIFFERENCES = ("fkl", "rkl", "jsd")
+
+
+@dataclass(frozen=True)
+class Revision:
+    """What a reviser needs from the batch source: its sampler and its settings.
+
+    ``generate(model, prompts, max_new_tokens)`` samples continuations with the source's own
+    settings; ``max_new_tokens`` is the response length limit the samples were drawn with;
+    ``micro_batch`` rows go through one no-grad forward.
+    """
+
+    generate: Callable[[PreTrainedModel, list[list[int]], int], list[list[int]]]
+    eos_id: int
+    pad_id: int
+    vocab_size: int
+    max_new_tokens: int
+    micro_batch: int = 8
 
 
 @dataclass(frozen=True)
@@ -53,7 +70,6 @@ class SCRG:
     teacher_token: str = "argmax"
     difference: str = "fkl"
     temperature: float = 1.0  # of p and q used for t_i and d_i
-    micro_batch: int = 8  # rows per no-grad forward
 
     def __post_init__(self) -> None:
         if self.rounds < 0:
@@ -72,42 +88,45 @@ class SCRG:
 
     @torch.no_grad()
     def find_corrections(self, examples: list[Example], student: PreTrainedModel, teacher: PreTrainedModel,
-                         starts: list[int], pad_id: int, vocab_size: int) -> list[Correction | None]:
-        """Per row, the correction at or after ``starts[row]``, or None when nothing disagrees there."""
+                         starts: list[int], pad_id: int, vocab_size: int, micro_batch: int = 8
+                         ) -> list[Correction | None]:
+        """Per row, the correction at or after response position ``starts[row]``, or None when nothing disagrees."""
         device = next(student.parameters()).device
         out: list[Correction | None] = []
-        for first in range(0, len(examples), self.micro_batch):
-            rows = examples[first: first + self.micro_batch]
+        for first in range(0, len(examples), micro_batch):
+            rows = examples[first: first + micro_batch]
             batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-            student_logits = student(**inputs).logits[..., :vocab_size]
-            teacher_logits = teacher(**inputs).logits[..., :vocab_size]
-            for r, e in enumerate(rows):
-                n = len(e.response_ids)
-                positions = slice(len(e.prompt_ids) - 1, len(e.prompt_ids) - 1 + n)  # logits predicting y_0..y_n-1
-                s, t = student_logits[r, positions].float(), teacher_logits[r, positions].float()
-                if self.teacher_token == "argmax":
-                    teacher_tokens = t.argmax(-1)
-                else:
-                    teacher_tokens = torch.multinomial(F.softmax(t / self.temperature, -1), 1).squeeze(-1)
-                d = self._differences(s, t)
-                response = torch.tensor(e.response_ids, device=device)
-                candidates = (response != teacher_tokens)
-                candidates[: starts[first + r]] = False
-                if not candidates.any():
-                    out.append(None)
-                    continue
-                j = int(d.masked_fill(~candidates, float("-inf")).argmax())
-                out.append(Correction(j, int(teacher_tokens[j]), float(d[j])))
+            mask, tokens = token_batch(batch)  # logit positions that predict a response token
+            s = student(**inputs).logits[mask][:, :vocab_size].float()
+            t = teacher(**inputs).logits[mask][:, :vocab_size].float()
+            if self.teacher_token == "argmax":
+                teacher_tokens = t.argmax(-1)
+            else:
+                teacher_tokens = torch.multinomial(F.softmax(t / self.temperature, -1), 1).squeeze(-1)
+            d = self._differences(s, t)
+            # response index of every selected position, and the row it belongs to
+            row = mask.nonzero()[:, 0]
+            index = mask.long().cumsum(1)[mask] - 1
+            start = torch.tensor(starts[first: first + len(rows)], device=device)[row]
+            candidate = (tokens.targets != teacher_tokens) & (index >= start)
+            grid = torch.full(mask.shape, float("-inf"), device=device)
+            grid[mask] = d.masked_fill(~candidate, float("-inf"))
+            best = grid.argmax(1)  # logit position of j per row
+            found = grid.gather(1, best.unsqueeze(1)).squeeze(1) > float("-inf")
+            lookup = torch.full(mask.shape, -1, dtype=torch.long, device=device)
+            lookup[mask] = torch.arange(mask.sum().item(), device=device)
+            flat = lookup.gather(1, best.unsqueeze(1)).squeeze(1).clamp(min=0)
+            for ok, j, tok, diff in zip(found.tolist(), index[flat].tolist(), teacher_tokens[flat].tolist(),
+                                        d[flat].tolist()):
+                out.append(Correction(j, tok, diff) if ok else None)
         return out
 
     def __call__(self, samples: list[Example], student: PreTrainedModel, teacher: PreTrainedModel,
-                 generate: Generate, eos_id: int, pad_id: int, vocab_size: int, max_new_tokens: int
-                 ) -> tuple[list[Example], dict[str, float]]:
-        """The revised samples and the step's figures (fraction corrected, mean relative position and d of j).
-
-        ``max_new_tokens`` is the response length limit the samples were drawn with.
-        """
+                 revision: Revision) -> tuple[list[Example], dict[str, float]]:
+        """The revised samples and the step's figures: fraction corrected, mean relative position and d of j,
+        and the seconds SCRG took."""
+        began = time.perf_counter()
         samples = list(samples)
         active = list(range(len(samples)))
         starts = [0] * len(samples)
@@ -118,7 +137,8 @@ class SCRG:
             if not active:
                 break
             found = self.find_corrections([samples[i] for i in active], student, teacher,
-                                          [starts[i] for i in active], pad_id, vocab_size)
+                                          [starts[i] for i in active], revision.pad_id, revision.vocab_size,
+                                          revision.micro_batch)
             regenerate: list[tuple[int, list[int], int]] = []  # (row, new response prefix, token budget left)
             still = []
             for i, c in zip(active, found):
@@ -129,16 +149,16 @@ class SCRG:
                 rel_positions.append(c.position / len(e.response_ids))
                 differences.append(c.difference)
                 prefix = e.response_ids[: c.position] + [c.token]
-                budget = max_new_tokens - len(prefix)
+                budget = revision.max_new_tokens - len(prefix)
                 samples[i] = Example(e.prompt_ids, prefix, origin=e.origin)
                 starts[i] = len(prefix)
-                if c.token != eos_id and budget > 0:
+                if c.token != revision.eos_id and budget > 0:
                     regenerate.append((i, prefix, budget))
-                if c.token != eos_id:
+                if c.token != revision.eos_id:
                     still.append(i)
             if regenerate:
                 prompts = [samples[i].prompt_ids + prefix for i, prefix, _ in regenerate]
-                continuations = generate(student, prompts, max(b for _, _, b in regenerate))
+                continuations = revision.generate(student, prompts, max(b for _, _, b in regenerate))
                 for (i, prefix, budget), cont in zip(regenerate, continuations):
                     samples[i] = Example(samples[i].prompt_ids, prefix + cont[:budget], origin=samples[i].origin)
             active = [i for i in still if starts[i] < len(samples[i].response_ids)]
@@ -146,4 +166,5 @@ class SCRG:
         if rel_positions:
             stats["scrg_rel_position"] = sum(rel_positions) / len(rel_positions)
             stats["scrg_difference"] = sum(differences) / len(differences)
+        stats["scrg_seconds"] = time.perf_counter() - began
         return samples, stats

@@ -29,12 +29,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mgsr_bench.data.collate import Example
 from mgsr_bench.sampling.generation import sample_responses
 from mgsr_bench.sampling.replay import AdaptiveOffPolicy, AdaptiveSchedule
+from mgsr_bench.sampling.scrg import Revision
 
 
-# (samples, student, teacher, generate, eos_id, pad_id, vocab_size, max_new_tokens) -> (revised samples,
-# figures to log);
-# ``generate(model, prompts, max_new_tokens)`` samples continuations with the source's own settings.
-Reviser = Callable[..., tuple[list[Example], dict[str, float]]]
+# (samples, student, teacher, Revision) -> (revised samples, figures to log)
+Reviser = Callable[[list[Example], PreTrainedModel, PreTrainedModel, Revision], tuple[list[Example], dict[str, float]]]
 
 
 @dataclass(frozen=True)
@@ -67,10 +66,11 @@ class BatchSource:
     """Turns each drawn global batch into the batch the method trains on."""
 
     def __init__(self, spec: SourceSpec, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int,
-                 temperature: float, seed: int) -> None:
+                 temperature: float, seed: int, micro_batch: int = 8) -> None:
         self.spec = spec
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.vocab_size = len(tokenizer)
+        self.micro_batch = micro_batch  # rows per no-grad forward of a reviser
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.rng = random.Random(seed)
@@ -118,8 +118,9 @@ class BatchSource:
                         teacher: PreTrainedModel | None) -> list[Example]:
         samples = self.sample(student, batch, "student")
         if self.spec.reviser is not None:
-            samples, self.stats = self.spec.reviser(samples, student, teacher, self.generate, self.eos_id,
-                                                    self.pad_id, self.vocab_size, self.max_new_tokens)
+            revision = Revision(self.generate, self.eos_id, self.pad_id, self.vocab_size, self.max_new_tokens,
+                                self.micro_batch)
+            samples, self.stats = self.spec.reviser(samples, student, teacher, revision)
         return samples
 
     def __call__(self, batch: list[Example], student: PreTrainedModel, teacher: PreTrainedModel | None,

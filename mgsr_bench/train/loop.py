@@ -46,6 +46,7 @@ class TrainResult:
     best_score: float = -math.inf
     wall_time_s: float = 0.0
     seconds_per_step: float = 0.0
+    method_state: dict[str, Any] | None = None  # a loss sub-network's weights and optimiser state, if any
 
 
 def resolve_mixed_precision(setting: str) -> str:
@@ -196,7 +197,8 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         module.to(accelerator.device).train()
         module_optimizer = torch.optim.AdamW(module.parameters(), lr=method.module_lr)
     spec = method.source_spec()
-    source = BatchSource(spec, tokenizer, cfg.gen_max_new_tokens, cfg.gen_temperature, cfg.seed) if spec.samples else None
+    source = (BatchSource(spec, tokenizer, cfg.gen_max_new_tokens, cfg.gen_temperature, cfg.seed, cfg.micro_batch)
+              if spec.samples else None)
     if method.needs_teacher or spec.teacher_prob > 0 or spec.both or spec.reviser is not None:
         if teacher is None:
             raise ValueError(f"method {method.name!r} needs a teacher")
@@ -268,6 +270,8 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         result.history.append(record)
     result.wall_time_s = time.perf_counter() - start
     result.seconds_per_step = result.wall_time_s / cfg.steps
+    if module is not None:
+        result.method_state = {"module": module.state_dict(), "optimizer": module_optimizer.state_dict()}
     final = accelerator.unwrap_model(student)
     if best_state is not None:
         final.load_state_dict(best_state)
