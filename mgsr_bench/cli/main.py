@@ -31,6 +31,33 @@ def _load_recipes(names: str):
     return recipes
 
 
+def _apply_sets(recipes: list, sets: list[str] | None) -> list:
+    """``--set KEY=VALUE`` (YAML value) overrides a method option in every recipe whose method has it."""
+    if not sets:
+        return recipes
+    import dataclasses
+    import inspect
+
+    import yaml
+
+    from mgsr_bench.methods import available_methods
+
+    methods = available_methods()
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set takes KEY=VALUE, got {item!r}")
+        value = yaml.safe_load(text)
+        takers = [r for r in recipes if r.method in methods
+                  and key.strip() in inspect.signature(methods[r.method].__init__).parameters]
+        if not takers:
+            raise UserError(f"--set {key.strip()}: no chosen recipe's method has that option "
+                            "(see the recipes' options: block)")
+        recipes = [dataclasses.replace(r, options={**r.options, key.strip(): value}) if r in takers else r
+                   for r in recipes]
+    return recipes
+
+
 def _prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder; choose another path")
@@ -65,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mgsr_bench.suite.build import EVAL_SPLITS, ensure_suite, load_suite_models
 
     suite_config = _suite_config(args.quick)
-    recipes = _load_recipes(args.methods)
+    recipes = _apply_sets(_load_recipes(args.methods), args.set)
     settings = _eval_settings(args, suite_config)
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
@@ -237,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke-sized suite and training (about a minute)")
     p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated recipes (default: {DEFAULT_METHODS})")
     p.add_argument("--steps", type=int, help="override the training steps of every method")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a method option in every chosen recipe that has it (repeatable)")
     _add_eval_options(p)
     p.set_defaults(func=cmd_run)
 
