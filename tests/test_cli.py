@@ -38,6 +38,10 @@ def test_list(capsys):
     (["run", "--seeds", "1,x"], "--seeds must be comma-separated integers"),
     (["train", "kd", "--teacher", "x"], "--teacher, --student, --train-data and --valid-data go together"),
     (["eval", "m", "--data", "nofile"], "--data takes NAME=PATH"),
+    (["run", "--methods", "kd", "--set", "init_threshold=0.5"],
+     "--set init_threshold: no chosen recipe's method has that option"),
+    (["run", "--methods", "kd,distillm", "--set", "init_threshold=7"], "bad options for method 'distillm'"),
+    (["run", "--methods", "mgsr", "--set", "spans=nouns"], "spans must be one of rule, word, spacy"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / "out"

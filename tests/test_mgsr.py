@@ -238,6 +238,8 @@ def test_spacy_mode_fails_clearly_when_spacy_is_missing(tokenizer):
 
         with pytest.raises(UserError, match="spaCy"):
             extract_spans(tokenizer, tokenizer("a b c").input_ids, "spacy")
+        with pytest.raises(UserError, match="spaCy"):  # refused when the method is built, before any compute
+            get_method("mgsr", spans="spacy")
     else:
         pytest.skip("spaCy is installed")
 

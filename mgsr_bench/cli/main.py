@@ -40,7 +40,7 @@ def _apply_sets(recipes: list, sets: list[str] | None) -> list:
 
     import yaml
 
-    from mgsr_bench.methods import available_methods
+    from mgsr_bench.methods import available_methods, get_method
 
     methods = available_methods()
     for item in sets:
@@ -55,6 +55,8 @@ def _apply_sets(recipes: list, sets: list[str] | None) -> list:
                             "(see the recipes' options: block)")
         recipes = [dataclasses.replace(r, options={**r.options, key.strip(): value}) if r in takers else r
                    for r in recipes]
+    for recipe in recipes:  # an out-of-range value fails here, before any compute
+        get_method(recipe.method, **recipe.options)
     return recipes
 
 

@@ -101,7 +101,8 @@ def _phrases(word_list: list[tuple[list[int], str, bool]]) -> list[list[int]]:
 
 
 @lru_cache(maxsize=4)
-def _spacy_pipeline(model: str) -> Any:
+def spacy_pipeline(model: str) -> Any:
+    """spaCy's pipeline for ``model``, loaded once; one clear error when spaCy or the model is missing."""
     try:
         import spacy
     except ImportError:
@@ -116,7 +117,7 @@ def _spacy_pipeline(model: str) -> Any:
 
 def _spacy_groups(pieces: Sequence[str], special: Sequence[bool], model: str) -> list[list[int]]:
     """Token groups covered by spaCy's noun chunks and verb groups (runs of AUX/VERB/PART)."""
-    nlp = _spacy_pipeline(model)
+    nlp = spacy_pipeline(model)
     starts, text = [], ""
     for piece in pieces:
         starts.append(len(text))

@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from mgsr_bench.data.collate import Example, TokenBatch
-from mgsr_bench.data.spans import SPAN_MODES, extract_spans, span_links
+from mgsr_bench.data.spans import SPAN_MODES, extract_spans, span_links, spacy_pipeline
 from mgsr_bench.losses import divergences as D
 from mgsr_bench.losses.dac_kl import BandNet, dac_kl, kept_mass, reverse_gradient, teacher_head
 from mgsr_bench.losses.span import RELATIONS, span_pair_losses
@@ -85,6 +85,8 @@ class MGSR(Method):
         self.init_threshold, self.loss_eps, self.capacity, self.replay_ratio = (init_threshold, loss_eps, capacity,
                                                                               replay_ratio)
         self.source_spec()  # validates the SCRG and schedule options now, before any compute
+        if spans == "spacy" and span_weight:
+            spacy_pipeline(spacy_model)  # a missing spaCy or model is reported now, before any compute
         self._band_net = BandNet(subnet_inputs, subnet_hidden) if self._uses_subnet else None
         self._links: dict[tuple[int, ...], list[bool]] = {}
         self._sums: dict[str, float] = {}
