@@ -47,8 +47,8 @@ def test_chunks_never_split_a_linked_pair():
     for start, stop in bounds:
         assert stop - start <= 3
         assert stop == 9 or not link[stop - 1]
-    # a run longer than the chunk cannot be kept whole: the chunk keeps its full size
-    assert chunk_bounds(4, 2, torch.tensor([True, True, True, False])) == [(0, 2), (2, 4)]
+    # a linked run longer than the chunk is kept whole: the chunk grows to its end
+    assert chunk_bounds(5, 2, torch.tensor([True, True, True, False, False])) == [(0, 4), (4, 5)]
 
 
 def test_chunked_collects_gradients_of_the_loss_own_parameters():

@@ -28,7 +28,7 @@ def chunk_bounds(n: int, chunk_size: int, link: torch.Tensor | None) -> list[tup
     """``(start, stop)`` chunks of at most ``chunk_size`` rows that never split a linked pair.
 
     A chunk ends early, by as many rows as needed, when its last row pairs with the next one
-    (``link[stop - 1]``); a chunk that would be empty that way keeps its full size.
+    (``link[stop - 1]``); when the whole chunk is one linked run, it grows to the run's end instead.
     """
     bounds, start = [], 0
     flags = link.tolist() if link is not None else None
@@ -38,7 +38,11 @@ def chunk_bounds(n: int, chunk_size: int, link: torch.Tensor | None) -> list[tup
             cut = stop
             while cut > start and flags[cut - 1]:
                 cut -= 1
-            stop = cut if cut > start else stop
+            if cut > start:
+                stop = cut
+            else:
+                while stop < n and flags[stop - 1]:
+                    stop += 1
         bounds.append((start, stop))
         start = stop
     return bounds

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 class BandNet(torch.nn.Module):
     """MGSR's sub-network f_phi: teacher top-``n_probs`` sorted probabilities + entropy -> band ``(l, u)``.
 
-    ``n_probs -> hidden -> 2`` with GELU (spec: 64 -> 64 -> 2). Outputs ``u = sigmoid(a)`` and
+    ``n_probs + 1 -> hidden -> 2`` with GELU (spec: 64 probabilities + entropy -> 64 -> 2). Outputs ``u = sigmoid(a)`` and
     ``l = u * sigmoid(b)``, so ``0 < l < u < 1`` by construction.
     """
 

@@ -224,7 +224,8 @@ class FDistillJS(_FDistill):
     """f-distill JS: KL(p || m) on teacher-sampled rows and KL(q || m) on student-sampled rows, m = (p + q) / 2.
 
     With half of the rows from each, the token mean estimates
-    ``JS = 0.5 E_p[log p / m] + 0.5 E_q[log q / m]``.
+    ``JS = 0.5 E_p[log p / m] + 0.5 E_q[log q / m]`` (each half weighted by its share of the tokens,
+    as the harness weighs every token).
     """
 
     name = "fdistill-js"

@@ -113,16 +113,19 @@ class MGSR(Method):
 
     # -- span pairs -------------------------------------------------------------------------------
     def annotate(self, examples: list[Example], tokenizer: PreTrainedTokenizerBase) -> list[Example]:
-        """Mark the span pairs of every response (cached per response: ground-truth rows recur)."""
+        """Mark the span pairs of every response (cached for ground-truth rows, which recur every epoch)."""
         if not self.span_weight:
             return examples
         out = []
         for e in examples:
             key = tuple(e.response_ids)
-            if key not in self._links:
+            links = self._links.get(key)
+            if links is None:
                 spans = extract_spans(tokenizer, e.response_ids, self.spans, self.span_max_tokens, self.spacy_model)
-                self._links[key] = span_links(len(e.response_ids), spans)
-            out.append(Example(e.prompt_ids, e.response_ids, e.origin, self._links[key]))
+                links = span_links(len(e.response_ids), spans)
+                if e.origin == "ground_truth":
+                    self._links[key] = links
+            out.append(Example(e.prompt_ids, e.response_ids, e.origin, links))
         return out
 
     # -- the loss ---------------------------------------------------------------------------------

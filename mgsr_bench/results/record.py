@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import functools
 import subprocess
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -40,6 +41,7 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The commit of the code that ran, with ``+dirty`` when its code, recipes or packaging had
     uncommitted changes (result files, such as the committed leaderboards a run rewrites, do not count)."""

@@ -92,6 +92,15 @@ class SCRG:
                          ) -> list[Correction | None]:
         """Per row, the correction at or after response position ``starts[row]``, or None when nothing disagrees."""
         device = next(student.parameters()).device
+        was_training = student.training
+        student.eval()  # no dropout: the distributions SCRG compares are the model's, not a noisy draw
+        try:
+            return self._find(examples, student, teacher, starts, pad_id, vocab_size, micro_batch, device)
+        finally:
+            student.train(was_training)
+
+    def _find(self, examples: list[Example], student: PreTrainedModel, teacher: PreTrainedModel, starts: list[int],
+              pad_id: int, vocab_size: int, micro_batch: int, device: torch.device) -> list[Correction | None]:
         out: list[Correction | None] = []
         for first in range(0, len(examples), micro_batch):
             rows = examples[first: first + micro_batch]

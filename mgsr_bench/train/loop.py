@@ -15,6 +15,7 @@ What it guarantees, identically for every method:
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from contextlib import nullcontext
@@ -46,7 +47,7 @@ class TrainResult:
     best_score: float = -math.inf
     wall_time_s: float = 0.0
     seconds_per_step: float = 0.0
-    method_state: dict[str, Any] | None = None  # a loss sub-network's weights and optimiser state, if any
+    method_state: dict[str, Any] | None = None  # a loss sub-network's state (at the best step), if any
 
 
 def resolve_mixed_precision(setting: str) -> str:
@@ -193,7 +194,10 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     # A loss with its own sub-network (MGSR's f_phi) trains it with its own optimiser state.
     module = method.module()
     module_optimizer = None
-    if module is not None:
+    if module is not None:  # initialised from the training seed, whatever ran before
+        for layer in module.modules():
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
         module.to(accelerator.device).train()
         module_optimizer = torch.optim.AdamW(module.parameters(), lr=method.module_lr)
     spec = method.source_spec()
@@ -264,13 +268,16 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
             if score > result.best_score:
                 result.best_score, result.best_step = score, step
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                if module is not None:  # the sub-network saved with the student is the one from the same step
+                    result.method_state = {"module": copy.deepcopy(module.state_dict()),
+                                           "optimizer": copy.deepcopy(module_optimizer.state_dict())}
             bar.set_postfix(loss=f"{step_loss:.3f}", val=f"{score:.2f}", best=f"{result.best_score:.2f}")
         elif step % 10 == 0:
             bar.set_postfix(loss=f"{step_loss:.3f}", best=f"{result.best_score:.2f}")
         result.history.append(record)
     result.wall_time_s = time.perf_counter() - start
     result.seconds_per_step = result.wall_time_s / cfg.steps
-    if module is not None:
+    if module is not None and result.method_state is None:
         result.method_state = {"module": module.state_dict(), "optimizer": module_optimizer.state_dict()}
     final = accelerator.unwrap_model(student)
     if best_state is not None:
