@@ -10,7 +10,7 @@ OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__)" | tee -a "$OUT/gpu.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_train.py tests/test_chunked.py tests/test_sampling.py 2>&1 | tee "$OUT/pytest.log" | tail -15
+python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_train.py tests/test_chunked.py tests/test_sampling.py tests/test_mgsr.py 2>&1 | tee "$OUT/pytest.log" | tail -15
 python3 -m mgsr_bench.benchmarks.chunked_loss --device cuda --repeats 3 --json "$OUT/chunked_loss.json" 2>&1 | tee "$OUT/chunked_loss.log"
 start=$(date +%s)
 python3 -m mgsr_bench run --quick --seeds 10,20 --out /tmp/gpu-quick > "$OUT/run.log" 2> "$OUT/run.err"

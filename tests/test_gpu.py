@@ -37,3 +37,17 @@ def test_generation_on_gpu_matches_prompt_count(tokenizer, records):
     out = generate(model, tokenizer, prompts, decoding_config(tokenizer, 8, greedy=False), batch_size=4, seed=10)
     again = generate(model, tokenizer, prompts, decoding_config(tokenizer, 8, greedy=False), batch_size=4, seed=10)
     assert len(out) == 10 and out == again
+
+
+def test_mgsr_trains_in_bf16_on_gpu_with_scrg_and_its_subnetwork(tokenizer, records, teacher):
+    """SCRG generation, DAC-KL with f_phi and the span loss together under autocast on the device."""
+    student = tiny_model(len(tokenizer), seed=1)
+    cfg = train_config({"steps": 4, "micro_batch": 8, "eval_every": 2, "val_metric": "loss", "val_size": 16,
+                        "gen_max_new_tokens": 12})
+    method = get_method("mgsr", init_threshold=1.0, capacity=8, replay_ratio="constant")
+    result = train(student, teacher, tokenizer, method, tokenize_records(records[:64], tokenizer),
+                   records[200:], tokenize_records(records[200:], tokenizer), cfg)
+    assert any("scrg_corrected" in h for h in result.history)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
+    assert next(method.module().parameters()).device.type == "cuda"
+    assert set(result.method_state) == {"module", "optimizer"}

@@ -203,6 +203,7 @@ def test_adversarial_subnetwork_ascends_the_dac_loss():
 
 # --- span loss -----------------------------------------------------------------------------------
 
+@pytest.mark.skipif(not (SHARED / "tokenizers" / "gpt2").is_dir(), reason="../shared/tokenizers/gpt2 is absent")
 def test_rule_spans_with_the_gpt2_tokenizer():
     from transformers import AutoTokenizer
 

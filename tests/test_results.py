@@ -69,3 +69,19 @@ def test_leaderboard_errors(tmp_path):
         load_records(tmp_path)
     with pytest.raises(UserError, match="not found"):
         load_records(tmp_path / "missing")
+
+
+def test_training_table_counts_sources_and_scrg():
+    from mgsr_bench.results.leaderboard import training_frame
+
+    history = ([{"step": 1, "source": "student", "scrg_corrected": 0.5}, {"step": 2, "source": "replay"}]
+               + [{"step": i, "source": "ground_truth"} for i in range(3, 5)])
+    trained = make_record(label="mgsr", method="mgsr", config={"recipe": "mgsr"}, pair={"name": "tiny"},
+                          evaluation={"seeds": [10]}, scores=_scores({"test": [50.0]}), wall_time_s=9.0,
+                          training={"history": history, "seconds_per_step": 1.25, "wall_time_s": 120.0,
+                                    "best_step": 4})
+    table = training_frame([trained, _record("teacher", {"test": [80.0]})])
+    assert list(table.index) == ["mgsr"]  # the teacher record carries no training of this run
+    row = table.loc["mgsr"]
+    assert (row["steps"], row["s/step"], row["train min"], row["best step"]) == (4, 1.25, 2.0, 4)
+    assert (row["student steps"], row["replay steps"], row["scrg corrected"]) == ("25%", "25%", "50%")

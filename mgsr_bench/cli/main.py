@@ -172,8 +172,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate saved models (folders or Hub names) and write one run record each."""
-    from mgsr_bench.data.jsonl import read_records
+    """Evaluate saved models (folders or Hub names) and write one run record each.
+
+    ``--data NAME=PATH`` reads MiniLLM JSONL, instruction/input/output JSONL, self-instruct's raw file
+    or FastChat's ``QUESTIONS+ANSWERS``; when NAME is one of the protocol's sets (dolly, selfinst,
+    vicuna, sni, unni) its filters are applied with each model's tokenizer.
+    """
+    from mgsr_bench.data.instruct import PROTOCOLS, apply_protocol, load_instruct
     from mgsr_bench.models import load_model, load_tokenizer
     from mgsr_bench.pipeline import evaluate_and_record
     from mgsr_bench.suite.build import EVAL_SPLITS, ensure_suite
@@ -185,7 +190,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             name, sep, path = spec.partition("=")
             if not sep or not name or not path:
                 raise UserError(f"--data takes NAME=PATH, got {spec!r}")
-            datasets[name] = read_records(path)
+            datasets[name] = load_instruct(path)
     settings = _eval_settings(args, None if args.data else _suite_config(args.quick))
     out = Path(args.out)
     _prepare_out(out)
@@ -197,7 +202,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         path = Path(model_path)
         label = args.label or (path.parent.name if path.name == "model" else path.name) or str(model_path)
         tokenizer, model = load_tokenizer(model_path), load_model(model_path)
-        evaluate_and_record(model, tokenizer, label=label, method="eval", datasets=datasets, settings=settings,
+        kept = {name: apply_protocol(rows, name, tokenizer) if args.data and name in PROTOCOLS else rows
+                for name, rows in datasets.items()}
+        evaluate_and_record(model, tokenizer, label=label, method="eval", datasets=kept, settings=settings,
                             pair={"student": str(model_path)}, config={"model": str(model_path)},
                             record_path=out / "records" / f"{label}.json", started=t0)
         print(f"{label}: " + ", ".join(f"{name} ROUGE-L {s['rougeL']['mean']:.2f} ± {s['rougeL']['std']:.2f}"

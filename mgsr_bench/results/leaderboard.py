@@ -73,6 +73,34 @@ def family_frame(records: list[dict[str, Any]], dataset: str) -> pd.DataFrame | 
     return pd.DataFrame.from_dict(rows, orient="index").round(1) if rows else None
 
 
+def training_frame(records: list[dict[str, Any]]) -> pd.DataFrame | None:
+    """Per trained run: steps, seconds per step, training minutes, best step, and the share of steps per source.
+
+    The sources are where each step's responses came from (``ground_truth``, fresh ``student``
+    or ``teacher`` samples, a ``replay`` of stored samples, or ``both``); ``scrg`` is the mean
+    fraction of rows SCRG corrected on the steps where it ran.
+    """
+    rows = {}
+    for r in _latest_per_label(records):
+        training = r.get("training") or {}
+        history = training.get("history") or []
+        if not history or "seconds_per_step" not in training:
+            continue
+        row: dict[str, Any] = {"steps": len(history), "s/step": round(training["seconds_per_step"], 3),
+                               "train min": round(training["wall_time_s"] / 60, 1),
+                               "best step": training.get("best_step")}
+        sources = [h.get("source", "ground_truth") for h in history]
+        for name in ("student", "teacher", "replay", "both"):
+            share = sources.count(name) / len(sources)
+            if share:
+                row[f"{name} steps"] = f"{share:.0%}"
+        corrected = [h["scrg_corrected"] for h in history if "scrg_corrected" in h]
+        if corrected:
+            row["scrg corrected"] = f"{sum(corrected) / len(corrected):.0%}"
+        rows[r["label"]] = row
+    return pd.DataFrame.from_dict(rows, orient="index").fillna("") if rows else None
+
+
 def render_leaderboard(records: list[dict[str, Any]], fmt: str = "markdown") -> str:
     """ROUGE-L and exact-match tables (plus per-family exact match) as markdown, or ROUGE-L as CSV."""
     rouge = leaderboard_frame(records, "rougeL")
@@ -82,6 +110,10 @@ def render_leaderboard(records: list[dict[str, Any]], fmt: str = "markdown") -> 
         raise UserError(f"unknown format {fmt!r}; use markdown or csv")
     parts = ["ROUGE-L (mean ± std over seeds)", "", rouge.to_markdown(), "",
              "Exact match (mean ± std over seeds)", "", leaderboard_frame(records, "exact_match").to_markdown()]
+    training = training_frame(records)
+    if training is not None:
+        parts += ["", "Training cost (wall time on the machine that ran each record; share of steps per source)", "",
+                  training.to_markdown()]
     for dataset in rouge.columns.drop("avg"):
         fam = family_frame(records, dataset)
         if fam is not None:
