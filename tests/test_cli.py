@@ -110,6 +110,8 @@ def test_train_eval_leaderboard_on_saved_models(hub_style_pair):
     assert proc.returncode == 0, proc.stderr
     rec = json.loads((p / "eval" / "records" / "run.json").read_text())
     assert set(rec["scores"]["test"]["per_seed"]) == {"10", "20"}
+    low, high = rec["scores"]["test"]["rougeL"]["ci95"]
+    assert low <= rec["scores"]["test"]["rougeL"]["mean"] <= high
     proc = _cli("leaderboard", str(p / "eval"), "--format", "csv")
     assert proc.returncode == 0 and proc.stdout.splitlines()[0] == "method,test,avg"
     assert {line.split(",")[0] for line in proc.stdout.splitlines()[1:]} == {"run", "teacher"}

@@ -38,3 +38,17 @@ def test_corpus_scores_scale_and_exact_match():
     assert exact_match("an answer", ["answer"]) == 1.0
     with pytest.raises(ValueError):
         corpus_scores(["a"], [])
+
+
+def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_examples():
+    from mgsr_bench.eval.metrics import bootstrap_ci
+
+    values = [float(v % 7) * 10 for v in range(50)]
+    mean = sum(values) / len(values)
+    low, high = bootstrap_ci(values)
+    assert low < mean < high
+    assert bootstrap_ci(values) == (low, high)  # fixed resampling seed: reproducible
+    wide = high - low
+    low4, high4 = bootstrap_ci(values * 4)
+    assert high4 - low4 < wide * 0.7  # about 1/sqrt(4) as wide
+    assert bootstrap_ci([5.0] * 10) == (5.0, 5.0)

@@ -10,7 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mgsr_bench.config import DEFAULT_SEEDS
 from mgsr_bench.eval.generate import decoding_config, generate
-from mgsr_bench.eval.metrics import corpus_scores, exact_match
+from mgsr_bench.eval.metrics import bootstrap_ci, example_scores, exact_match
 
 
 
@@ -25,8 +25,9 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     """Generate and score every dataset once per seed (once in all when ``greedy``).
 
     Returns, per dataset: ``per_seed`` (ROUGE-L, exact match and, where records carry a
-    ``family``, per-family exact match, all x 100), and ``rougeL`` / ``exact_match`` summaries
-    (mean and sample std over seeds).
+    ``family``, per-family exact match, all x 100), and ``rougeL`` / ``exact_match`` summaries:
+    mean and sample std over seeds, and ``ci95``, a percentile bootstrap 95% interval of the mean
+    over examples (each example's score averaged over the seeds; 1000 resamples, fixed seed).
     """
     gen_config = decoding_config(tokenizer, max_new_tokens, greedy, no_repeat_ngram_size=no_repeat_ngram_size)
     run_seeds = [seeds[0]] if greedy else list(seeds)
@@ -35,10 +36,14 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         prompts = [r["prompt"] for r in records]
         refs = [r["output"] for r in records]
         per_seed: dict[str, dict[str, Any]] = {}
+        per_example: dict[str, list[list[float]]] = {"rougeL": [], "exact_match": []}
         for seed in run_seeds:
             preds = generate(model, tokenizer, prompts, gen_config, batch_size, seed=seed,
                              progress=f"{desc} {name} seed {seed}")
-            scores: dict[str, Any] = corpus_scores(preds, refs)
+            values = example_scores(preds, refs)
+            for metric, v in values.items():
+                per_example[metric].append(v)
+            scores: dict[str, Any] = {metric: statistics.fmean(v) if v else 0.0 for metric, v in values.items()}
             families: dict[str, list[float]] = defaultdict(list)
             for r, pred in zip(records, preds):
                 if "family" in r:
@@ -50,7 +55,9 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         results[name] = {
             "n": len(records),
             "per_seed": per_seed,
-            "rougeL": _summary([s["rougeL"] for s in per_seed.values()]),
-            "exact_match": _summary([s["exact_match"] for s in per_seed.values()]),
         }
+        for metric in ("rougeL", "exact_match"):
+            seed_mean = [statistics.fmean(col) for col in zip(*per_example[metric])]  # per example
+            results[name][metric] = {**_summary([s[metric] for s in per_seed.values()]),
+                                     "ci95": list(bootstrap_ci(seed_mean))}
     return results

@@ -12,6 +12,7 @@ import string
 from functools import lru_cache
 from typing import Sequence
 
+import numpy as np
 from rouge_score import rouge_scorer
 
 
@@ -45,10 +46,27 @@ def exact_match(prediction: str, references: str | Sequence[str]) -> float:
     return float(any(pred == normalize_answer(ref) for ref in _refs(references)))
 
 
-def corpus_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict[str, float]:
-    """Mean ROUGE-L and exact match over examples, both x 100."""
+def example_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict[str, list[float]]:
+    """Per-example ROUGE-L and exact match, both x 100."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    n = max(len(predictions), 1)
-    return {"rougeL": 100 * sum(map(rouge_l, predictions, references)) / n,
-            "exact_match": 100 * sum(map(exact_match, predictions, references)) / n}
+    return {"rougeL": [100 * rouge_l(p, r) for p, r in zip(predictions, references)],
+            "exact_match": [100 * exact_match(p, r) for p, r in zip(predictions, references)]}
+
+
+def corpus_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict[str, float]:
+    """Mean ROUGE-L and exact match over examples, both x 100."""
+    per_example = example_scores(predictions, references)
+    return {k: sum(v) / max(len(v), 1) for k, v in per_example.items()}
+
+
+def bootstrap_ci(values: Sequence[float], resamples: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of ``values`` (examples resampled with replacement)."""
+    if not values:
+        return (0.0, 0.0)
+    data = np.asarray(values, dtype=np.float64)
+    means = data[np.random.default_rng(seed).integers(0, len(data), (resamples, len(data)))].mean(axis=1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
