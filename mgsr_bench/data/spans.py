@@ -1,9 +1,10 @@
 """Span extraction for MGSR's span-level loss: groups of response tokens that belong together.
 
 Spans are found from the *text* of the tokens, so the same rules work for any tokenizer: each
-token's piece of text is recovered by decoding growing prefixes (byte-level BPE such as GPT-2's
-and SentencePiece such as LLaMA's alike; no tokenizer-specific markers like ``Ġ`` or ``▁`` are
-needed). Modes (MGSR spec section 3, all "decided" details):
+token's piece of text is what it adds when decoded after a fixed anchor token (``decode([a, t])``
+minus ``decode([a])``), which keeps the leading space that SentencePiece drops at the start of a
+sequence; byte-level BPE such as GPT-2's and SentencePiece such as LLaMA's behave alike and no
+tokenizer-specific markers like ``Ġ`` or ``▁`` are needed. Pieces are cached per token id. Modes (MGSR spec section 3, all "decided" details):
 
 * ``rule`` (default): words are maximal runs of tokens where a token that does not start with
   whitespace continues the previous word (punctuation tokens are words of their own); phrases are
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import os
 import unicodedata
+import weakref
 from functools import lru_cache
 from typing import Any, Sequence
 
@@ -40,20 +42,30 @@ could
 """.split())
 
 
+# tokenizer -> (anchor id, piece per token id); entries go with their tokenizer
+_PIECES: "weakref.WeakKeyDictionary[PreTrainedTokenizerBase, tuple[int, dict[int, str]]]" = weakref.WeakKeyDictionary()
+
+
 def token_pieces(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[str]:
-    """The text each token adds when the sequence is decoded left to right."""
-    pieces, previous = [], ""
-    for i in range(len(ids)):
-        text = tokenizer.decode(list(ids[: i + 1]), skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        common = len(previous) if text.startswith(previous) else len(os.path.commonprefix([previous, text]))
-        pieces.append(text[common:])
-        previous = text
+    """The text each token adds after an ordinary preceding token (a byte of a split character reads as U+FFFD)."""
+    if tokenizer not in _PIECES:
+        _PIECES[tokenizer] = (tokenizer("a", add_special_tokens=False).input_ids[0], {})
+    anchor, cache = _PIECES[tokenizer]
+    decode = lambda toks: tokenizer.decode(toks, skip_special_tokens=False,  # noqa: E731
+                                           clean_up_tokenization_spaces=False)
+    prefix = decode([anchor])
+    pieces = []
+    for t in ids:
+        if t not in cache:
+            text = decode([anchor, t])
+            cache[t] = text[len(prefix):] if text.startswith(prefix) else text[len(os.path.commonprefix([prefix, text])):]
+        pieces.append(cache[t])
     return pieces
 
 
 def _is_punctuation(piece: str) -> bool:
     stripped = piece.strip()
-    return bool(stripped) and all(unicodedata.category(c)[0] in "PS" for c in stripped)
+    return bool(stripped) and all(unicodedata.category(c)[0] in "PS" and c != "\ufffd" for c in stripped)
 
 
 def words(pieces: Sequence[str], special: Sequence[bool]) -> list[tuple[list[int], str, bool]]:
