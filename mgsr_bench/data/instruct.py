@@ -23,14 +23,13 @@ The protocol's filters (MiniLLM's data scripts), applied by :func:`apply_protoco
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from mgsr_bench.data.jsonl import read_records
+from mgsr_bench.data.jsonl import read_jsonl, read_records
 from mgsr_bench.data.template import build_prompt
 from mgsr_bench.errors import UserError
 
@@ -54,23 +53,7 @@ PROTOCOLS = {
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise UserError(f"data file not found: {path} (pass an existing .jsonl file)")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"malformed JSONL: {path}:{lineno}: {e.msg} (each line must be one JSON object)") from None
-            if not isinstance(row, dict):
-                raise UserError(f"malformed JSONL: {path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    if not rows:
-        raise UserError(f"empty data file: {path} (it holds no records)")
-    return rows
+    return [row for _, row in read_jsonl(path)]
 
 
 def _record(instruction: str, input_text: str, output: Any, **extra: Any) -> dict[str, Any]:

@@ -14,15 +14,15 @@ from mgsr_bench.errors import UserError
 REQUIRED = ("instruction", "output")
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Load a MiniLLM-format JSONL file; a missing ``prompt`` is built from the template.
+def read_jsonl(path: str | Path, what: str = "") -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` per non-blank line of a JSONL file.
 
-    Raises ``UserError`` for a missing file, an empty file, invalid JSON or a record without
-    ``instruction`` / ``output``, naming the file and the 1-based line number.
+    Raises ``UserError`` for a missing file, an empty file or a line that is not one JSON object,
+    naming the file and the 1-based line number; ``what`` names the expected format in the message.
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"data file not found: {path} (pass an existing MiniLLM-format .jsonl file)")
+        raise UserError(f"data file not found: {path} (pass an existing {what}.jsonl file)")
     rows = []
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -34,15 +34,27 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
                 raise UserError(f"malformed JSONL: {path}:{lineno}: {e.msg} (each line must be one JSON object)") from None
             if not isinstance(row, dict):
                 raise UserError(f"malformed JSONL: {path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in REQUIRED if k not in row]
-            if missing:
-                raise UserError(f"malformed record: {path}:{lineno}: missing key(s) {', '.join(missing)} "
-                                f"(MiniLLM records need instruction, input, output, prompt)")
-            row.setdefault("input", "")
-            row.setdefault("prompt", build_prompt(row["instruction"], row["input"]))
-            rows.append(row)
+            rows.append((lineno, row))
     if not rows:
         raise UserError(f"empty data file: {path} (it holds no records)")
+    return rows
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Load a MiniLLM-format JSONL file; a missing ``prompt`` is built from the template.
+
+    Raises ``UserError`` as :func:`read_jsonl` does, and for a record without ``instruction`` /
+    ``output``, naming the file and the 1-based line number.
+    """
+    rows = []
+    for lineno, row in read_jsonl(path, "MiniLLM-format "):
+        missing = [k for k in REQUIRED if k not in row]
+        if missing:
+            raise UserError(f"malformed record: {path}:{lineno}: missing key(s) {', '.join(missing)} "
+                            f"(MiniLLM records need instruction, input, output, prompt)")
+        row.setdefault("input", "")
+        row.setdefault("prompt", build_prompt(row["instruction"], row["input"]))
+        rows.append(row)
     return rows
 
 
