@@ -14,7 +14,7 @@ from mgsr_bench.data.spans import extract_spans, span_links, token_pieces
 from mgsr_bench.losses.dac_kl import BandNet, dac_kl, teacher_head
 from mgsr_bench.losses.span import span_pair_losses
 from mgsr_bench.methods import get_method
-from mgsr_bench.sampling import sample_responses
+from mgsr_bench.sampling import decode
 from mgsr_bench.sampling.scrg import SCRG, Revision
 from mgsr_bench.train import train
 
@@ -71,7 +71,7 @@ def test_scrg_corrects_keeps_the_prefix_and_regenerates(tokenizer, records):
     prompts = [e.prompt_ids for e in tokenize_records(records[:6], tokenizer)]
     torch.manual_seed(0)
     samples = [Example(p, r or [eos], origin="student")
-               for p, r in zip(prompts, sample_responses(student, prompts, eos, pad, 12))]
+               for p, r in zip(prompts, decode(student, prompts, eos, pad, 12).tokens)]
     scrg = SCRG(rounds=1)
     found = scrg.find_corrections(samples, student, teacher, [0] * len(samples), pad, len(tokenizer))
     revision = Revision(_greedy(eos, pad), eos, pad, len(tokenizer), 12)
@@ -90,8 +90,8 @@ def test_scrg_corrects_keeps_the_prefix_and_regenerates(tokenizer, records):
 
 
 def _greedy(eos, pad):
-    def generate(model, prompts, max_new_tokens):
-        return sample_responses(model, prompts, eos, pad, max_new_tokens, temperature=1e-6)
+    def generate(model, prompts, max_new_tokens, keep_logits=False):
+        return decode(model, prompts, eos, pad, max_new_tokens, greedy=True, keep_logits=keep_logits)
     return generate
 
 
@@ -102,12 +102,27 @@ def test_scrg_batched_equals_row_by_row(tokenizer, records):
     prompts = [e.prompt_ids for e in tokenize_records(records[:5], tokenizer)]
     torch.manual_seed(1)
     samples = [Example(p, r or [eos], origin="student")
-               for p, r in zip(prompts, sample_responses(student, prompts, eos, pad, 10))]
+               for p, r in zip(prompts, decode(student, prompts, eos, pad, 10).tokens)]
     scrg = SCRG(rounds=2)
     batched, _ = scrg(samples, student, teacher, Revision(_greedy(eos, pad), eos, pad, len(tokenizer), 10, 3))
     single = [scrg([s], student, teacher, Revision(_greedy(eos, pad), eos, pad, len(tokenizer), 10))[0][0]
               for s in samples]
     assert batched == single
+
+
+def test_scrg_on_the_samplers_logits_equals_scrg_with_its_own_student_pass(tokenizer, records):
+    student = tiny_model(len(tokenizer), seed=1).double()
+    teacher = tiny_model(len(tokenizer), seed=2, hidden=48).double()
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    prompts = [e.prompt_ids for e in tokenize_records(records[:6], tokenizer)]
+    drawn = decode(student, prompts, eos, pad, 10, keep_logits=True, generator=torch.Generator().manual_seed(2))
+    samples = [Example(p, r, origin="student") for p, r in zip(prompts, drawn.tokens)]
+    revision = Revision(_greedy(eos, pad), eos, pad, len(tokenizer), 10, 4)
+    scrg = SCRG(rounds=2)
+    own, own_stats = scrg(samples, student, teacher, revision)
+    reused, reused_stats = scrg(samples, student, teacher, revision, drawn.logits)
+    assert reused == own and own_stats["scrg_corrected"] > 0
+    assert reused_stats["scrg_difference"] == pytest.approx(own_stats["scrg_difference"], rel=1e-5)
 
 
 # --- DAC-KL --------------------------------------------------------------------------------------

@@ -15,6 +15,11 @@ DAC-KL and the span loss are timed forward + backward on the logits of one real 
 micro-batch of the suite (the same ground-truth rows for each), next to the forward KL and SFT
 terms they sit beside.
 
+Two modes: at fixed weights (learning rate 1e-12) every method samples from the same SFT student, so
+the ratios compare the methods' machinery on the same sample distribution; in training (the
+suite's learning rate) each method's updates also change its samples' lengths, and the cost of
+sampling, SCRG and the loss with them. Response tokens per step are printed beside each figure.
+
 Run it alone: another torch process on the same cores distorts every figure.
 """
 
@@ -26,10 +31,15 @@ import time
 
 FORCED = {"init_threshold": 1.0, "capacity": 10**9}
 CONFIGS = {"kd": ("kd", {}), "distillm": ("distillm", FORCED), "mgsr": ("mgsr", FORCED)}
+# fixed weights (lr 1e-12, as 0 is refused): every method samples from the same student, so the figures compare the
+# methods' machinery; training: the suite's learning rate, where a method's updates also change
+# how long its samples are (and so the cost of sampling, SCRG and the loss)
+MODES = {"fixed weights": 1e-12, "training": None}
 
 
-def time_config(method_name: str, options: dict, steps: int, warmup: int, suite) -> dict:
-    """Seconds per optimiser step, the share of student-sample steps and the mean SCRG seconds per step."""
+def time_config(method_name: str, options: dict, steps: int, warmup: int, suite, lr: float | None = None) -> dict:
+    """Seconds per optimiser step, the share of student-sample steps, the mean SCRG seconds and the mean
+    response tokens per step; ``lr`` replaces the suite's learning rate (0 keeps the weights fixed)."""
     import torch
 
     from mgsr_bench.config import train_config
@@ -43,6 +53,8 @@ def time_config(method_name: str, options: dict, steps: int, warmup: int, suite)
     train_ex = tokenize_records(suite.split("train")[:4096], tokenizer)
     valid = suite.split("valid")[:8]
     settings = {**suite.config.method_train, "val_metric": "loss", "val_size": 8}
+    if lr is not None:
+        settings["lr"] = lr
     times = []
     for n in (warmup, warmup + steps):
         torch.manual_seed(0)
@@ -55,7 +67,8 @@ def time_config(method_name: str, options: dict, steps: int, warmup: int, suite)
     timed = result.history[warmup:]
     return {"seconds_per_step": (times[1] - times[0]) / steps,
             "student_steps": sum(h["source"] == "student" for h in timed) / len(timed),
-            "scrg_seconds": sum(h.get("scrg_seconds", 0.0) for h in timed) / len(timed)}
+            "scrg_seconds": sum(h.get("scrg_seconds", 0.0) for h in timed) / len(timed),
+            "tokens_per_step": sum(h["tokens"] for h in timed) / len(timed)}
 
 
 def time_loss_terms(suite, repeats: int = 5) -> dict:
@@ -112,21 +125,25 @@ def main(argv: list[str] | None = None) -> int:
     from mgsr_bench.suite.build import SUITES, ensure_suite
 
     suite = ensure_suite(SUITES["tiny"])
-    rows = {}
-    for label, (method, options) in CONFIGS.items():
-        rows[label] = time_config(method, options, args.steps, args.warmup, suite)
-        print(f"{label:10s} {rows[label]['seconds_per_step']:.3f} s/step "
-              f"(student-sample steps: {rows[label]['student_steps']:.0%})", flush=True)
-    full = rows["mgsr"]["seconds_per_step"]
-    print("\nmgsr vs peers (distillm and mgsr generate on every step):")
-    print(f"  mgsr / kd       = {full / rows['kd']['seconds_per_step']:.2f}x")
-    ratio = full / rows["distillm"]["seconds_per_step"]
-    print(f"  mgsr / distillm = {ratio:.2f}x (target <= 2 at rounds = 1: {'met' if ratio <= 2 else 'NOT met'})")
+    rows: dict = {}
+    for mode, lr in MODES.items():
+        rows[mode] = {}
+        print(f"{mode}:")
+        for label, (method, options) in CONFIGS.items():
+            r = rows[mode][label] = time_config(method, options, args.steps, args.warmup, suite, lr)
+            print(f"  {label:10s} {r['seconds_per_step']:.3f} s/step, {r['tokens_per_step']:.0f} response tokens "
+                  f"per step (student-sample steps: {r['student_steps']:.0%})", flush=True)
+        full = rows[mode]["mgsr"]["seconds_per_step"]
+        ratio = full / rows[mode]["distillm"]["seconds_per_step"]
+        print(f"  mgsr / kd = {full / rows[mode]['kd']['seconds_per_step']:.2f}x; mgsr / distillm = {ratio:.2f}x "
+              f"(target <= 2 at rounds = 1: {'met' if ratio <= 2 else 'NOT met'}); "
+              f"SCRG {rows[mode]['mgsr']['scrg_seconds']:.3f} s ({rows[mode]['mgsr']['scrg_seconds'] / full:.0%})")
+    full = rows["fixed weights"]["mgsr"]["seconds_per_step"]
     terms = time_loss_terms(suite)
     rows["loss_terms"] = terms
-    print(f"share of mgsr's {full:.3f} s step:")
-    print(f"  SCRG (forwards + re-generation)  {rows['mgsr']['scrg_seconds']:.3f} s "
-          f"({rows['mgsr']['scrg_seconds'] / full:.0%})")
+    print(f"share of mgsr's {full:.3f} s step at fixed weights:")
+    scrg = rows["fixed weights"]["mgsr"]["scrg_seconds"]
+    print(f"  SCRG (teacher pass + re-generation)  {scrg:.3f} s ({scrg / full:.0%})")
     for name in ("DAC-KL", "span"):
         print(f"  {name:32s} {terms[name]:.3f} s ({terms[name] / full:.0%}) "
               f"[forward KL in its place: {terms['forward KL']:.3f} s; sft term {terms['sft']:.3f} s]")

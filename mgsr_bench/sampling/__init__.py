@@ -3,7 +3,7 @@
 One implementation shared by every method, so that methods differ only in their objective.
 """
 
-from mgsr_bench.sampling.generation import sample_responses
+from mgsr_bench.sampling.decode import Decoded, decode
 from mgsr_bench.sampling.sources import BatchSource, SourceSpec
 
-__all__ = ["BatchSource", "SourceSpec", "sample_responses"]
+__all__ = ["BatchSource", "Decoded", "SourceSpec", "decode"]

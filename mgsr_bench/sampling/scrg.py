@@ -3,7 +3,8 @@
 Given a batch of responses the student sampled:
 
 1. one no-grad forward of teacher and student over (prompt, response) gives ``p_i`` and ``q_i`` at
-   every response position;
+   every response position; the student's ``q_i`` are the logits the samples were drawn from when
+   the batch source kept them (same model, same mode: the pass is not repeated);
 2. the teacher's token ``t_i`` (argmax of ``p_i``, or a sample from it) and the semantic cognitive
    difference ``d_i`` (``KL(p_i || q_i)`` by default; reverse KL or JSD as options);
 3. the error position ``j``: the argmax of ``d_i`` over positions where the response disagrees with
@@ -31,6 +32,8 @@ from transformers import PreTrainedModel
 
 from mgsr_bench.data.collate import Example, collate, token_batch
 from mgsr_bench.losses import divergences as D
+from mgsr_bench.models.heads import selected_logits
+from mgsr_bench.sampling.decode import Decoded
 
 TEACHER_TOKENS = ("argmax", "sample")
 DIFFERENCES = ("fkl", "rkl", "jsd")
@@ -40,12 +43,12 @@ DIFFERENCES = ("fkl", "rkl", "jsd")
 class Revision:
     """What a reviser needs from the batch source: its sampler and its settings.
 
-    ``generate(model, prompts, max_new_tokens)`` samples continuations with the source's own
-    settings; ``max_new_tokens`` is the response length limit the samples were drawn with;
-    ``micro_batch`` rows go through one no-grad forward.
+    ``generate(model, prompts, max_new_tokens, keep_logits)`` samples continuations with the
+    source's own settings; ``max_new_tokens`` is the response length limit the samples were drawn
+    with; ``micro_batch`` rows go through one no-grad forward.
     """
 
-    generate: Callable[[PreTrainedModel, list[list[int]], int], list[list[int]]]
+    generate: Callable[[PreTrainedModel, list[list[int]], int, bool], Decoded]
     eos_id: int
     pad_id: int
     vocab_size: int
@@ -88,27 +91,36 @@ class SCRG:
 
     @torch.no_grad()
     def find_corrections(self, examples: list[Example], student: PreTrainedModel, teacher: PreTrainedModel,
-                         starts: list[int], pad_id: int, vocab_size: int, micro_batch: int = 8
-                         ) -> list[Correction | None]:
-        """Per row, the correction at or after response position ``starts[row]``, or None when nothing disagrees."""
+                         starts: list[int], pad_id: int, vocab_size: int, micro_batch: int = 8,
+                         student_logits: list[torch.Tensor] | None = None) -> list[Correction | None]:
+        """Per row, the correction at or after response position ``starts[row]``, or None when nothing disagrees.
+
+        ``student_logits`` (per row, one row of logits per response token) replace the student's
+        forward when given.
+        """
         device = next(student.parameters()).device
         was_training = student.training
         student.eval()  # no dropout: the distributions SCRG compares are the model's, not a noisy draw
         try:
-            return self._find(examples, student, teacher, starts, pad_id, vocab_size, micro_batch, device)
+            return self._find(examples, student, teacher, starts, pad_id, vocab_size, micro_batch, device,
+                              student_logits)
         finally:
             student.train(was_training)
 
     def _find(self, examples: list[Example], student: PreTrainedModel, teacher: PreTrainedModel, starts: list[int],
-              pad_id: int, vocab_size: int, micro_batch: int, device: torch.device) -> list[Correction | None]:
+              pad_id: int, vocab_size: int, micro_batch: int, device: torch.device,
+              student_logits: list[torch.Tensor] | None) -> list[Correction | None]:
         out: list[Correction | None] = []
         for first in range(0, len(examples), micro_batch):
             rows = examples[first: first + micro_batch]
             batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             mask, tokens = token_batch(batch)  # logit positions that predict a response token
-            s = student(**inputs).logits[mask][:, :vocab_size].float()
-            t = teacher(**inputs).logits[mask][:, :vocab_size].float()
+            if student_logits is None:
+                s = selected_logits(student, inputs, mask, vocab_size)
+            else:  # mask selects response positions row by row, in order
+                s = torch.cat(student_logits[first: first + len(rows)]).to(device)
+            t = selected_logits(teacher, inputs, mask, vocab_size)
             if self.teacher_token == "argmax":
                 teacher_tokens = t.argmax(-1)
             else:
@@ -132,9 +144,14 @@ class SCRG:
         return out
 
     def __call__(self, samples: list[Example], student: PreTrainedModel, teacher: PreTrainedModel,
-                 revision: Revision) -> tuple[list[Example], dict[str, float]]:
+                 revision: Revision, student_logits: list[torch.Tensor] | None = None
+                 ) -> tuple[list[Example], dict[str, float]]:
         """The revised samples and the step's figures: fraction corrected, mean relative position and d of j,
-        and the seconds SCRG took."""
+        and the seconds SCRG took.
+
+        ``student_logits``: the logits each sampled token was drawn from (one tensor per row), when
+        the sampler kept them; the re-generations keep theirs, so no round runs a student forward.
+        """
         began = time.perf_counter()
         samples = list(samples)
         active = list(range(len(samples)))
@@ -142,12 +159,14 @@ class SCRG:
         corrected: set[int] = set()
         rel_positions: list[float] = []
         differences: list[float] = []
+        logits = None if student_logits is None else list(student_logits)
         for _ in range(self.rounds):
             if not active:
                 break
             found = self.find_corrections([samples[i] for i in active], student, teacher,
                                           [starts[i] for i in active], revision.pad_id, revision.vocab_size,
-                                          revision.micro_batch)
+                                          revision.micro_batch,
+                                          None if logits is None else [logits[i] for i in active])
             regenerate: list[tuple[int, list[int], int]] = []  # (row, new response prefix, token budget left)
             still = []
             for i, c in zip(active, found):
@@ -161,15 +180,19 @@ class SCRG:
                 budget = revision.max_new_tokens - len(prefix)
                 samples[i] = Example(e.prompt_ids, prefix, origin=e.origin)
                 starts[i] = len(prefix)
+                if logits is not None:  # q at j is conditioned on the kept prefix only: still valid
+                    logits[i] = logits[i][: len(prefix)]
                 if c.token != revision.eos_id and budget > 0:
                     regenerate.append((i, prefix, budget))
                 if c.token != revision.eos_id:
                     still.append(i)
             if regenerate:
                 prompts = [samples[i].prompt_ids + prefix for i, prefix, _ in regenerate]
-                continuations = revision.generate(student, prompts, max(b for _, _, b in regenerate))
-                for (i, prefix, budget), cont in zip(regenerate, continuations):
+                out = revision.generate(student, prompts, max(b for _, _, b in regenerate), logits is not None)
+                for k, ((i, prefix, budget), cont) in enumerate(zip(regenerate, out.tokens)):
                     samples[i] = Example(samples[i].prompt_ids, prefix + cont[:budget], origin=samples[i].origin)
+                    if logits is not None:
+                        logits[i] = torch.cat([logits[i], out.logits[k][:budget].to(logits[i].device)])
             active = [i for i in still if starts[i] < len(samples[i].response_ids)]
         stats = {"scrg_corrected": len(corrected) / len(samples) if samples else 0.0}
         if rel_positions:

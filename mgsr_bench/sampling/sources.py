@@ -24,16 +24,18 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mgsr_bench.data.collate import Example
-from mgsr_bench.sampling.generation import sample_responses
+from mgsr_bench.sampling.decode import Decoded, decode
 from mgsr_bench.sampling.replay import AdaptiveOffPolicy, AdaptiveSchedule
 from mgsr_bench.sampling.scrg import Revision
 
 
-# (samples, student, teacher, Revision) -> (revised samples, figures to log)
-Reviser = Callable[[list[Example], PreTrainedModel, PreTrainedModel, Revision], tuple[list[Example], dict[str, float]]]
+# (samples, student, teacher, Revision, the student's logits of each sampled token) -> (revised samples, figures)
+Reviser = Callable[[list[Example], PreTrainedModel, PreTrainedModel, Revision, list[torch.Tensor] | None],
+                   tuple[list[Example], dict[str, float]]]
 
 
 @dataclass(frozen=True)
@@ -104,23 +106,30 @@ class BatchSource:
         stats, self.stats = self.stats, {}
         return stats
 
-    def generate(self, model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    def generate(self, model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int,
+                 keep_logits: bool = False) -> Decoded:
         """Sampled continuations of ``prompts`` with this source's settings."""
-        return sample_responses(model, prompts, self.eos_id, self.pad_id, max_new_tokens, self.temperature)
+        return decode(model, prompts, self.eos_id, self.pad_id, max_new_tokens, self.vocab_size,
+                      temperature=self.temperature, keep_logits=keep_logits)
 
-    def sample(self, model: PreTrainedModel, batch: list[Example], origin: str) -> list[Example]:
+    def sample(self, model: PreTrainedModel, batch: list[Example], origin: str,
+               keep_logits: bool = False) -> tuple[list[Example], list[torch.Tensor] | None]:
+        """The sampled rows and, when kept, the logits each sampled token was drawn from."""
         prompts = [e.prompt_ids for e in batch]
-        responses = self.generate(model, prompts, self.max_new_tokens)
-        # An empty response (the prompt's end hit the limit) still needs one target: keep EOS.
-        return [Example(p, r or [self.eos_id], origin=origin) for p, r in zip(prompts, responses)]
+        out = self.generate(model, prompts, self.max_new_tokens, keep_logits)
+        # An empty response (the prompt's end hit the limit) still needs one target: keep EOS; it
+        # has no sampling logits, so a reviser then runs its own forward.
+        samples = [Example(p, r or [self.eos_id], origin=origin) for p, r in zip(prompts, out.tokens)]
+        logits = out.logits if keep_logits and all(out.tokens) else None
+        return samples, logits
 
     def student_samples(self, batch: list[Example], student: PreTrainedModel,
                         teacher: PreTrainedModel | None) -> list[Example]:
-        samples = self.sample(student, batch, "student")
+        samples, logits = self.sample(student, batch, "student", keep_logits=self.spec.reviser is not None)
         if self.spec.reviser is not None:
             revision = Revision(self.generate, self.eos_id, self.pad_id, self.vocab_size, self.max_new_tokens,
                                 self.micro_batch)
-            samples, self.stats = self.spec.reviser(samples, student, teacher, revision)
+            samples, self.stats = self.spec.reviser(samples, student, teacher, revision, logits)
         return samples
 
     def __call__(self, batch: list[Example], student: PreTrainedModel, teacher: PreTrainedModel | None,
@@ -133,10 +142,10 @@ class BatchSource:
         if source == "replay":
             return self.adaptive.replay(len(batch)), source
         if source == "teacher":
-            return self.sample(teacher, batch, "teacher"), source
+            return self.sample(teacher, batch, "teacher")[0], source
         if source == "both":
             half = len(batch) // 2
-            return self.sample(teacher, batch[:half], "teacher") + self.student_samples(batch[half:], student,
+            return self.sample(teacher, batch[:half], "teacher")[0] + self.student_samples(batch[half:], student,
                                                                                          teacher), source
         samples = self.student_samples(batch, student, teacher)
         if self.adaptive is not None:

@@ -34,6 +34,7 @@ from mgsr_bench.errors import UserError
 from mgsr_bench.eval.metrics import corpus_scores
 from mgsr_bench.losses.chunked import chunked_linear_loss
 from mgsr_bench.methods import Method
+from mgsr_bench.models.heads import output_head
 from mgsr_bench.methods.builtin import SFT
 from mgsr_bench.sampling import BatchSource
 
@@ -66,21 +67,6 @@ def global_batches(examples: list[Example], batch_size: int, seed: int) -> Itera
             yield [examples[i] for i in order[start: start + batch_size]]
 
 
-def _head(model: PreTrainedModel) -> torch.nn.Linear | None:
-    """The bias-free output projection whose input is the base model's last hidden state, if any.
-
-    A model wrapped for distributed training exposes none, so it takes the full-logits path
-    (its wrapper's forward must run for gradient synchronisation).
-    """
-    get_head = getattr(model, "get_output_embeddings", None)
-    head = get_head() if get_head is not None else None
-    config = getattr(model, "config", None)
-    # Models that post-process logits (Gemma's soft-capping, Cohere's logit scale) need their own forward.
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
-        return None
-    return head if isinstance(head, torch.nn.Linear) and head.bias is None else None
-
-
 def micro_batch_loss(method: Method, student: PreTrainedModel, teacher: PreTrainedModel | None,
                      batch: dict[str, torch.Tensor], vocab_size: int, chunk_size: int = 1024,
                      pair_scale: float = 0.0) -> torch.Tensor:
@@ -94,7 +80,7 @@ def micro_batch_loss(method: Method, student: PreTrainedModel, teacher: PreTrain
     """
     mask, tokens = token_batch(batch, pair_scale)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    heads = (_head(student), _head(teacher) if method.needs_teacher else None)
+    heads = (output_head(student), output_head(teacher) if method.needs_teacher else None)
     if chunk_size and heads[0] is not None and (heads[1] is not None or not method.needs_teacher):
         hidden = student.base_model(**inputs).last_hidden_state[mask]
         teacher_hidden = teacher_weight = None
@@ -251,7 +237,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
             module_optimizer.step()
             module_optimizer.zero_grad(set_to_none=True)
         record: dict[str, Any] = {"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
-                                  "grad_norm": float(grad_norm), "source": origin,
+                                  "grad_norm": float(grad_norm), "source": origin, "tokens": n_tokens,
                                   **(source.step_stats() if source is not None else {}), **method.step_stats()}
         if step % cfg.eval_every == 0 or step == cfg.steps:
             model = accelerator.unwrap_model(student)

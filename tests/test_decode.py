@@ -1,0 +1,70 @@
+"""The shared decoder against ``transformers``' generate, on four architectures with left padding."""
+
+import pytest
+import torch
+from transformers import (GenerationConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig,
+                          OPTForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+
+from mgsr_bench.data.collate import left_pad
+from mgsr_bench.sampling import decode
+
+V = 97
+PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
+
+
+def _model(kind: str):
+    torch.manual_seed(0)
+    if kind == "llama":
+        return LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                            num_key_value_heads=2, intermediate_size=64)).eval()
+    if kind == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                            num_key_value_heads=1, intermediate_size=64)).eval()
+    if kind == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=V, bos_token_id=0, eos_token_id=0, n_embd=32, n_layer=2, n_head=2, n_positions=128)).eval()
+    return OPTForCausalLM(OPTConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                    ffn_dim=64, max_position_embeddings=128, word_embed_proj_dim=32)).eval()
+
+
+def _hf_greedy(model, eos, pad, n, ngram=None):
+    ids, attn = left_pad(PROMPTS, pad)
+    out = model.generate(input_ids=ids, attention_mask=attn, generation_config=GenerationConfig(
+        do_sample=False, max_new_tokens=n, eos_token_id=eos, pad_token_id=pad, no_repeat_ngram_size=ngram))
+    rows = out[:, ids.shape[1]:].tolist()
+    return [r[: r.index(eos) + 1] if eos in r else r for r in rows]
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2", "opt"])
+def test_greedy_decoding_equals_generate_while_rows_finish_at_different_steps(kind):
+    model = _model(kind)
+    free = _hf_greedy(model, eos=V - 1, pad=1, n=8)  # an EOS that is (almost surely) never emitted
+    # a token one row emits early and another row never: the first row ends there, the other goes on
+    row, k, eos = next((r, k, t) for r, row in enumerate(free) for k, t in enumerate(row)
+                       if 0 < k < 7 and t not in row[:k] and any(t not in other for other in free))
+    expected = _hf_greedy(model, eos=eos, pad=1, n=8)
+    got = decode(model, PROMPTS, eos, 1, 8, greedy=True).tokens
+    assert got == expected
+    assert len(got[row]) == k + 1 and got[row][-1] == eos  # a finished row keeps its EOS and nothing after it
+    assert max(len(r) for r in got) == 8  # and another went on after it was dropped
+
+
+def test_the_ngram_ban_matches_generate():
+    model = _model("llama")
+    assert decode(model, PROMPTS, V - 1, 1, 12, greedy=True, no_repeat_ngram_size=2).tokens == \
+        _hf_greedy(model, V - 1, 1, 12, ngram=2)
+
+
+def test_kept_logits_are_the_models_logits_at_each_sampled_token():
+    model = _model("llama").double()
+    out = decode(model, PROMPTS, 3, 1, 10, keep_logits=True, generator=torch.Generator().manual_seed(0))
+    for prompt, tokens, logits in zip(PROMPTS, out.tokens, out.logits):
+        assert logits.shape == (len(tokens), V)
+        full = model(input_ids=torch.tensor([prompt + tokens])).logits[0]
+        torch.testing.assert_close(logits, full[len(prompt) - 1: -1].float(), rtol=1e-5, atol=1e-5)
+
+
+def test_only_tokens_the_tokenizer_knows_are_drawn_and_the_mode_is_restored():
+    model = _model("gpt2").train()
+    out = decode(model, PROMPTS, 0, 1, 20, vocab_size=7)
+    assert all(0 <= t < 7 for row in out.tokens for t in row)
+    assert model.training
