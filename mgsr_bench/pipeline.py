@@ -11,36 +11,19 @@ import dataclasses
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mgsr_bench.config import DEFAULT_SEEDS, Recipe, train_config
+from mgsr_bench.config import Recipe, train_config
 from mgsr_bench.data.collate import tokenize_records
 from mgsr_bench.eval.evaluate import evaluate_model
+from mgsr_bench.eval.generate import EvalSettings
 from mgsr_bench.methods import get_method
 from mgsr_bench.results import make_record, write_record
 from mgsr_bench.train import train
-
-
-@dataclass
-class EvalSettings:
-    """How models are scored; recorded in every run record."""
-
-    seeds: tuple[int, ...] = DEFAULT_SEEDS
-    greedy: bool = False
-    batch_size: int = 64
-    max_new_tokens: int = 64
-    no_repeat_ngram_size: int = 6
-
-    def as_dict(self) -> dict[str, Any]:
-        decoding = {"decoding": "greedy"} if self.greedy else {"decoding": "sampling", "top_k": 0, "top_p": 1.0,
-                                                                "temperature": 1.0}
-        return {**dataclasses.asdict(self), "seeds": list(self.seeds[:1] if self.greedy else self.seeds), **decoding,
-                "metric": "rougeL F x100 (rouge_score, use_stemmer=True, max over references)"}
 
 
 METHOD_STATE = "method_state.pt"
@@ -92,15 +75,16 @@ def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedM
 def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, label: str, method: str,
                         datasets: dict[str, list[dict[str, Any]]], settings: EvalSettings, pair: dict[str, Any],
                         config: dict[str, Any], record_path: Path, training: dict[str, Any] | None = None,
-                        started: float | None = None) -> dict[str, Any]:
-    """Score ``model`` on every dataset over the seeds and write its run record."""
+                        started: float | None = None, lm_eval: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Score ``model`` on every dataset over the seeds and write its run record (with lm-eval's scores, if any)."""
     t0 = time.perf_counter()
-    scores = evaluate_model(model, tokenizer, datasets, settings.seeds, settings.greedy, settings.batch_size,
-                            settings.max_new_tokens, settings.no_repeat_ngram_size, desc=f"eval {label}")
+    scores = evaluate_model(model, tokenizer, datasets, settings, desc=f"eval {label}")
     record = make_record(label=label, method=method, config={**config, "evaluation": settings.as_dict()}, pair=pair,
                          evaluation=settings.as_dict(), scores=scores,
                          wall_time_s=time.perf_counter() - (started if started is not None else t0),
                          training=training)
+    if lm_eval is not None:
+        record["lm_eval"] = lm_eval
     write_record(record, record_path)
     return record
 

@@ -42,6 +42,11 @@ def test_list(capsys):
      "--set init_threshold: no chosen recipe's method has that option"),
     (["run", "--methods", "kd,distillm", "--set", "init_threshold=7"], "bad options for method 'distillm'"),
     (["run", "--methods", "mgsr", "--set", "spans=nouns"], "spans must be one of rule, word, spacy"),
+    (["eval", "a", "b", "--label", "x"], "--label names one model's record"),
+    (["eval", "m", "--max-prompt", "600"], "--max-prompt (600) must be below --max-length (512)"),
+    (["eval", "m", "--data", "d=hub:someone/else"], "the Hub loader reads databricks/databricks-dolly-15k"),
+    (["eval", "m", "--data", "d=hub:databricks/databricks-dolly-15k@valid"], "unknown Dolly split 'valid'"),
+    (["run", "--lm-eval", "no_such_task_xyz"], "unknown lm-eval task(s) no_such_task_xyz"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / "out"

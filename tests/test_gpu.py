@@ -6,7 +6,7 @@ import torch
 
 from mgsr_bench.config import train_config
 from mgsr_bench.data.collate import tokenize_records
-from mgsr_bench.eval.generate import decoding_config, generate
+from mgsr_bench.eval.generate import EvalSettings, generate
 from mgsr_bench.methods import get_method
 from mgsr_bench.train import train
 from mgsr_bench.train.loop import resolve_mixed_precision
@@ -34,8 +34,9 @@ def test_kd_trains_in_bf16_on_gpu(tokenizer, records, teacher):
 def test_generation_on_gpu_matches_prompt_count(tokenizer, records):
     model = tiny_model(len(tokenizer)).cuda()
     prompts = [r["prompt"] for r in records[:10]]
-    out = generate(model, tokenizer, prompts, decoding_config(tokenizer, 8, greedy=False), batch_size=4, seed=10)
-    again = generate(model, tokenizer, prompts, decoding_config(tokenizer, 8, greedy=False), batch_size=4, seed=10)
+    settings = EvalSettings(max_new_tokens=8, batch_size=4)
+    out = generate(model, tokenizer, prompts, settings, seed=10)
+    again = generate(model, tokenizer, prompts, settings, seed=10)
     assert len(out) == 10 and out == again
 
 

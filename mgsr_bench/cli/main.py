@@ -67,9 +67,13 @@ def _prepare_out(out: Path) -> None:
 
 
 def _eval_settings(args: argparse.Namespace, suite_config=None):
-    from mgsr_bench.pipeline import EvalSettings, parse_seeds
+    """The protocol's settings; the tiny suite's own (64 new tokens, no n-gram ban) for its splits."""
+    from mgsr_bench.eval.generate import EvalSettings
+    from mgsr_bench.pipeline import parse_seeds
 
-    settings = EvalSettings(seeds=parse_seeds(args.seeds), greedy=args.greedy, batch_size=args.eval_batch_size)
+    settings = EvalSettings(seeds=parse_seeds(args.seeds), greedy=args.greedy, batch_size=args.eval_batch_size,
+                            temperature=args.temperature, max_length=args.max_length, max_prompt=args.max_prompt,
+                            add_bos=args.bos)
     if suite_config is not None:
         settings.max_new_tokens = suite_config.max_new_tokens
         settings.no_repeat_ngram_size = suite_config.no_repeat_ngram_size
@@ -77,11 +81,7 @@ def _eval_settings(args: argparse.Namespace, suite_config=None):
         settings.max_new_tokens = args.max_new_tokens
     if args.no_repeat_ngram_size is not None:
         settings.no_repeat_ngram_size = args.no_repeat_ngram_size
-    for name in ("batch_size", "max_new_tokens"):
-        if getattr(settings, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(settings, name)}")
-    if settings.no_repeat_ngram_size < 0:
-        raise UserError(f"--no-repeat-ngram-size must be >= 0, got {settings.no_repeat_ngram_size}")
+    settings.validate()
     return settings
 
 
@@ -99,19 +99,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     overrides = {"steps": args.steps} if args.steps is not None else {}
+    if args.lm_eval:
+        from mgsr_bench.eval.lm_harness import check_tasks
+
+        check_tasks(args.lm_eval.split(","), tiny_suite=True)
     out = Path(args.out)
     _prepare_out(out)
 
     suite = ensure_suite(suite_config)
     tokenizer, teacher = load_suite_models(suite)
     datasets = {split: suite.split(split) for split in EVAL_SPLITS}
+    suite_data = suite.root / "data"
     train_records, valid_records = suite.split("train"), suite.split("valid")
     suite_info = {"suite": suite.config.key()}
 
     t0 = time.perf_counter()
     evaluate_and_record(teacher, tokenizer, label="teacher", method="teacher", datasets=datasets, settings=settings,
                         pair=suite.pair(), config=suite_info, record_path=out / "records" / "teacher.json",
-                        training=suite.report["teacher_train"], started=t0)
+                        training=suite.report["teacher_train"], started=t0,
+                        lm_eval=_lm_eval(args, teacher, tokenizer, suite_data))
     for recipe in recipes:
         t0 = time.perf_counter()
         student = load_model(suite.student_init_dir)
@@ -120,7 +126,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         save_model_atomic(student, tokenizer, out / "models" / recipe.name, method_state)
         evaluate_and_record(student, tokenizer, label=recipe.name, method=recipe.method, datasets=datasets,
                             settings=settings, pair=suite.pair(), config={**suite_info, **config},
-                            record_path=out / "records" / f"{recipe.name}.json", training=summary, started=t0)
+                            record_path=out / "records" / f"{recipe.name}.json", training=summary, started=t0,
+                            lm_eval=_lm_eval(args, student, tokenizer, suite_data))
 
     records = load_records(out / "records")
     table = render_leaderboard(records, "markdown")
@@ -183,8 +190,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mgsr_bench.pipeline import evaluate_and_record
     from mgsr_bench.suite.build import EVAL_SPLITS, ensure_suite
 
+    if args.label and len(args.models) > 1:
+        raise UserError("--label names one model's record: pass one model, or drop --label")
     if args.data:
-        args.max_new_tokens = 256 if args.max_new_tokens is None else args.max_new_tokens
         datasets = {}
         for spec in args.data:
             name, sep, path = spec.partition("=")
@@ -192,30 +200,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 raise UserError(f"--data takes NAME=PATH, got {spec!r}")
             datasets[name] = load_instruct(path)
     settings = _eval_settings(args, None if args.data else _suite_config(args.quick))
-    out = Path(args.out)
-    _prepare_out(out)
+    if args.lm_eval:
+        from mgsr_bench.eval.lm_harness import check_tasks
+
+        check_tasks(args.lm_eval.split(","), tiny_suite=not args.data)
+    suite_data = None
     if not args.data:
         suite = ensure_suite(_suite_config(args.quick))
         datasets = {split: suite.split(split) for split in EVAL_SPLITS}
+        suite_data = suite.root / "data"
+    out = Path(args.out)
+    _prepare_out(out)
     for model_path in args.models:
         t0 = time.perf_counter()
         path = Path(model_path)
         label = args.label or (path.parent.name if path.name == "model" else path.name) or str(model_path)
         tokenizer, model = load_tokenizer(model_path), load_model(model_path)
-        kept = {name: apply_protocol(rows, name, tokenizer) if args.data and name in PROTOCOLS else rows
-                for name, rows in datasets.items()}
-        evaluate_and_record(model, tokenizer, label=label, method="eval", datasets=kept, settings=settings,
-                            pair={"student": str(model_path)}, config={"model": str(model_path)},
-                            record_path=out / "records" / f"{label}.json", started=t0)
+        kept = {name: apply_protocol(rows, name, tokenizer, settings.max_prompt) if args.data and name in PROTOCOLS
+                else rows for name, rows in datasets.items()}
+        record = evaluate_and_record(model, tokenizer, label=label, method="eval", datasets=kept, settings=settings,
+                                     pair={"student": str(model_path)}, config={"model": str(model_path)},
+                                     record_path=out / "records" / f"{label}.json", started=t0,
+                                     lm_eval=_lm_eval(args, model, tokenizer, suite_data))
         print(f"{label}: " + ", ".join(f"{name} ROUGE-L {s['rougeL']['mean']:.2f} ± {s['rougeL']['std']:.2f}"
-                                       for name, s in _read_scores(out / "records" / f"{label}.json").items()))
+                                       for name, s in record["scores"].items()))
+        for task, metrics in (record.get("lm_eval") or {}).items():
+            print(f"  lm-eval {task}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return 0
 
 
-def _read_scores(path: Path) -> dict[str, Any]:
-    from mgsr_bench.results import read_record
+def _lm_eval(args: argparse.Namespace, model, tokenizer, suite_data: Path | None) -> dict[str, Any] | None:
+    """``--lm-eval`` tasks' scores for one model, or None when none were asked for."""
+    if not args.lm_eval:
+        return None
+    from mgsr_bench.eval.lm_harness import run_lm_eval
 
-    return read_record(path)["scores"]
+    return run_lm_eval(model, tokenizer, args.lm_eval.split(","), suite_data, args.lm_eval_limit)
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -257,10 +277,17 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default=seeds, help=f"sampling seeds (default: {seeds})")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of the protocol's sampling")
     p.add_argument("--eval-batch-size", type=int, default=64, help="generation batch size (default: 64)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1)")
     p.add_argument("--max-new-tokens", type=int,
-                   help="generation budget (default: the tiny suite's 64; 256 with --data)")
+                   help="response budget (default: the tiny suite's 64; with --data none beyond --max-length)")
+    p.add_argument("--max-length", type=int, default=512, help="prompt + response tokens per batch (default: 512)")
+    p.add_argument("--max-prompt", type=int, default=256, help="prompts cut to this many tokens (default: 256)")
+    p.add_argument("--bos", action="store_true", help="prepend the tokenizer's BOS to prompts (LLaMA-family models)")
     p.add_argument("--no-repeat-ngram-size", type=int,
                    help="n-gram ban over prompt + output (default: the tiny suite's 0; the protocol's 6 with --data)")
+    p.add_argument("--lm-eval", metavar="TASKS",
+                   help="also run lm-eval tasks (comma-separated names; the tiny suite's: tiny_gen, tiny_mc)")
+    p.add_argument("--lm-eval-limit", type=int, help="at most this many documents per lm-eval task")
 
 
 def build_parser() -> argparse.ArgumentParser:

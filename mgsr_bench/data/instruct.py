@@ -12,6 +12,13 @@ Formats read (the format is detected per file, from the keys of its first record
   question) with an answer file given as ``questions.jsonl+answers.jsonl`` (``question_id`` with
   ``text``, or ``choices[0].turns[0]``); ``category`` is kept.
 
+* A Hub dataset, ``hub:databricks/databricks-dolly-15k`` (``@test``, ``@dev`` or ``@train``;
+  default ``@test``): Dolly's ``instruction``, ``context``, ``response`` and ``category`` become
+  ``instruction``, ``input``, ``output`` and ``topic`` with the template, in the Hub file's order;
+  test = its first 500 rows, dev = the next 1000, train = the rest (MiniLLM's split sizes: the
+  shared DollyEval file begins with the Hub file's first rows, in order). Needs ``datasets`` and
+  the network or a local ``datasets`` cache; ``HF_DATASETS_OFFLINE`` is honoured by ``datasets``.
+
 The protocol's filters (MiniLLM's data scripts), applied by :func:`apply_protocol`:
 
 * SelfInst drops records whose prompt is longer than ``max_prompt`` (256) tokens (242 of 252 with
@@ -99,9 +106,43 @@ def _fastchat(questions: Path, answers: Path) -> list[dict[str, Any]]:
     return out
 
 
+HUB_DOLLY = "databricks/databricks-dolly-15k"
+DOLLY_SPLITS = {"test": (0, 500), "dev": (500, 1500), "train": (1500, None)}
+
+
+def dolly_records(rows: list[dict[str, Any]], split: str = "test") -> list[dict[str, Any]]:
+    """Hub Dolly rows (``instruction``, ``context``, ``response``, ``category``) as protocol records of ``split``."""
+    if split not in DOLLY_SPLITS:
+        raise UserError(f"unknown Dolly split {split!r}; choose one of {', '.join(DOLLY_SPLITS)}")
+    start, stop = DOLLY_SPLITS[split]
+    return [_record(r["instruction"], r["context"], r["response"], topic=r["category"]) for r in rows[start:stop]]
+
+
+def _from_hub(spec: str) -> list[dict[str, Any]]:
+    name, _, split = spec.partition("@")
+    if name != HUB_DOLLY:
+        raise UserError(f"hub:{name}: the Hub loader reads {HUB_DOLLY} (MiniLLM's split); "
+                        "pass other sets as files")
+    if split and split not in DOLLY_SPLITS:  # before any download
+        raise UserError(f"unknown Dolly split {split!r}; choose one of {', '.join(DOLLY_SPLITS)}")
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise UserError("hub: datasets need the datasets package: pip install datasets") from None
+    try:
+        rows = list(load_dataset(name, split="train"))
+    except Exception as e:  # offline without a cache, or a network error: one line, not a traceback
+        raise UserError(f"could not load {name} from the Hub ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                        "go online once or pass a local file") from None
+    return dolly_records(rows, split or "test")
+
+
 def load_instruct(spec: str | Path) -> list[dict[str, Any]]:
-    """Records from one file in any supported format (``questions.jsonl+answers.jsonl`` for FastChat)."""
+    """Records from one file in any supported format (``questions.jsonl+answers.jsonl`` for FastChat),
+    or ``hub:databricks/databricks-dolly-15k[@split]``."""
     text = str(spec)
+    if text.startswith("hub:"):
+        return _from_hub(text[len("hub:"):])
     if "+" in text and not Path(text).exists():
         questions, answers = (Path(p) for p in text.split("+", 1))
         return _fastchat(questions, answers)

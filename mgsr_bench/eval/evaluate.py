@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mgsr_bench.config import DEFAULT_SEEDS
-from mgsr_bench.eval.generate import decoding_config, generate
+from mgsr_bench.eval.generate import EvalSettings, generate
 from mgsr_bench.eval.metrics import bootstrap_ci, example_scores, exact_match
-
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -19,9 +17,8 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                   datasets: dict[str, list[dict[str, Any]]], seeds: Sequence[int] = DEFAULT_SEEDS,
-                   greedy: bool = False, batch_size: int = 64, max_new_tokens: int = 64,
-                   no_repeat_ngram_size: int = 6, desc: str = "eval") -> dict[str, Any]:
+                   datasets: dict[str, list[dict[str, Any]]], settings: EvalSettings,
+                   desc: str = "eval") -> dict[str, Any]:
     """Generate and score every dataset once per seed (once in all when ``greedy``).
 
     Returns, per dataset: ``per_seed`` (ROUGE-L, exact match and, where records carry a
@@ -29,8 +26,7 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     mean and sample std over seeds, and ``ci95``, a percentile bootstrap 95% interval of the mean
     over examples (each example's score averaged over the seeds; 1000 resamples, fixed seed).
     """
-    gen_config = decoding_config(tokenizer, max_new_tokens, greedy, no_repeat_ngram_size=no_repeat_ngram_size)
-    run_seeds = [seeds[0]] if greedy else list(seeds)
+    run_seeds = [settings.seeds[0]] if settings.greedy else list(settings.seeds)
     results: dict[str, Any] = {}
     for name, records in datasets.items():
         prompts = [r["prompt"] for r in records]
@@ -38,8 +34,7 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         per_seed: dict[str, dict[str, Any]] = {}
         per_example: dict[str, list[list[float]]] = {"rougeL": [], "exact_match": []}
         for seed in run_seeds:
-            preds = generate(model, tokenizer, prompts, gen_config, batch_size, seed=seed,
-                             progress=f"{desc} {name} seed {seed}")
+            preds = generate(model, tokenizer, prompts, settings, seed=seed, progress=f"{desc} {name} seed {seed}")
             values = example_scores(preds, refs)
             for metric, v in values.items():
                 per_example[metric].append(v)

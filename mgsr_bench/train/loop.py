@@ -29,7 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_sc
 
 from mgsr_bench.config import TrainConfig
 from mgsr_bench.data.collate import Example, collate, token_batch
-from mgsr_bench.eval.generate import decoding_config, generate
+from mgsr_bench.eval.generate import EvalSettings, generate
 from mgsr_bench.errors import UserError
 from mgsr_bench.eval.metrics import corpus_scores
 from mgsr_bench.losses.chunked import chunked_linear_loss
@@ -160,8 +160,8 @@ def validation_score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      valid_examples: list[Example], cfg: TrainConfig, device: torch.device) -> float:
     """Higher is better: greedy ROUGE-L on the validation records, or minus the validation loss."""
     if cfg.val_metric == "rougeL":
-        gen = decoding_config(tokenizer, max_new_tokens=64, greedy=True, no_repeat_ngram_size=0)
-        preds = generate(model, tokenizer, [r["prompt"] for r in valid], gen, batch_size=64)
+        greedy = EvalSettings(greedy=True, max_new_tokens=64, no_repeat_ngram_size=0)
+        preds = generate(model, tokenizer, [r["prompt"] for r in valid], greedy)
         return corpus_scores(preds, [r["output"] for r in valid])["rougeL"]
     return -validation_loss(model, tokenizer, valid_examples, cfg, device)
 
