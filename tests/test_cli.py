@@ -2,6 +2,7 @@
 train -> eval -> leaderboard path on tiny random-init models saved like Hub checkpoints."""
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -117,6 +118,14 @@ def test_train_eval_leaderboard_on_saved_models(hub_style_pair):
     assert set(rec["scores"]["test"]["per_seed"]) == {"10", "20"}
     low, high = rec["scores"]["test"]["rougeL"]["ci95"]
     assert low <= rec["scores"]["test"]["rougeL"]["mean"] <= high
+    # a `train` run folder evaluates its model/, a `run` folder each of its models/*
+    (p / "many" / "models").mkdir(parents=True)
+    for name in ("a", "b"):
+        shutil.copytree(p / "run" / "model", p / "many" / "models" / name)
+    proc = _cli("eval", str(p / "run"), str(p / "many"), "--data", f"test={p / 'test.jsonl'}", "--seeds", "10",
+                "--out", str(p / "folders"))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(f.name for f in (p / "folders" / "records").iterdir()) == ["a.json", "b.json", "run.json"]
     proc = _cli("leaderboard", str(p / "eval"), "--format", "csv")
     assert proc.returncode == 0 and proc.stdout.splitlines()[0] == "method,test,avg"
     assert {line.split(",")[0] for line in proc.stdout.splitlines()[1:]} == {"run", "teacher"}

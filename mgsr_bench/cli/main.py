@@ -190,8 +190,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mgsr_bench.pipeline import evaluate_and_record
     from mgsr_bench.suite.build import EVAL_SPLITS, ensure_suite
 
-    if args.label and len(args.models) > 1:
-        raise UserError("--label names one model's record: pass one model, or drop --label")
     if args.data:
         datasets = {}
         for spec in args.data:
@@ -200,6 +198,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 raise UserError(f"--data takes NAME=PATH, got {spec!r}")
             datasets[name] = load_instruct(path)
     settings = _eval_settings(args, None if args.data else _suite_config(args.quick))
+    models = _models_to_evaluate(args.models, args.label)
     if args.lm_eval:
         from mgsr_bench.eval.lm_harness import check_tasks
 
@@ -211,10 +210,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         suite_data = suite.root / "data"
     out = Path(args.out)
     _prepare_out(out)
-    for model_path in args.models:
+    for label, model_path in models:
         t0 = time.perf_counter()
-        path = Path(model_path)
-        label = args.label or (path.parent.name if path.name == "model" else path.name) or str(model_path)
         tokenizer, model = load_tokenizer(model_path), load_model(model_path)
         kept = {name: apply_protocol(rows, name, tokenizer, settings.max_prompt) if args.data and name in PROTOCOLS
                 else rows for name, rows in datasets.items()}
@@ -227,6 +224,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for task, metrics in (record.get("lm_eval") or {}).items():
             print(f"  lm-eval {task}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return 0
+
+
+def _models_to_evaluate(names: list[str], label: str | None) -> list[tuple[str, str]]:
+    """(label, model path or Hub name) per model: a model folder; a `train` run folder (its `model/`);
+    a `run` folder (each of its `models/*`); anything else is taken as a Hub name."""
+    found: list[tuple[str, str]] = []
+    for name in names:
+        path = Path(name)
+        if (path / "config.json").is_file():
+            found.append((path.parent.name if path.name == "model" else path.name, name))
+        elif (path / "model" / "config.json").is_file():
+            found.append((path.name, str(path / "model")))
+        elif path.is_dir() and sorted(path.glob("models/*/config.json")):
+            found += [(c.parent.name, str(c.parent)) for c in sorted(path.glob("models/*/config.json"))]
+        elif path.exists():
+            raise UserError(f"{name} holds no model (config.json), train run (model/) or run (models/*/)")
+        else:
+            found.append((name.rstrip("/").split("/")[-1], name))
+    if label is not None:
+        if len(found) != 1:
+            raise UserError("--label names one model's record: pass one model, or drop --label")
+        found = [(label, found[0][1])]
+    labels = [lab for lab, _ in found]
+    clash = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if clash:
+        raise UserError(f"two models would write the same record ({', '.join(clash)}); evaluate them into "
+                        "different --out folders")
+    return found
 
 
 def _lm_eval(args: argparse.Namespace, model, tokenizer, suite_data: Path | None) -> dict[str, Any] | None:
