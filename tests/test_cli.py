@@ -127,5 +127,5 @@ def test_train_eval_leaderboard_on_saved_models(hub_style_pair):
     assert proc.returncode == 0, proc.stderr
     assert sorted(f.name for f in (p / "folders" / "records").iterdir()) == ["a.json", "b.json", "run.json"]
     proc = _cli("leaderboard", str(p / "eval"), "--format", "csv")
-    assert proc.returncode == 0 and proc.stdout.splitlines()[0] == "method,test,avg"
+    assert proc.returncode == 0 and proc.stdout.splitlines()[0] == "method,kind,test_mean,test_std,avg"
     assert {line.split(",")[0] for line in proc.stdout.splitlines()[1:]} == {"run", "teacher"}

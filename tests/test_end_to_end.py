@@ -14,7 +14,10 @@ def test_run_quick_end_to_end(tmp_path):
     assert "building suite tiny-quick" in proc.stdout
     rows = list(csv.DictReader((out / "leaderboard.csv").open()))
     assert [r["method"] for r in rows] == ["teacher", "sft", "kd"]
-    assert set(rows[0]) == {"method", "shifted", "test", "avg"}
+    assert set(rows[0]) == {"method", "kind", "test_mean", "test_std", "shifted_mean", "shifted_std", "avg",
+                            "delta_vs_sft"}
+    for name in ("leaderboard.tex", "leaderboard.html", "scores.svg", "training.png"):
+        assert (out / name).is_file()
     for name in ("teacher", "sft", "kd"):
         rec = json.loads((out / "records" / f"{name}.json").read_text())
         assert set(rec["scores"]) == {"test", "shifted"}

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from mgsr_bench.errors import UserError
-from mgsr_bench.results import leaderboard_frame, load_records, make_record, read_record, render_leaderboard, write_record
+from mgsr_bench.results import build_board, load_records, make_record, read_record, render_leaderboard, write_record
 
 
 def _scores(values_by_dataset):
@@ -18,9 +18,11 @@ def _scores(values_by_dataset):
     return out
 
 
-def _record(label, values_by_dataset):
-    return make_record(label=label, method=label, config={"recipe": label}, pair={"name": "tiny"},
-                       evaluation={"seeds": [10, 20]}, scores=_scores(values_by_dataset), wall_time_s=1.5)
+def _record(label, values_by_dataset, method=None, pair="tiny", **extra):
+    rec = make_record(label=label, method=method or label, config={"recipe": label}, pair={"name": pair},
+                      evaluation={"seeds": [10, 20], "greedy": False, "batch_size": 64},
+                      scores=_scores(values_by_dataset), wall_time_s=1.5)
+    return {**rec, **extra}
 
 
 def test_record_round_trip(tmp_path):
@@ -40,7 +42,7 @@ def test_bad_records_name_the_field(tmp_path):
     rec = _record("kd", {"test": [50.0]})
     rec.pop("pair")
     path.write_text(json.dumps(rec))
-    with pytest.raises(UserError, match="missing field 'pair'"):
+    with pytest.raises(UserError, match="field 'pair' is missing"):
         read_record(path)
     path.write_text("{bad json")
     with pytest.raises(UserError, match="invalid JSON"):
@@ -53,15 +55,18 @@ def test_leaderboard_pivot_hand_computed(tmp_path):
     write_record(_record("sft", {"test": [40.0, 40.0], "shifted": [20.0, 22.0]}), tmp_path / "sft.json")
     (tmp_path / "other.json").write_text('{"not": "a record"}')
     records = load_records(tmp_path)
-    table = leaderboard_frame(records)
-    assert list(table.index) == ["teacher", "sft", "kd"]
-    assert table.loc["kd", "test"] == "52.00 ± 2.83"
-    assert table.loc["kd", "avg"] == "41.00"  # (52 + 30) / 2
-    assert table.loc["teacher", "shifted"] == "65.00 ± 7.07"
+    board = build_board(records, reference="sft")
+    assert list(board.means.index) == ["teacher", "sft", "kd"]
+    assert board.datasets == ["test", "shifted"]  # the suite's splits first
+    assert board.means.at["kd", "test"] == 52.0 and board.stds.at["kd", "test"] == pytest.approx(2.8284, abs=1e-4)
+    assert board.avg["kd"] == 41.0  # (52 + 30) / 2
+    assert board.delta["kd"] == 41.0 - 30.5  # sft: (40 + 21) / 2
+    assert board.stds.at["teacher", "shifted"] == pytest.approx(7.0711, abs=1e-4)
+    assert board.best() == {"test": 52.0, "shifted": 30.0, "avg": 41.0}  # the teacher is never ranked
     md = render_leaderboard(records)
     assert "| teacher" in md and "Exact match by task family on test" in md
     csv = render_leaderboard(records, "csv").splitlines()
-    assert csv[0] == "method,shifted,test,avg" and csv[1].startswith("teacher,")
+    assert csv[0] == "method,kind,test_mean,test_std,shifted_mean,shifted_std,avg" and csv[1].startswith("teacher,")
 
 
 def test_leaderboard_errors(tmp_path):

@@ -1,4 +1,4 @@
-"""The ``mgsr-bench`` command line: run, train, eval, leaderboard, list."""
+"""The ``mgsr-bench`` command line: run, train, eval, leaderboard, compare, history, list."""
 
 from __future__ import annotations
 
@@ -90,7 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mgsr_bench.data.jsonl import write_atomic
     from mgsr_bench.models import load_model
     from mgsr_bench.pipeline import evaluate_and_record, save_model_atomic, train_student
-    from mgsr_bench.results import load_records, render_leaderboard
+    from mgsr_bench.results import load_records
+    from mgsr_bench.results.publish import write_leaderboard
     from mgsr_bench.suite.build import EVAL_SPLITS, ensure_suite, load_suite_models
 
     suite_config = _suite_config(args.quick)
@@ -130,9 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                             lm_eval=_lm_eval(args, student, tokenizer, suite_data))
 
     records = load_records(out / "records")
-    table = render_leaderboard(records, "markdown")
-    write_atomic(out / "leaderboard.md", table)
-    write_atomic(out / "leaderboard.csv", render_leaderboard(records, "csv"))
+    write_leaderboard(records, out, reference="sft" if any(r["label"] == "sft" for r in records) else None)
+    table = (out / "leaderboard.md").read_text(encoding="utf-8")
     print(f"\nTiny suite {suite.config.key()}: teacher {suite.report['teacher_params'] / 1e6:.2f}M params, "
           f"student {suite.report['student_params'] / 1e6:.2f}M params; splits: test (in-domain), "
           f"shifted (held-out templates and entities)\n")
@@ -263,15 +263,79 @@ def _lm_eval(args: argparse.Namespace, model, tokenizer, suite_data: Path | None
     return run_lm_eval(model, tokenizer, args.lm_eval.split(","), suite_data, args.lm_eval_limit)
 
 
+def _split(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _store_filters(args: argparse.Namespace) -> dict[str, Any]:
+    return {"pair": args.pair, "commit": args.commit, "since": args.since, "until": args.until}
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    """Render the methods x datasets table of every run record under a folder."""
+    """Render the methods x datasets table of the run records under a folder (a results store).
+
+    The latest record per label makes a row; cells are mean ± std over seeds, the best measured value
+    of each column is marked, ``--reference`` adds each row's difference in average from that row, and
+    ``--reported`` adds the numbers papers report for ``--pair`` (marked, never ranked).
+    ``--write DIR`` writes every format and the figures into DIR.
+    """
     from mgsr_bench.data.jsonl import write_atomic
     from mgsr_bench.results import load_records, render_leaderboard
+    from mgsr_bench.results.leaderboard import select_rows
+    from mgsr_bench.results.publish import write_leaderboard
+    from mgsr_bench.results.reported import load_reported, reported_rows
 
-    text = render_leaderboard(load_records(args.folder), args.format)
+    reported = None
+    if args.reported:
+        if not args.pair:
+            raise UserError("--reported shows a paper's numbers for one pair: add --pair TEACHER->STUDENT")
+        reported = reported_rows(load_reported(args.reported), args.pair)
+        if not reported:
+            raise UserError(f"{args.reported} has no reported rows for pair {args.pair!r}")
+    records = load_records(args.folder, **_store_filters(args))
+    labels, datasets = _split(args.methods), _split(args.datasets)
+    text = render_leaderboard(records, args.format, reference=args.reference, datasets=datasets, labels=labels,
+                              reported=reported, metric=args.metric)
+    if args.write:
+        chosen = select_rows(records, labels)
+        for path in write_leaderboard(chosen, args.write, args.metric, args.reference, reported):
+            print(f"wrote {path}", file=sys.stderr)
     if args.output:
         write_atomic(args.output, text)
     print(text, end="")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Compare the records under NEW with those under BASE, per label and dataset; exit 1 on a regression.
+
+    A drop is a regression when it exceeds max(--tolerance, --k x pooled std over seeds).
+    """
+    from mgsr_bench.data.jsonl import write_atomic
+    from mgsr_bench.results import load_records
+    from mgsr_bench.results.compare import compare_records, render_comparison
+
+    if args.tolerance < 0 or args.k < 0:
+        raise UserError("--tolerance and --k must be >= 0")
+    new, base = load_records(args.new), load_records(args.against)
+    frame = compare_records(new, base, args.metric, args.tolerance, args.k)
+    text = render_comparison(frame, args.metric)
+    if args.output:
+        write_atomic(args.output, text)
+    print(text, end="")
+    return 1 if (frame["status"] == "regression").any() else 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """A metric across commits: every matching record in the store, oldest first."""
+    from mgsr_bench.results import load_records
+    from mgsr_bench.results.compare import history_frame
+
+    records = load_records(args.folder, methods=None, labels=_split(args.methods), **_store_filters(args))
+    frame = history_frame(records, args.metric, args.dataset)
+    if frame.empty:
+        raise UserError(f"no scores for dataset {args.dataset!r} in the matching records")
+    print(frame.to_markdown(index=False))
     return 0
 
 
@@ -315,6 +379,19 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm-eval-limit", type=int, help="at most this many documents per lm-eval task")
 
 
+def _add_store_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pair", help="only records of this pair (suite name or TEACHER->STUDENT)")
+    p.add_argument("--commit", help="only records written at this commit (prefix)")
+    p.add_argument("--since", help="only records created at or after this ISO date")
+    p.add_argument("--until", help="only records created at or before this ISO date")
+
+
+def _reported_default() -> Path:
+    from mgsr_bench.results.reported import DEFAULT_FILE
+
+    return DEFAULT_FILE
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mgsr-bench", description="Benchmark for LLM knowledge distillation.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -353,9 +430,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leaderboard", help="render methods x datasets from run records",
                        description=cmd_leaderboard.__doc__)
     p.add_argument("folder", help="folder holding run records (searched recursively)")
-    p.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    p.add_argument("--format", choices=["markdown", "csv", "latex", "html"], default="markdown")
+    p.add_argument("--metric", choices=["rougeL", "exact_match"], default="rougeL")
+    p.add_argument("--reference", help="row whose average the others are compared with (e.g. sft or kd)")
+    p.add_argument("--methods", help="comma-separated labels or method names to keep")
+    p.add_argument("--datasets", help="comma-separated datasets to keep (columns)")
+    _add_store_filters(p)
+    p.add_argument("--reported", nargs="?", const=str(_reported_default()), metavar="FILE",
+                   help="add paper-reported rows for --pair (default file: leaderboards/reported.yaml)")
     p.add_argument("--output", help="also write the table to this file")
+    p.add_argument("--write", metavar="DIR", help="write every format and the figures (PNG, SVG) into DIR")
     p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("compare", help="regression check of NEW records against BASE records",
+                       description=cmd_compare.__doc__)
+    p.add_argument("new", help="folder (or store) of the new records")
+    p.add_argument("--against", required=True, help="folder (or store) of the baseline records")
+    p.add_argument("--metric", choices=["rougeL", "exact_match"], default="rougeL")
+    p.add_argument("--tolerance", type=float, default=0.5, help="smallest drop that can count (default: 0.5)")
+    p.add_argument("--k", type=float, default=2.0, help="multiple of the pooled seed std (default: 2)")
+    p.add_argument("--output", help="also write the report to this file")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("history", help="a metric across commits from a results store", description=cmd_history.__doc__)
+    p.add_argument("folder", help="folder holding run records (searched recursively)")
+    p.add_argument("--methods", help="comma-separated labels to keep")
+    p.add_argument("--dataset", help="one dataset (default: all)")
+    p.add_argument("--metric", choices=["rougeL", "exact_match"], default="rougeL")
+    _add_store_filters(p)
+    p.set_defaults(func=cmd_history)
 
     p = sub.add_parser("list", help="list methods, recipes and suites", description=cmd_list.__doc__)
     p.add_argument("what", nargs="?", choices=["methods", "recipes", "suites", "all"], default="all")

@@ -1,39 +1,48 @@
-"""Methods x datasets tables from run records, rendered with pandas."""
+"""Methods x datasets tables from run records: markdown, CSV, LaTeX (booktabs) and a sortable HTML page.
+
+A :class:`Board` holds the numbers (pandas): per row the mean and the std over seeds of each
+dataset, the average of the dataset means, and the difference of that average from a reference
+row. Rows are the latest record per label; the teacher (an upper bound, not a competitor) and
+rows *reported by papers* (:mod:`mgsr_bench.results.reported`) are shown but never ranked: the best
+value of each column is taken over measured student rows only.
+"""
 
 from __future__ import annotations
 
+import html
 import json
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pandas as pd
 
 from mgsr_bench.errors import UserError
-from mgsr_bench.results.record import SCHEMA, read_record
+from mgsr_bench.results.store import ResultsStore
 
 # Rows in this order first (teacher on top, then the SFT reference), the rest alphabetically.
 _FIRST = ("teacher", "sft")
+FORMATS = ("markdown", "csv", "latex", "html")
+METRICS = {"rougeL": "ROUGE-L", "exact_match": "Exact match"}
+# Columns: the tiny suite's splits, then the protocol's sets in the papers' order, then the rest A-Z.
+DATASET_ORDER = ("test", "shifted", "dolly", "selfinst", "vicuna", "sni", "unni")
 
 
-def load_records(folder: str | Path) -> list[dict[str, Any]]:
-    """Every run record under ``folder`` (recursively); other JSON files are ignored."""
+def load_records(folder: str | Path, **filters: Any) -> list[dict[str, Any]]:
+    """Every run record under ``folder`` (recursively) that matches the store filters; other JSON is ignored."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"results folder not found: {folder}")
-    records = []
-    for path in sorted(folder.rglob("*.json")):
-        try:
-            head = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if isinstance(head, dict) and head.get("schema") == SCHEMA:
-            records.append(read_record(path))
+    records = ResultsStore(folder).records(**filters)
     if not records:
-        raise UserError(f"no run records in {folder} (run `mgsr-bench run --out {folder}` first)")
+        raise UserError(f"no run records in {folder}" + (" match the filters" if any(filters.values()) else
+                                                          f" (run `mgsr-bench run --out {folder}` first)"))
     return records
 
 
-def _latest_per_label(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def latest_per_label(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest record of each label, teacher and sft first, then alphabetical."""
     latest: dict[str, dict[str, Any]] = {}
     for r in records:
         if r["label"] not in latest or r["created"] >= latest[r["label"]]["created"]:
@@ -42,30 +51,250 @@ def _latest_per_label(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [latest[lbl] for lbl in order]
 
 
-def leaderboard_frame(records: list[dict[str, Any]], metric: str = "rougeL") -> pd.DataFrame:
-    """Rows = run labels, columns = datasets + ``avg``; cells ``mean ± std`` over seeds.
+def select_rows(records: list[dict[str, Any]], names: list[str] | None) -> list[dict[str, Any]]:
+    """Records whose label is one of ``names``, or whose method is a name that is no label (all when None)."""
+    if not names:
+        return records
+    labels = {r["label"] for r in records}
+    missing = sorted(set(names) - labels - {r["method"] for r in records})
+    if missing:
+        raise UserError(f"no records for {', '.join(missing)}; the records have {', '.join(sorted(labels))}")
+    return [r for r in records if r["label"] in names or (r["method"] in names and r["method"] not in labels)]
 
-    The latest record per label is used. ``avg`` is the mean of the per-dataset means.
-    """
-    rows = []
-    for r in _latest_per_label(records):
-        for dataset, s in r["scores"].items():
-            rows.append({"method": r["label"], "dataset": dataset, "mean": s[metric]["mean"], "std": s[metric]["std"]})
-    long = pd.DataFrame(rows)
-    means = long.pivot(index="method", columns="dataset", values="mean")
-    stds = long.pivot(index="method", columns="dataset", values="std")
-    order = [r["label"] for r in _latest_per_label(records)]
-    means, stds = means.loc[order], stds.loc[order]
-    table = means.map(lambda v: f"{v:.2f}") + " ± " + stds.map(lambda v: f"{v:.2f}")
-    table["avg"] = means.mean(axis=1).map(lambda v: f"{v:.2f}")
-    table.columns.name = None
-    return table
 
+@dataclass
+class Board:
+    """The numbers of one table. ``kind`` per row: ``measured``, ``teacher`` or ``reported``."""
+
+    metric: str
+    means: pd.DataFrame  # rows x datasets
+    stds: pd.DataFrame  # rows x datasets (NaN for reported rows)
+    kind: dict[str, str]
+    reference: str | None = None
+    notes: dict[str, str] = field(default_factory=dict)  # row -> citation, for reported rows
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(self.means.columns)
+
+    @property
+    def avg(self) -> pd.Series:
+        """Mean over the datasets; NaN for a row missing any of them."""
+        return self.means.mean(axis=1, skipna=False)
+
+    @property
+    def delta(self) -> pd.Series | None:
+        if self.reference is None:
+            return None
+        out = self.avg - self.avg[self.reference]
+        return out.where(pd.Series({r: self.kind[r] != "reported" for r in out.index}))
+
+    def best(self) -> dict[str, float]:
+        """Per column (datasets and ``avg``) the best value among measured rows."""
+        measured = [r for r in self.means.index if self.kind[r] == "measured"]
+        table = self.means.assign(avg=self.avg).loc[measured]
+        return {c: table[c].max() for c in table.columns} if measured else {}
+
+
+def build_board(records: list[dict[str, Any]], metric: str = "rougeL", reference: str | None = None,
+                datasets: list[str] | None = None, labels: list[str] | None = None,
+                reported: list[dict[str, Any]] | None = None) -> Board:
+    """One metric's board from records (latest per label), with reported rows appended."""
+    if metric not in METRICS:
+        raise UserError(f"unknown metric {metric!r}; use {' or '.join(METRICS)}")
+    rows = select_rows(latest_per_label(records), labels)
+    found = {d for r in rows for d in r["scores"]}
+    all_sets = [d for d in DATASET_ORDER if d in found] + sorted(found - set(DATASET_ORDER))
+    chosen = datasets or all_sets
+    unknown = [d for d in chosen if d not in all_sets]
+    if unknown:
+        raise UserError(f"no scores for dataset(s) {', '.join(unknown)}; the records have {', '.join(all_sets)}")
+    means = pd.DataFrame({d: {r["label"]: r["scores"][d][metric]["mean"] if d in r["scores"] else math.nan
+                              for r in rows} for d in chosen})
+    stds = pd.DataFrame({d: {r["label"]: r["scores"][d][metric]["std"] if d in r["scores"] else math.nan
+                             for r in rows} for d in chosen})
+    kind = {r["label"]: "teacher" if r["method"] == "teacher" else "measured" for r in rows}
+    notes: dict[str, str] = {}
+    for rep in reported or []:
+        if rep["metric"] != metric:
+            continue
+        label = f"{rep['method']} [{rep['short']}]"
+        means.loc[label] = [rep["scores"].get(d, math.nan) for d in chosen]
+        stds.loc[label] = [math.nan] * len(chosen)
+        kind[label] = "reported"
+        notes[label] = rep["citation"]
+    if reference is not None and reference not in kind:
+        raise UserError(f"--reference {reference!r} is not a row; rows: {', '.join(kind)}")
+    return Board(metric, means, stds, kind, reference, notes)
+
+
+# --- rendering ------------------------------------------------------------------------------------
+
+def _num(v: float) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def _signed(v: float) -> str:
+    return "" if v is None or math.isnan(v) else f"{v:+.2f}"
+
+
+def _cells(board: Board, row: str, sep: str = " ± ") -> dict[str, str]:
+    """Text per column (datasets, avg) for one row; reported rows have no std."""
+    out = {}
+    for d in board.datasets:
+        mean, std = board.means.at[row, d], board.stds.at[row, d]
+        out[d] = _num(mean) if math.isnan(std) else f"{_num(mean)}{sep}{_num(std)}"
+    out["avg"] = _num(board.avg[row])
+    return out
+
+
+def _is_best(board: Board, row: str, column: str, best: dict[str, float]) -> bool:
+    value = board.avg[row] if column == "avg" else board.means.at[row, column]
+    return board.kind[row] == "measured" and column in best and not math.isnan(value) \
+        and math.isclose(value, best[column], abs_tol=1e-9)
+
+
+def _title(board: Board) -> str:
+    return f"{METRICS[board.metric]} (mean ± std over seeds; best measured value in bold" + \
+        (f"; Δ avg against {board.reference})" if board.reference else ")")
+
+
+def to_markdown(board: Board) -> str:
+    best = board.best()
+    columns = ["method", *board.datasets, "avg"] + ([f"Δ vs {board.reference}"] if board.reference else [])
+    lines = ["| " + " | ".join(columns) + " |",
+             "|:--|" + "--:|" * (len(columns) - 1)]
+    delta = board.delta
+    for row in board.means.index:
+        cells = _cells(board, row)
+        texts = [f"**{cells[c]}**" if _is_best(board, row, c, best) else cells[c] for c in [*board.datasets, "avg"]]
+        name = {"teacher": f"{row} (teacher)" if row != "teacher" else row,
+                "reported": f"{row} †"}.get(board.kind[row], row)
+        if delta is not None:
+            texts.append(_signed(delta[row]))
+        lines.append("| " + " | ".join([name, *texts]) + " |")
+    notes = [f"† reported by {board.notes[r]}; not measured here and not ranked." for r in board.means.index
+             if board.kind[r] == "reported"]
+    return "\n".join([_title(board), "", *lines, *([""] + sorted(set(notes)) if notes else [])]) + "\n"
+
+
+def to_csv(board: Board) -> str:
+    frame = pd.DataFrame(index=board.means.index)
+    frame["kind"] = [board.kind[r] for r in frame.index]
+    for d in board.datasets:
+        frame[f"{d}_mean"] = board.means[d].round(4)
+        frame[f"{d}_std"] = board.stds[d].round(4)
+    frame["avg"] = board.avg.round(4)
+    if board.delta is not None:
+        frame[f"delta_vs_{board.reference}"] = board.delta.round(4)
+    return frame.to_csv(index_label="method")
+
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def to_latex(board: Board) -> str:
+    """A booktabs tabular; needs ``\\usepackage{booktabs}``. Reported rows sit below a rule, marked \\dag."""
+    best = board.best()
+    delta = board.delta
+    columns = ["Method", *board.datasets, "Avg."] + ([f"$\\Delta$ vs {_tex(board.reference)}"] if delta is not None
+                                                       else [])
+    lines = [f"% {_title(board)}", "\\begin{tabular}{l" + "c" * (len(columns) - 1) + "}", "\\toprule",
+             " & ".join(_tex(c) if not c.startswith("$") else c for c in columns) + " \\\\", "\\midrule"]
+    previous = None
+    for row in board.means.index:
+        if board.kind[row] == "reported" and previous != "reported":
+            lines.append("\\midrule")
+        previous = board.kind[row]
+        cells = _cells(board, row, sep=" $\\pm$ ")
+        texts = [f"\\textbf{{{cells[c]}}}" if _is_best(board, row, c, best) else cells[c]
+                 for c in [*board.datasets, "avg"]]
+        name = _tex(row) + {"teacher": " (teacher)" if row != "teacher" else "",
+                            "reported": "$^\\dag$"}.get(board.kind[row], "")
+        if delta is not None:
+            texts.append(_signed(delta[row]).replace("-", "$-$") if not math.isnan(delta[row]) else "")
+        lines.append(" & ".join([name, *texts]).replace("–", "--") + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    notes = sorted({board.notes[r] for r in board.means.index if board.kind[r] == "reported"})
+    if notes:
+        lines.append("% \\dag: reported by " + "; ".join(notes) + " (not measured here, not ranked)")
+    return "\n".join(lines) + "\n"
+
+
+_SORT_SCRIPT = """
+function sortBy(th) {
+  const table = th.closest('table'), body = table.tBodies[0], col = th.cellIndex;
+  const asc = th.getAttribute('aria-sort') !== 'ascending';
+  for (const h of table.tHead.rows[0].cells) h.removeAttribute('aria-sort');
+  th.setAttribute('aria-sort', asc ? 'ascending' : 'descending');
+  const key = r => { const c = r.cells[col]; const v = c.dataset.value; return v === undefined ? c.textContent : Number(v); };
+  const rows = Array.from(body.rows).sort((a, b) => {
+    const x = key(a), y = key(b);
+    if (typeof x === 'number' && isNaN(x)) return 1;
+    if (typeof y === 'number' && isNaN(y)) return -1;
+    return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1);
+  });
+  rows.forEach(r => body.appendChild(r));
+}
+document.addEventListener('DOMContentLoaded', () => {
+  document.querySelectorAll('th').forEach(th => th.addEventListener('click', () => sortBy(th)));
+  const m = location.hash.match(/^#sort=(\\d+)(-desc)?$/);  // a link can open the page sorted
+  if (m) { const th = document.querySelectorAll('thead th')[Number(m[1])]; sortBy(th); if (m[2]) sortBy(th); }
+});
+"""
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; } caption { text-align: left; margin-bottom: .5em; font-weight: 600; }
+th, td { padding: .3em .8em; border-bottom: 1px solid #ddd; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { cursor: pointer; user-select: none; border-bottom: 2px solid #444; }
+th[aria-sort=ascending]::after { content: " \\25B2"; } th[aria-sort=descending]::after { content: " \\25BC"; }
+tr.teacher td { color: #666; } tr.reported td { font-style: italic; color: #555; background: #f6f6f6; }
+td.best { font-weight: 700; } .note { color: #555; font-size: .9em; }
+"""
+
+
+def to_html(board: Board, title: str = "mgsr-bench leaderboard") -> str:
+    """A self-contained page (inline CSS and JS, no network): click a header to sort by it."""
+    best = board.best()
+    delta = board.delta
+    columns = ["method", *board.datasets, "avg"] + ([f"Δ vs {board.reference}"] if delta is not None else [])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for row in board.means.index:
+        cells = _cells(board, row)
+        tds = [f'<td data-value="{json.dumps(row)[1:-1]}">{html.escape(row)}'
+               + (" †" if board.kind[row] == "reported" else "") + "</td>"]
+        for c in [*board.datasets, "avg"]:
+            value = board.avg[row] if c == "avg" else board.means.at[row, c]
+            cls = ' class="best"' if _is_best(board, row, c, best) else ""
+            tds.append(f'<td{cls} data-value="{"NaN" if math.isnan(value) else repr(float(value))}">'
+                       f"{html.escape(cells[c])}</td>")
+        if delta is not None:
+            d = delta[row]
+            tds.append(f'<td data-value="{"NaN" if math.isnan(d) else repr(float(d))}">{_signed(d)}</td>')
+        body.append(f'<tr class="{board.kind[row]}">' + "".join(tds) + "</tr>")
+    notes = sorted({board.notes[r] for r in board.means.index if board.kind[r] == "reported"})
+    note = ("<p class=\"note\">† reported by " + html.escape("; ".join(notes)) + "; not measured here and not ranked.</p>"
+            if notes else "")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style><script>{_SORT_SCRIPT}</script></head><body>\n"
+            f"<table><caption>{html.escape(_title(board))}</caption><thead><tr>{head}</tr></thead>\n<tbody>\n"
+            + "\n".join(body) + f"\n</tbody></table>\n{note}\n</body></html>\n")
+
+
+# --- the markdown report's extra tables -----------------------------------------------------------
 
 def family_frame(records: list[dict[str, Any]], dataset: str) -> pd.DataFrame | None:
     """Per-family exact match (mean over seeds) on one dataset, or None when records carry no families."""
     rows = {}
-    for r in _latest_per_label(records):
+    for r in latest_per_label(records):
         per_seed = r["scores"].get(dataset, {}).get("per_seed", {})
         fams = [s["family_exact_match"] for s in per_seed.values() if "family_exact_match" in s]
         if fams:
@@ -81,7 +310,7 @@ def training_frame(records: list[dict[str, Any]]) -> pd.DataFrame | None:
     fraction of rows SCRG corrected on the steps where it ran.
     """
     rows = {}
-    for r in _latest_per_label(records):
+    for r in latest_per_label(records):
         training = r.get("training") or {}
         history = training.get("history") or []
         if not history or "seconds_per_step" not in training:
@@ -101,21 +330,40 @@ def training_frame(records: list[dict[str, Any]]) -> pd.DataFrame | None:
     return pd.DataFrame.from_dict(rows, orient="index").fillna("") if rows else None
 
 
-def render_leaderboard(records: list[dict[str, Any]], fmt: str = "markdown") -> str:
-    """ROUGE-L and exact-match tables (plus per-family exact match) as markdown, or ROUGE-L as CSV."""
-    rouge = leaderboard_frame(records, "rougeL")
+def lm_eval_frame(records: list[dict[str, Any]]) -> pd.DataFrame | None:
+    """lm-eval scores per row (task / metric columns), when any record has them."""
+    rows = {r["label"]: {f"{task} {metric.split(',')[0]}": value for task, metrics in r["lm_eval"].items()
+                         for metric, value in metrics.items() if metric != "sample_len"}
+            for r in latest_per_label(records) if r.get("lm_eval")}
+    return pd.DataFrame.from_dict(rows, orient="index").round(4) if rows else None
+
+
+def render_leaderboard(records: list[dict[str, Any]], fmt: str = "markdown", reference: str | None = None,
+                       datasets: list[str] | None = None, labels: list[str] | None = None,
+                       reported: list[dict[str, Any]] | None = None, metric: str = "rougeL") -> str:
+    """The table in ``fmt``. Markdown is a report: both metrics, then per-family exact match, the
+    training cost and lm-eval scores where the records have them."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    board = build_board(records, metric, reference, datasets, labels, reported)
     if fmt == "csv":
-        return rouge.to_csv(index_label="method")
-    if fmt != "markdown":
-        raise UserError(f"unknown format {fmt!r}; use markdown or csv")
-    parts = ["ROUGE-L (mean ± std over seeds)", "", rouge.to_markdown(), "",
-             "Exact match (mean ± std over seeds)", "", leaderboard_frame(records, "exact_match").to_markdown()]
-    training = training_frame(records)
+        return to_csv(board)
+    if fmt == "latex":
+        return to_latex(board)
+    if fmt == "html":
+        return to_html(board)
+    other = "exact_match" if metric == "rougeL" else "rougeL"
+    parts = [to_markdown(board), to_markdown(build_board(records, other, reference, datasets, labels, reported))]
+    chosen = select_rows(records, labels)
+    training = training_frame(chosen)
     if training is not None:
-        parts += ["", "Training cost (wall time on the machine that ran each record; share of steps per source)", "",
-                  training.to_markdown()]
-    for dataset in rouge.columns.drop("avg"):
-        fam = family_frame(records, dataset)
+        parts.append("Training cost (wall time on the machine that ran each record; share of steps per source)\n\n"
+                     + training.to_markdown() + "\n")
+    for dataset in board.datasets:
+        fam = family_frame(chosen, dataset)
         if fam is not None:
-            parts += ["", f"Exact match by task family on {dataset} (mean over seeds)", "", fam.to_markdown()]
-    return "\n".join(parts) + "\n"
+            parts.append(f"Exact match by task family on {dataset} (mean over seeds)\n\n{fam.to_markdown()}\n")
+    lm = lm_eval_frame(chosen)
+    if lm is not None:
+        parts.append("lm-eval\n\n" + lm.to_markdown() + "\n")
+    return "\n".join(parts)

@@ -20,15 +20,12 @@ from typing import Any
 from mgsr_bench.config import PROJECT_ROOT, config_hash
 from mgsr_bench.data.jsonl import write_atomic
 from mgsr_bench.errors import UserError
+from mgsr_bench.results.schema import load_schema, schema_error
 
 SCHEMA = "mgsr-bench/run-record"
 _CODE_PATHS = ("mgsr_bench", "baselines", "methods", "pyproject.toml")
 SCHEMA_VERSION = 1
-_REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "schema": str, "schema_version": int, "label": str, "method": str, "config": dict, "config_hash": str,
-    "pair": dict, "evaluation": dict, "scores": dict, "wall_time_s": (int, float), "versions": dict,
-    "created": str,
-}
+SCHEMA_FILE = "run-record.schema.json"  # JSON Schema of the current version, next to this module
 
 
 def package_versions() -> dict[str, str]:
@@ -73,7 +70,7 @@ def make_record(*, label: str, method: str, config: dict[str, Any], pair: dict[s
 
 
 def validate_record(record: Any, source: str) -> dict[str, Any]:
-    """Check the record's required fields and types; errors name the field and the file."""
+    """Check the record against its JSON Schema (``run-record.schema.json``); errors name the field and the file."""
     if not isinstance(record, dict):
         raise UserError(f"bad run record {source}: expected a JSON object")
     if record.get("schema") != SCHEMA:
@@ -81,15 +78,9 @@ def validate_record(record: Any, source: str) -> dict[str, Any]:
     if record.get("schema_version") != SCHEMA_VERSION:
         raise UserError(f"bad run record {source}: unsupported schema_version {record.get('schema_version')!r} "
                         f"(this mgsr-bench reads version {SCHEMA_VERSION})")
-    for key, kind in _REQUIRED.items():
-        if key not in record:
-            raise UserError(f"bad run record {source}: missing field {key!r}")
-        if not isinstance(record[key], kind):
-            raise UserError(f"bad run record {source}: field {key!r} has the wrong type")
-    for name, ds in record["scores"].items():
-        for key in ("rougeL", "exact_match", "per_seed"):
-            if key not in ds:
-                raise UserError(f"bad run record {source}: field 'scores.{name}.{key}' is missing")
+    error = schema_error(record, load_schema(SCHEMA_FILE))
+    if error:
+        raise UserError(f"bad run record {source}: {error}")
     return record
 
 

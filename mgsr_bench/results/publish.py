@@ -1,0 +1,28 @@
+"""Every rendering of one set of records written to a folder: the files committed under ``leaderboards/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mgsr_bench.data.jsonl import write_atomic
+from mgsr_bench.results.leaderboard import build_board, render_leaderboard
+from mgsr_bench.results.plots import bar_chart, training_curves
+
+EXTENSIONS = {"markdown": "md", "csv": "csv", "latex": "tex", "html": "html"}
+
+
+def write_leaderboard(records: list[dict[str, Any]], folder: str | Path, metric: str = "rougeL",
+                      reference: str | None = None, reported: list[dict[str, Any]] | None = None,
+                      plots: bool = True) -> list[Path]:
+    """``leaderboard.{md,csv,tex,html}``, and ``scores.{png,svg}`` and ``training.{png,svg}`` when ``plots``."""
+    folder = Path(folder)
+    written = []
+    for fmt, ext in EXTENSIONS.items():
+        path = folder / f"leaderboard.{ext}"
+        write_atomic(path, render_leaderboard(records, fmt, reference=reference, reported=reported, metric=metric))
+        written.append(path)
+    if plots:
+        written += bar_chart(build_board(records, metric, reference, reported=reported), folder / "scores")
+        written += training_curves(records, folder / "training") or []
+    return written

@@ -1,0 +1,85 @@
+"""Validation of JSON documents against the JSON Schema files shipped with mgsr-bench.
+
+Only the keywords those files use are implemented (``type``, ``const``, ``enum``, ``required``,
+``properties``, ``additionalProperties``, ``items``, ``minItems``, ``maxItems``, ``minimum``,
+``minLength``, ``pattern`` and local ``$ref``); none of the project's dependencies validates JSON
+Schema, and one error naming the offending field is what a user needs. The schema files themselves
+are standard draft 2020-12, usable by any JSON Schema tool.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+_TYPES: dict[str, tuple[type, ...]] = {"object": (dict,), "array": (list,), "string": (str,), "boolean": (bool,),
+                                       "integer": (int,), "number": (int, float), "null": (type(None),)}
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str) -> dict[str, Any]:
+    return json.loads((Path(__file__).with_name(name)).read_text(encoding="utf-8"))
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind in ("integer", "number") and isinstance(value, bool):
+        return False
+    return isinstance(value, _TYPES[kind])
+
+
+def schema_error(value: Any, schema: dict[str, Any], root: dict[str, Any] | None = None, path: str = "") -> str | None:
+    """The first violation as ``"field 'a.b': problem"``, or None when ``value`` conforms."""
+    root = schema if root is None else root
+    where = f"field '{path}'" if path else "the record"
+    if "$ref" in schema:
+        target: Any = root
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        return schema_error(value, target, root, path)
+    if "const" in schema and value != schema["const"]:
+        return f"{where} must be {json.dumps(schema['const'])}, got {json.dumps(value)}"
+    if "enum" in schema and value not in schema["enum"]:
+        return f"{where} must be one of {', '.join(map(json.dumps, schema['enum']))}"
+    kinds = schema.get("type")
+    if kinds is not None:
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        if not any(_is(value, k) for k in kinds):
+            return f"{where} must be {' or '.join(kinds)}, got {type(value).__name__}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and "minimum" in schema \
+            and value < schema["minimum"]:
+        return f"{where} must be >= {schema['minimum']}, got {value}"
+    if isinstance(value, str):
+        if len(value) < schema.get("minLength", 0):
+            return f"{where} must not be empty"
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            return f"{where} has the wrong format ({value!r})"
+    if isinstance(value, list):
+        if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value)):
+            return f"{where} has {len(value)} items"
+        if "items" in schema:
+            for i, item in enumerate(value):
+                error = schema_error(item, schema["items"], root, f"{path}[{i}]")
+                if error:
+                    return error
+    if isinstance(value, dict):
+        for key in schema.get("required", []):
+            if key not in value:
+                return f"field '{path + '.' if path else ''}{key}' is missing"
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if key in props:
+                error = schema_error(item, props[key], root, sub)
+            elif extra is False:
+                error = f"field '{sub}' is not part of the schema"
+            elif isinstance(extra, dict):
+                error = schema_error(item, extra, root, sub)
+            else:
+                error = None
+            if error:
+                return error
+    return None

@@ -1,0 +1,215 @@
+"""Issue 6: schema validation, the store and its index, tables (golden files), compare, history, HTML."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mgsr_bench.errors import UserError
+from mgsr_bench.results import ResultsStore, build_board, read_record, render_leaderboard, write_record
+from mgsr_bench.results.compare import compare_records, history_frame
+from mgsr_bench.results.reported import load_reported, reported_rows
+
+from test_results import _record
+
+GOLDEN = Path(__file__).with_name("golden")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fixture():
+    """Three measured rows, a teacher, two datasets; hand-checkable numbers."""
+    return [_record("teacher", {"dolly": [30.0, 32.0], "selfinst": [20.0, 20.0]}),
+            _record("sft", {"dolly": [24.0, 26.0], "selfinst": [10.0, 12.0]}),
+            _record("kd", {"dolly": [25.0, 25.0], "selfinst": [13.0, 13.0]}),
+            _record("my_method", {"dolly": [26.0, 28.0], "selfinst": [9.0, 11.0]}, method="distillm")]
+
+
+# --- schema ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda r: r["scores"]["dolly"]["rougeL"].update(mean="high"), "field 'scores.dolly.rougeL.mean' must be number"),
+    (lambda r: r["scores"]["dolly"]["rougeL"].update(std=-1.0), "field 'scores.dolly.rougeL.std' must be >= 0"),
+    (lambda r: r.update(config_hash="xyz"), "field 'config_hash' has the wrong format"),
+    (lambda r: r.update(surprise=1), "field 'surprise' is not part of the schema"),
+    (lambda r: r["evaluation"].pop("seeds"), "field 'evaluation.seeds' is missing"),
+    (lambda r: r["scores"]["dolly"]["per_seed"]["10"].pop("exact_match"),
+     "field 'scores.dolly.per_seed.10.exact_match' is missing"),
+    (lambda r: r.update(label=""), "field 'label' must not be empty"),
+])
+def test_bad_records_fail_on_write_and_on_read_naming_the_field(tmp_path, edit, message):
+    rec = _record("kd", {"dolly": [25.0, 26.0]})
+    edit(rec)
+    with pytest.raises(UserError, match=re.escape(message)):
+        write_record(rec, tmp_path / "r.json")
+    assert not (tmp_path / "r.json").exists()
+    (tmp_path / "r.json").write_text(json.dumps(rec))
+    with pytest.raises(UserError, match=re.escape(f"bad run record {tmp_path / 'r.json'}: {message}")):
+        read_record(tmp_path / "r.json")
+
+
+def test_the_schema_file_is_standard_json_schema_and_names_every_written_field():
+    schema = json.loads((ROOT / "mgsr_bench" / "results" / "run-record.schema.json").read_text())
+    assert schema["$schema"].endswith("2020-12/schema")
+    assert set(_record("kd", {"dolly": [1.0]})) <= set(schema["properties"])
+
+
+# --- aggregation ------------------------------------------------------------------------------------
+
+def test_board_aggregates_ranks_measured_rows_only_and_deltas_against_the_reference():
+    board = build_board(_fixture(), reference="sft")
+    assert list(board.means.index) == ["teacher", "sft", "kd", "my_method"]
+    assert board.means.at["my_method", "dolly"] == 27.0 and board.stds.at["my_method", "dolly"] == pytest.approx(2 ** .5)
+    assert board.avg.to_dict() == {"teacher": 25.5, "sft": 18.0, "kd": 19.0, "my_method": 18.5}
+    assert board.delta.to_dict() == {"teacher": 7.5, "sft": 0.0, "kd": 1.0, "my_method": 0.5}
+    assert board.best() == {"dolly": 27.0, "selfinst": 13.0, "avg": 19.0}  # teacher excluded
+    only = build_board(_fixture(), labels=["kd", "distillm"])  # a label, and a method name
+    assert list(only.means.index) == ["kd", "my_method"]
+    with pytest.raises(UserError, match="--reference 'nobody' is not a row"):
+        build_board(_fixture(), reference="nobody")
+    with pytest.raises(UserError, match="no scores for dataset"):
+        build_board(_fixture(), datasets=["vicuna"])
+
+
+def test_reported_rows_are_shown_marked_and_never_ranked():
+    rows = [{"method": "Paper KD", "short": "Paper", "citation": "Paper (2024), Table 1; read from x",
+             "metric": "rougeL", "scores": {"dolly": 99.0, "selfinst": 99.0}}]
+    board = build_board(_fixture(), reported=rows)
+    assert board.kind["Paper KD [Paper]"] == "reported"
+    assert board.best()["dolly"] == 27.0  # 99 is not a measured value
+    md = render_leaderboard(_fixture(), reported=rows)
+    assert "| Paper KD [Paper] † | 99.00 | 99.00 | 99.00 |" in md
+    assert "† reported by Paper (2024), Table 1; read from x; not measured here and not ranked." in md
+
+
+def test_the_curated_reported_file_loads_and_bad_files_are_refused(tmp_path):
+    entries = load_reported(ROOT / "leaderboards" / "reported.yaml")
+    assert reported_rows(entries, "gpt2-xl->gpt2")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- paper: X\n  source: s\n  pair: {teacher: a, student: b}\n  metric: rougeL\n"
+                   "  rows: [{method: m, scores: {doly: 1.0}}]\n")
+    with pytest.raises(UserError, match="entry 1: rows\\[0\\].scores has unknown dataset 'doly'"):
+        load_reported(bad)
+
+
+# --- golden files -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt,name", [("markdown", "board.md"), ("latex", "board.tex"), ("csv", "board.csv")])
+def test_rendered_tables_match_the_golden_files(fmt, name):
+    rows = [{"method": "KD", "short": "Paper", "citation": "Paper (2024), Table 1; read from x", "metric": "rougeL",
+             "scores": {"dolly": 23.5}}]
+    text = render_leaderboard(_fixture(), fmt, reference="sft", reported=rows)
+    if os.environ.get("MGSR_BENCH_UPDATE_GOLDEN"):
+        (GOLDEN / name).write_text(text)
+    assert text == (GOLDEN / name).read_text()
+
+
+# --- the store --------------------------------------------------------------------------------------
+
+def test_store_queries_by_method_pair_dataset_commit_and_date(tmp_path):
+    store = ResultsStore(tmp_path)
+    a = store.add({**_record("kd", {"dolly": [1.0]}), "git_commit": "aaaa1111", "created": "2026-01-01T00:00:00+00:00"})
+    store.add({**_record("kd", {"vicuna": [2.0]}, pair="other"), "git_commit": "bbbb2222",
+               "created": "2026-02-01T00:00:00+00:00"})
+    store.add({**_record("sft", {"dolly": [3.0]}), "git_commit": "bbbb2222", "created": "2026-03-01T00:00:00+00:00"})
+    assert a.parent.relative_to(tmp_path).as_posix() == "tiny/kd"
+    assert len(store.paths()) == 3
+    assert [p.parent.name for p in store.paths(methods=["kd"])] == ["kd", "kd"]
+    assert len(store.paths(pair="other")) == 1 and len(store.paths(dataset="dolly")) == 2
+    assert len(store.paths(commit="bbbb")) == 2
+    assert len(store.paths(since="2026-01-15", until="2026-02-15")) == 1
+    # the index follows the files: a deleted record disappears, an edited one is re-read
+    a.unlink()
+    assert len(store.paths()) == 2 and (tmp_path / ".mgsr-index.sqlite").exists()
+
+
+_WRITER = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_results import _record
+from mgsr_bench.results import ResultsStore
+store = ResultsStore({root!r})
+for i in range(25):
+    store.add(_record("w" + sys.argv[1], {{"dolly": [float(i)]}}))
+    if i % 5 == 0:
+        store.paths()  # rebuild the index while the other process writes
+"""
+
+
+def test_two_processes_writing_at_once_lose_nothing(tmp_path):
+    script = _WRITER.format(tests=str(Path(__file__).parent), root=str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()
+    paths = ResultsStore(tmp_path).paths()
+    assert len(paths) == 50
+    assert sorted(p.parent.name for p in paths) == ["w0"] * 25 + ["w1"] * 25
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+# --- compare and history ------------------------------------------------------------------------------
+
+def test_compare_flags_drops_beyond_the_noise_both_ways():
+    base = [_record("kd", {"dolly": [25.0, 25.0], "vicuna": [10.0, 14.0]}), _record("gone", {"dolly": [1.0]})]
+    new = [_record("kd", {"dolly": [23.0, 23.0], "vicuna": [9.0, 11.0]}), _record("fresh", {"dolly": [1.0]})]
+    frame = compare_records(new, base, tolerance=0.5, k=2.0).set_index(["label", "dataset"])
+    assert frame.at[("kd", "dolly"), "status"] == "regression"  # -2 vs max(0.5, 0): beyond
+    # vicuna: -2 with stds 2.83 and 1.41 -> pooled 2.24, threshold 4.47: noise
+    assert frame.at[("kd", "vicuna"), "threshold"] == pytest.approx(2 * ((8 + 2) / 2) ** .5)
+    assert frame.at[("kd", "vicuna"), "status"] == "within noise"
+    assert frame.at[("gone", "dolly"), "status"] == "missing" and frame.at[("fresh", "dolly"), "status"] == "new"
+    swapped = compare_records(base, new).set_index(["label", "dataset"])
+    assert swapped.at[("kd", "dolly"), "status"] == "improvement"
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "mgsr_bench", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_compare_cli_exits_non_zero_on_a_regression_only(tmp_path):
+    for folder, value in (("base", 25.0), ("same", 25.2), ("worse", 20.0)):
+        write_record(_record("kd", {"dolly": [value, value]}), tmp_path / folder / "kd.json")
+    ok = _cli("compare", str(tmp_path / "same"), "--against", str(tmp_path / "base"))
+    assert ok.returncode == 0 and "0 regression(s)" in ok.stdout
+    bad = _cli("compare", str(tmp_path / "worse"), "--against", str(tmp_path / "base"), "--output",
+               str(tmp_path / "report.md"))
+    assert bad.returncode == 1 and "| kd      | dolly     |" in bad.stdout and "regression" in bad.stdout
+    assert (tmp_path / "report.md").read_text() == bad.stdout
+
+
+def test_history_lists_a_metric_across_commits(tmp_path):
+    store = ResultsStore(tmp_path)
+    for commit, day, value in (("c2", "02", 26.0), ("c1", "01", 25.0)):
+        store.add({**_record("kd", {"dolly": [value]}), "git_commit": commit, "created": f"2026-01-{day}T00:00:00+00:00"})
+    frame = history_frame(store.records(), dataset="dolly")
+    assert frame["commit"].tolist() == ["c1", "c2"] and frame["mean"].tolist() == [25.0, 26.0]
+    out = _cli("history", str(tmp_path), "--methods", "kd", "--dataset", "dolly")
+    assert out.returncode == 0 and out.stdout.index("c1") < out.stdout.index("c2")
+
+
+# --- the HTML page in a real browser ------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_the_html_page_opens_in_headless_chromium_and_sorts(tmp_path):
+    page = tmp_path / "board.html"
+    page.write_text(render_leaderboard(_fixture(), "html", reference="sft"))
+
+    def rows_after(fragment):
+        dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                              f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri() + fragment],
+                             capture_output=True, text=True, timeout=60).stdout
+        assert "<tbody>" in dom, "chromium rendered nothing"
+        return re.findall(r'<tr class="\w+"><td data-value="([^"]+)"', dom)
+
+    assert rows_after("") == ["teacher", "sft", "kd", "my_method"]  # as written
+    assert rows_after("#sort=1") == ["sft", "kd", "my_method", "teacher"]  # dolly ascending: 25, 25, 27, 31
+    assert rows_after("#sort=3-desc") == ["teacher", "kd", "my_method", "sft"]  # avg descending
