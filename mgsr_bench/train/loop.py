@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -170,7 +171,9 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
           method: Method, train_examples: list[Example], valid: list[dict[str, Any]],
           valid_examples: list[Example], cfg: TrainConfig, desc: str = "train") -> TrainResult:
     """Train ``student`` in place with ``method``; on return it holds the best validated weights."""
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
+    # Several processes on a machine without GPUs: gloo on the CPU (accelerate only picks it when told "cpu").
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision), cpu=multi_cpu)
     torch.manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
