@@ -51,6 +51,7 @@ class TrainConfig:
     loss_chunk_size: int = 1024  # response tokens per chunk of full-vocabulary logits; 0 = full logits
     gen_max_new_tokens: int = 128  # length limit of sampled training responses (student or teacher)
     gen_temperature: float = 1.0  # sampling temperature of training responses (top_k = 0, top_p = 1)
+    gradient_checkpointing: bool = False  # recompute the student's layer activations in the backward pass
 
     def validate(self) -> None:
         """Reject impossible settings before any compute."""

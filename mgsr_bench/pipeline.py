@@ -22,6 +22,7 @@ from mgsr_bench.data.collate import tokenize_records
 from mgsr_bench.eval.evaluate import evaluate_model
 from mgsr_bench.eval.generate import EvalSettings
 from mgsr_bench.methods import get_method
+from mgsr_bench.models.lora import merged
 from mgsr_bench.results import make_record, write_record
 from mgsr_bench.train import train
 
@@ -34,8 +35,9 @@ def save_model_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     """Save weights (safetensors) and tokenizer into ``folder`` via a temporary sibling folder.
 
     ``method_state`` (a loss sub-network's weights and optimiser state, e.g. MGSR's f_phi) is saved
-    beside them as ``method_state.pt``.
+    beside them as ``method_state.pt``. A LoRA student is saved with its adapters merged.
     """
+    model = merged(model)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

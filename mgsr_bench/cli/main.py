@@ -1,4 +1,4 @@
-"""The ``mgsr-bench`` command line: run, train, eval, leaderboard, compare, history, list."""
+"""The ``mgsr-bench`` command line: run, train, eval, leaderboard, compare, history, plan, list."""
 
 from __future__ import annotations
 
@@ -143,6 +143,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one student with one recipe; defaults to the tiny suite's pair and data."""
+    import torch
+
     from mgsr_bench.config import load_recipe
     from mgsr_bench.data.jsonl import read_records, write_atomic
     from mgsr_bench.models import check_same_vocabulary, check_vocabulary_fits, load_model, load_tokenizer
@@ -151,15 +153,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe)
     out = Path(args.out or f"runs/train-{recipe.name}")
+    pair = None
+    if args.pair:
+        from mgsr_bench.models.pairs import get_pair
+
+        if args.teacher or args.student:
+            raise UserError("--pair names the teacher and student: drop --teacher/--student")
+        pair = get_pair(args.pair)
+        if pair.teacher != "tiny":
+            args.teacher, args.student = pair.teacher, pair.student
     custom = [args.teacher, args.student, args.train_data, args.valid_data]
     if any(custom) and not all(custom):
-        raise UserError("--teacher, --student, --train-data and --valid-data go together (or none: the tiny suite)")
+        raise UserError("--teacher, --student (or --pair), --train-data and --valid-data go together "
+                        "(or none: the tiny suite)")
     defaults: dict[str, Any] = {}
     if all(custom):
         train_records, valid_records = read_records(args.train_data), read_records(args.valid_data)
         tokenizer, student_tok = load_tokenizer(args.teacher), load_tokenizer(args.student)
         check_same_vocabulary(tokenizer, student_tok)
-        teacher, student = load_model(args.teacher), load_model(args.student)
+        teacher_dtype = getattr(torch, pair.dtype) if pair is not None else torch.float32
+        teacher, student = load_model(args.teacher, teacher_dtype), load_model(args.student)
         check_vocabulary_fits(teacher, tokenizer, "teacher")
         check_vocabulary_fits(student, tokenizer, "student")
         _prepare_out(out)
@@ -170,8 +183,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         tokenizer = load_tokenizer(suite.tokenizer_dir)
         teacher, student = load_model(suite.teacher_dir), load_model(suite.student_init_dir)
         train_records, valid_records = suite.split("train"), suite.split("valid")
+    if pair is not None:
+        defaults = {**defaults, "micro_batch": pair.micro_batch, "grad_accum": pair.grad_accum,
+                    "gradient_checkpointing": pair.gradient_checkpointing}
+        if pair.finetune == "lora":
+            from mgsr_bench.models.lora import apply_lora
+
+            student = apply_lora(student, pair.lora)
     config, summary, method_state = train_student(recipe, student, teacher, tokenizer, train_records, valid_records,
                                                   defaults, {"steps": args.steps} if args.steps is not None else {})
+    if pair is not None:
+        config["pair"] = pair.name
     save_model_atomic(student, tokenizer, out / "model", method_state)
     write_atomic(out / "training.json", json.dumps({"config": config, "training": summary}, indent=2))
     print(f"best validation {summary['best_val']:.3f} at step {summary['best_step']}; model saved to {out / 'model'}")
@@ -339,8 +361,31 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Estimate per-GPU memory of training a registered pair, term by term, and what to change if it does not fit.
+
+    Defaults come from the pair's entry (`mgsr-bench list pairs`); each option overrides one.
+    Exit status 1 when the plan does not fit.
+    """
+    from mgsr_bench.models.pairs import get_pair
+    from mgsr_bench.train.memory_plan import plan_pair
+
+    pair = get_pair(args.pair)
+    for name in ("gpus", "micro_batch", "seq_len"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.gpu_mem is not None and args.gpu_mem <= 0:
+        raise UserError("--gpu-mem must be > 0 (GiB)")
+    plan = plan_pair(pair, gpus=args.gpus, gpu_mem_gib=args.gpu_mem, strategy=args.strategy,
+                     micro_batch=args.micro_batch, seq_len=args.seq_len, gradient_checkpointing=args.checkpointing,
+                     generation=not args.no_generation)
+    print(f"{pair.name}: {pair.teacher} -> {pair.student} ({pair.finetune}, {pair.dtype})")
+    print(plan.render(), end="")
+    return 0 if plan.fits else 1
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    """List registered methods, recipes and suites."""
+    """List registered methods, recipes, model pairs and suites."""
     from mgsr_bench.config import available_recipes, load_recipe
     from mgsr_bench.methods import available_methods
     from mgsr_bench.suite.build import SUITES
@@ -354,6 +399,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("recipes:")
         for name, path in available_recipes().items():
             print(f"  {name:12s} {load_recipe(str(path)).description}  ({path})")
+    if args.what in ("pairs", "all"):
+        from mgsr_bench.models.pairs import load_pairs
+
+        print("pairs:")
+        for name, pair in load_pairs().items():
+            setup = f"{pair.finetune}, {pair.dtype}, {pair.gpus} GPU(s) x {pair.gpu_mem_gib:g} GiB, {pair.accelerate}"
+            print(f"  {name:28s} {pair.teacher} -> {pair.student} ({setup})")
     if args.what in ("suites", "all"):
         print("suites:")
         for name, cfg in SUITES.items():
@@ -410,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one student with one recipe", description=cmd_train.__doc__)
     p.add_argument("recipe", help="recipe name (see `mgsr-bench list recipes`) or path to a YAML file")
     p.add_argument("--out", help="output folder (default: runs/train-RECIPE)")
+    p.add_argument("--pair", help="a registered pair (`mgsr-bench list pairs`): models, dtype, LoRA, batch settings")
     p.add_argument("--teacher", help="teacher model folder or Hub name (default: the tiny suite's)")
     p.add_argument("--student", help="student model folder or Hub name")
     p.add_argument("--train-data", help="MiniLLM-format train .jsonl")
@@ -460,8 +513,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_filters(p)
     p.set_defaults(func=cmd_history)
 
-    p = sub.add_parser("list", help="list methods, recipes and suites", description=cmd_list.__doc__)
-    p.add_argument("what", nargs="?", choices=["methods", "recipes", "suites", "all"], default="all")
+    p = sub.add_parser("plan", help="per-GPU memory estimate of a registered pair", description=cmd_plan.__doc__)
+    p.add_argument("pair", help="a registered pair (see `mgsr-bench list pairs`)")
+    p.add_argument("--gpus", type=int, help="number of GPUs")
+    p.add_argument("--gpu-mem", type=float, help="memory per GPU in GiB")
+    p.add_argument("--strategy", choices=["ddp", "zero2", "fsdp", "zero3"])
+    p.add_argument("--micro-batch", type=int)
+    p.add_argument("--seq-len", type=int, default=512, help="prompt + response tokens (default: 512)")
+    p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="gradient checkpointing on or off (default: the pair's)")
+    p.add_argument("--no-generation", action="store_true", help="no on-policy sampling (offline KD): no KV cache")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("list", help="list methods, recipes, pairs and suites", description=cmd_list.__doc__)
+    p.add_argument("what", nargs="?", choices=["methods", "recipes", "pairs", "suites", "all"], default="all")
     p.set_defaults(func=cmd_list)
     return parser
 

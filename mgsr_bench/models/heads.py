@@ -11,6 +11,13 @@ import torch
 from transformers import PreTrainedModel
 
 
+def body(model: PreTrainedModel) -> torch.nn.Module:
+    """The transformer under the output head (its output has ``last_hidden_state``); a peft
+    (LoRA) wrapper is looked through."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.base_model
+
+
 def output_head(model: PreTrainedModel) -> torch.nn.Linear | None:
     """The bias-free output projection whose input is the base model's last hidden state, if any.
 
@@ -32,5 +39,5 @@ def selected_logits(model: PreTrainedModel, inputs: dict[str, torch.Tensor], mas
     head = output_head(model)
     if head is None:
         return model(**inputs).logits[mask][:, :vocab_size].float()
-    hidden = model.base_model(**inputs).last_hidden_state[mask]
+    hidden = body(model)(**inputs).last_hidden_state[mask]
     return (hidden @ head.weight[:vocab_size].T).float()

@@ -7,7 +7,10 @@ assumed, before any compute.
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -15,10 +18,24 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from mgsr_bench.errors import UserError
 
 
+@contextmanager
+def quiet_hub() -> Iterator[None]:
+    """Silence the Hub client's own warnings (an offline lookup logs one before raising): the
+    caller turns the failure into one clear line."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     """A tokenizer with a pad token (EOS when it has none, as with GPT-2) and left padding."""
     try:
-        tok = AutoTokenizer.from_pretrained(str(name_or_path))
+        with quiet_hub():
+            tok = AutoTokenizer.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load tokenizer {name_or_path!r}: {str(e).splitlines()[0]}") from None
     if tok.pad_token is None:
@@ -30,7 +47,8 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
 def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """A causal LM from a local folder or a Hub name (Hub code is never executed)."""
     try:
-        return AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype, trust_remote_code=False)
+        with quiet_hub():
+            return AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}") from None
 

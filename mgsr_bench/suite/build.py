@@ -44,14 +44,16 @@ class ModelShape:
     num_attention_heads: int
     intermediate_size: int
 
+    def config(self, vocab_size: int) -> LlamaConfig:
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=self.hidden_size,
+                           num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
+                           num_key_value_heads=self.num_attention_heads, intermediate_size=self.intermediate_size,
+                           max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
+                           pad_token_id=0)
+
     def build(self, vocab_size: int, seed: int) -> LlamaForCausalLM:
         torch.manual_seed(seed)
-        config = LlamaConfig(vocab_size=vocab_size, hidden_size=self.hidden_size,
-                             num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
-                             num_key_value_heads=self.num_attention_heads, intermediate_size=self.intermediate_size,
-                             max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
-                             pad_token_id=0)
-        return LlamaForCausalLM(config)
+        return LlamaForCausalLM(self.config(vocab_size))
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from mgsr_bench.errors import UserError
 from mgsr_bench.eval.metrics import corpus_scores
 from mgsr_bench.losses.chunked import chunked_linear_loss
 from mgsr_bench.methods import Method
-from mgsr_bench.models.heads import output_head
+from mgsr_bench.models.heads import body, output_head
 from mgsr_bench.methods.builtin import SFT
 from mgsr_bench.sampling import BatchSource
 
@@ -83,11 +83,11 @@ def micro_batch_loss(method: Method, student: PreTrainedModel, teacher: PreTrain
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     heads = (output_head(student), output_head(teacher) if method.needs_teacher else None)
     if chunk_size and heads[0] is not None and (heads[1] is not None or not method.needs_teacher):
-        hidden = student.base_model(**inputs).last_hidden_state[mask]
+        hidden = body(student)(**inputs).last_hidden_state[mask]
         teacher_hidden = teacher_weight = None
         if method.needs_teacher:
             with torch.no_grad():
-                teacher_hidden = teacher.base_model(**inputs).last_hidden_state[mask]
+                teacher_hidden = body(teacher)(**inputs).last_hidden_state[mask]
             teacher_weight = heads[1].weight[:vocab_size]
         module = method.module()
         params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
@@ -175,7 +175,9 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision), cpu=multi_cpu)
     torch.manual_seed(cfg.seed)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.gradient_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    optimizer = torch.optim.AdamW((p for p in student.parameters() if p.requires_grad), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
     # The scheduler is stepped by hand once per optimiser step; accelerate's prepared scheduler
     # would step once per process and run the schedule `world` times too fast.

@@ -1,0 +1,184 @@
+"""Per-GPU memory estimate of a distillation run, and what to change when it does not fit.
+
+Parameter counts are exact: both models are built from their configs on the ``meta`` device (no
+weights are read). The rest follows the harness as it runs:
+
+* student, full fine-tune: fp32 master weights, fp32 gradients and AdamW's two fp32 moments,
+  16 bytes per parameter (mixed precision computes in bf16 under autocast); with LoRA the frozen
+  base is held in the pair's dtype and only the adapter carries the 16 bytes;
+* teacher: frozen, in the pair's dtype, replicated on every GPU (the harness does not shard it);
+* sharding: ``ddp`` none; ``zero2`` gradients and optimizer state / N; ``fsdp`` and ``zero3``
+  weights, gradients and optimizer state / N;
+* activations of the student's backward (Korthikanti et al. 2022, "Reducing activation
+  recomputation in large transformer models", eq. 2, scaled to the compute dtype): per layer
+  ``s b h (34 + 5 a s / h)`` bytes in 16-bit; with gradient checkpointing, each layer's input
+  ``2 s b h`` plus one layer recomputed;
+* the loss chunk: about six ``chunk x V`` fp32 tensors (student and teacher logits, softmaxes,
+  gradient), as the chunked-loss benchmark measured;
+* generation (on-policy methods): the student's KV cache for ``b`` rows of ``s`` tokens;
+* a fixed allowance for the CUDA context and the allocator's fragmentation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+GIB = 1024 ** 3
+STRATEGIES = ("ddp", "zero2", "fsdp", "zero3")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+OVERHEAD_GIB = 1.5  # CUDA context, allocator fragmentation, buffers
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the estimate needs of one model."""
+
+    params: int
+    layers: int
+    hidden: int
+    heads: int
+    kv_dim: int  # key/value width per layer (heads_kv x head_dim)
+    vocab: int
+
+
+def shape_of(config: Any) -> Shape:
+    """A model config's shape; the parameter count from the model built on the meta device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    params = sum(p.numel() for p in model.parameters())
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd")
+    layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer")
+    heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head")
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    return Shape(params, layers, hidden, heads, kv_heads * head_dim, text.vocab_size)
+
+
+def lora_parameters(config: Any, target_modules: tuple[str, ...], r: int) -> int:
+    """Trainable parameters of a LoRA adapter of rank ``r`` on every linear layer named in ``target_modules``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(r * (m.in_features + m.out_features) for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in target_modules)
+
+
+STRATEGY_OF_CONFIG = {"cpu": "ddp", "single_gpu": "ddp", "ddp": "ddp", "fsdp": "fsdp", "multi_node": "fsdp",
+                      "zero2": "zero2", "zero3": "zero3"}
+
+
+def plan_pair(pair: Any, **overrides: Any) -> Plan:
+    """The plan of a registered pair with its own settings, any of them overridden."""
+    from transformers import AutoConfig
+
+    from mgsr_bench.errors import UserError
+    from mgsr_bench.models.loading import quiet_hub
+    from mgsr_bench.suite.build import SUITES
+
+    if pair.teacher == "tiny":
+        suite = SUITES["tiny"]
+        configs = [suite.teacher.config(suite.vocab_size), suite.student.config(suite.vocab_size)]
+    else:
+        configs = []
+        for name in (pair.teacher, pair.student):
+            try:
+                with quiet_hub():
+                    configs.append(AutoConfig.from_pretrained(name))
+            except (OSError, ValueError) as e:
+                raise UserError(f"cannot read the config of {name!r} ({str(e).splitlines()[0]}); go online once, "
+                                "or register the pair with local paths in $MGSR_BENCH_PAIRS") from None
+    settings = {"gpus": pair.gpus, "gpu_mem_gib": pair.gpu_mem_gib, "strategy": STRATEGY_OF_CONFIG[pair.accelerate],
+                "dtype": pair.dtype, "compute_dtype": "float32" if pair.dtype == "float32" else "bfloat16",
+                "micro_batch": pair.micro_batch, "gradient_checkpointing": pair.gradient_checkpointing,
+                "overhead_gib": 0.0 if pair.accelerate == "cpu" else OVERHEAD_GIB}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    if pair.finetune == "lora":
+        settings["lora_params"] = lora_parameters(configs[1], pair.lora.target_modules, pair.lora.r)
+    return plan_memory(shape_of(configs[0]), shape_of(configs[1]), **settings)
+
+
+@dataclass
+class Plan:
+    """The estimate, term by term (GiB per GPU), and the verdict."""
+
+    terms: dict[str, float]
+    gpu_mem_gib: float
+    advice: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> float:
+        return sum(self.terms.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.gpu_mem_gib
+
+    def render(self) -> str:
+        width = max(len(k) for k in self.terms)
+        lines = [f"  {k:<{width}}  {v:8.2f} GiB" for k, v in self.terms.items()]
+        verdict = (f"fits: {self.total:.2f} of {self.gpu_mem_gib:g} GiB per GPU" if self.fits else
+                   f"does NOT fit: {self.total:.2f} GiB per GPU > {self.gpu_mem_gib:g} GiB")
+        return "\n".join([*lines, f"  {'total':<{width}}  {self.total:8.2f} GiB", verdict,
+                          *[f"  - {a}" for a in self.advice]]) + "\n"
+
+
+def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: float = 80.0,
+                strategy: str = "ddp", dtype: str = "bfloat16", compute_dtype: str = "bfloat16",
+                micro_batch: int = 8, seq_len: int = 512, gradient_checkpointing: bool = False,
+                lora_params: int | None = None, loss_chunk: int = 1024, generation: bool = True,
+                overhead_gib: float = OVERHEAD_GIB) -> Plan:
+    """Per-GPU estimate; ``lora_params`` set means a LoRA student with that many trainable parameters."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
+    n = gpus
+    wbytes = DTYPE_BYTES[dtype]
+    act_scale = DTYPE_BYTES[compute_dtype] / 2  # the formula counts 16-bit activations
+    shard_weights = strategy in ("fsdp", "zero3")
+    shard_states = strategy != "ddp"
+    terms: dict[str, float] = {}
+    if lora_params is None:
+        terms["student weights (fp32)"] = 4 * student.params / (n if shard_weights else 1) / GIB
+        terms["student gradients (fp32)"] = 4 * student.params / (n if shard_states else 1) / GIB
+        terms["AdamW state (fp32 x 2)"] = 8 * student.params / (n if shard_states else 1) / GIB
+    else:
+        terms["student weights (frozen)"] = wbytes * student.params / (n if shard_weights else 1) / GIB
+        terms["LoRA weights + grads + AdamW"] = 16 * lora_params / GIB
+    terms["teacher weights (frozen, replicated)"] = wbytes * teacher.params / GIB
+    s, b, h, a = seq_len, micro_batch, student.hidden, student.heads
+    per_layer = s * b * h * (34 + 5 * a * s / h) * act_scale
+    if gradient_checkpointing:
+        activations = student.layers * 2 * s * b * h * act_scale + per_layer
+    else:
+        activations = student.layers * per_layer
+    terms["student activations" + (" (checkpointed)" if gradient_checkpointing else "")] = activations / GIB
+    terms["teacher forward (one layer, no grad)"] = s * b * teacher.hidden * 20 * act_scale / GIB
+    terms["loss chunk (logits, fp32)"] = 6 * min(loss_chunk, s * b) * max(student.vocab, teacher.vocab) * 4 / GIB
+    if generation:
+        terms["generation KV cache"] = 2 * student.layers * b * s * student.kv_dim * wbytes / GIB
+    terms["CUDA context + fragmentation"] = overhead_gib
+    plan = Plan(terms, gpu_mem_gib)
+    if not plan.fits:
+        plan.advice = _advice(plan, strategy, gradient_checkpointing, micro_batch, lora_params is not None)
+    return plan
+
+
+def _advice(plan: Plan, strategy: str, checkpointing: bool, micro_batch: int, lora: bool) -> list[str]:
+    biggest = max(plan.terms, key=plan.terms.get)
+    out = [f"largest term: {biggest} ({plan.terms[biggest]:.1f} GiB)"]
+    if not checkpointing:
+        out.append("turn on gradient checkpointing (train.gradient_checkpointing: true)")
+    if micro_batch > 1:
+        out.append(f"lower train.micro_batch (now {micro_batch}) and raise train.grad_accum to keep the global batch")
+    if strategy in ("ddp", "zero2"):
+        out.append("shard the student's weights too: --strategy fsdp or zero3")
+    if not lora:
+        out.append("train a LoRA adapter instead of the full student (finetune: lora)")
+    out.append("add GPUs (--gpus) when sharding; the teacher stays whole on every GPU")
+    return out

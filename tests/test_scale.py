@@ -1,0 +1,137 @@
+"""Issue 7 on CPU: the pair registry, the memory planner against measured peaks, LoRA students."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mgsr_bench.errors import UserError
+from mgsr_bench.models.pairs import get_pair, load_pairs
+
+from conftest import tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_registry_has_the_field_s_pairs_and_users_can_extend_it(tmp_path, monkeypatch):
+    pairs = load_pairs()
+    expected = {"tiny", "gpt2-xl-gpt2", "gpt2-xl-gpt2-medium", "gpt2-xl-gpt2-large", "opt-13b-opt-1.3b",
+                "opt-13b-opt-2.7b", "opt-13b-opt-6.7b", "opt-6.7b-opt-1.3b", "llama-2-13b-llama-2-7b",
+                "open-llama-7b-open-llama-3b", "qwen2.5-7b-qwen2.5-0.5b", "qwen2.5-7b-qwen2.5-1.5b"}
+    assert expected <= set(pairs)
+    assert pairs["open-llama-7b-open-llama-3b"].finetune == "lora"
+    assert all(p.accelerate_config is None or p.accelerate_config.is_file() for p in pairs.values())
+    mine = tmp_path / "pairs.yaml"
+    mine.write_text("mine:\n  teacher: /models/t\n  student: /models/s\n  accelerate: ddp\n"
+                    "gpt2-xl-gpt2:\n  teacher: /local/gpt2-xl\n  student: /local/gpt2\n")
+    monkeypatch.setenv("MGSR_BENCH_PAIRS", str(mine))
+    assert get_pair("mine").student == "/models/s" and get_pair("gpt2-xl-gpt2").teacher == "/local/gpt2-xl"
+    mine.write_text("bad:\n  teacher: t\n  student: s\n  micro_bach: 4\n")
+    with pytest.raises(UserError, match="pair 'bad': unknown key 'micro_bach'"):
+        load_pairs()
+    monkeypatch.delenv("MGSR_BENCH_PAIRS")
+    with pytest.raises(UserError, match="unknown pair 'gpt2-xl-gtp2' \\(did you mean 'gpt2-xl-gpt2'"):
+        get_pair("gpt2-xl-gtp2")
+
+
+_MEASURE = """
+import json, resource, sys
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+from mgsr_bench.config import train_config
+from mgsr_bench.data.collate import Example
+from mgsr_bench.methods import get_method
+from mgsr_bench.train import train
+from mgsr_bench.train.memory_plan import plan_memory, shape_of
+import accelerate
+torch.set_num_threads(2)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+V, S, B = 8000, 256, 4
+torch.manual_seed(0)
+teacher = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=512, n_layer=6, n_head=8, n_positions=S))
+student = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=384, n_layer=4, n_head=6, n_positions=S))
+class Tok:
+    eos_token_id = pad_token_id = 0
+    def __len__(self):
+        return V
+rows = [Example(torch.randint(1, V, (S // 2,)).tolist(), torch.randint(1, V, (S // 2,)).tolist()) for _ in range(16)]
+ckpt = sys.argv[1] == "1"
+cfg = train_config({"steps": 2, "micro_batch": B, "eval_every": 100, "val_metric": "loss", "val_size": 4,
+                    "mixed_precision": "no", "gradient_checkpointing": ckpt})
+train(student, teacher, Tok(), get_method("kd"), rows, [], rows[:4], cfg)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+plan = plan_memory(shape_of(teacher.config), shape_of(student.config), dtype="float32", compute_dtype="float32",
+                   micro_batch=B, seq_len=S, gradient_checkpointing=ckpt, generation=False, overhead_gib=0)
+print(json.dumps({"measured": (peak - before) / 2 ** 30, "planned": plan.total}))
+"""
+
+
+def test_the_planner_tracks_the_measured_peak_of_a_training_run_on_cpu():
+    """A GPT-2-shaped pair (29M -> 13M parameters, 4 x 256 tokens, fp32) trained for two steps in a
+    fresh process: the plan is within 25% of the peak resident memory the run added, with and
+    without gradient checkpointing, and both agree that checkpointing saves memory."""
+    out = {}
+    for ckpt in ("0", "1"):
+        proc = subprocess.run([sys.executable, "-c", _MEASURE, ckpt], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out[ckpt] = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert out[ckpt]["planned"] == pytest.approx(out[ckpt]["measured"], rel=0.25), out
+    assert out["1"]["planned"] < out["0"]["planned"] and out["1"]["measured"] < out["0"]["measured"]
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "mgsr_bench", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_plan_cli_says_what_fits_and_what_to_change():
+    fits = _cli("plan", "tiny")
+    assert fits.returncode == 0 and "fits:" in fits.stdout and "student activations" in fits.stdout
+    tight = _cli("plan", "tiny", "--gpu-mem", "0.2", "--micro-batch", "64")
+    assert tight.returncode == 1 and "does NOT fit" in tight.stdout
+    assert "turn on gradient checkpointing" in tight.stdout and "lower train.micro_batch (now 64)" in tight.stdout
+    listed = _cli("list", "pairs")
+    assert "open-llama-7b-open-llama-3b" in listed.stdout and "lora" in listed.stdout
+
+
+def test_a_lora_student_trains_only_its_adapters_through_the_chunked_loss_and_saves_merged(tmp_path, tokenizer,
+                                                                                             records):
+    pytest.importorskip("peft")
+    from mgsr_bench.config import train_config
+    from mgsr_bench.data.collate import collate, tokenize_records
+    from mgsr_bench.methods import get_method
+    from mgsr_bench.models import load_model
+    from mgsr_bench.models.lora import apply_lora
+    from mgsr_bench.models.pairs import LoraSettings
+    from mgsr_bench.pipeline import save_model_atomic
+    from mgsr_bench.train import train
+    from mgsr_bench.train.loop import micro_batch_loss
+
+    student = apply_lora(tiny_model(len(tokenizer), seed=1).double(), LoraSettings(r=4, alpha=8, dropout=0.0,
+                                                                                  target_modules=("q_proj", "v_proj")))
+    teacher = tiny_model(len(tokenizer), seed=2, hidden=48).double().eval()
+    trainable = [n for n, p in student.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    batch = collate(tokenize_records(records[:4], tokenizer), tokenizer.pad_token_id)
+    method = get_method("kd")
+    chunked = micro_batch_loss(method, student, teacher, batch, len(tokenizer), chunk_size=16)
+    full = micro_batch_loss(method, student, teacher, batch, len(tokenizer), chunk_size=0)
+    torch.testing.assert_close(chunked, full)
+    frozen = {n: p.detach().clone() for n, p in student.named_parameters() if not p.requires_grad}
+    cfg = train_config({"steps": 3, "micro_batch": 8, "lr": 1e-2, "eval_every": 3, "val_metric": "loss",
+                        "val_size": 8, "mixed_precision": "no"})
+    examples = tokenize_records(records[:64], tokenizer)
+    train(student, teacher, tokenizer, method, examples, records[200:208], examples[:8], cfg)
+    assert all(torch.equal(p, frozen[n]) for n, p in student.named_parameters() if not p.requires_grad)
+    ids = batch["input_ids"][:2]
+    with torch.no_grad():
+        expected = student(input_ids=ids).logits
+    save_model_atomic(student, tokenizer, tmp_path / "model")
+    plain = load_model(tmp_path / "model", dtype=torch.float64)
+    assert not any("lora" in n for n, _ in plain.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, expected)
+    with pytest.raises(UserError, match="LoRA target module\\(s\\) c_attn not in the student"):
+        apply_lora(tiny_model(len(tokenizer)), LoraSettings(target_modules=("c_attn",)))
