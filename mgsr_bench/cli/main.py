@@ -525,6 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-generation", action="store_true", help="no on-policy sampling (offline KD): no KV cache")
     p.set_defaults(func=cmd_plan)
 
+    # `bench` hands its arguments to the benchmark's own parser (see main())
+    sub.add_parser("bench", help="training and generation throughput, peak memory, MFU (and TRL's GKD)",
+                   add_help=False)
+
     p = sub.add_parser("list", help="list methods, recipes, pairs and suites", description=cmd_list.__doc__)
     p.add_argument("what", nargs="?", choices=["methods", "recipes", "pairs", "suites", "all"], default="all")
     p.set_defaults(func=cmd_list)
@@ -532,6 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the benchmark parses its own options
+        from mgsr_bench.benchmarks.bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

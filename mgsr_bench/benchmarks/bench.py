@@ -1,0 +1,239 @@
+"""Performance benchmark: training-step and generation throughput, peak memory and MFU per method.
+
+    mgsr-bench bench                                  # CPU: small GPT-2 shapes with V = 50257
+    mgsr-bench bench --shape gpt2-xl-gpt2 --json out.json   # GPU: GPT-2 1.5B -> 124M, bf16
+    mgsr-bench bench --trl                            # also TRL's GKDTrainer on the same pair and batch
+
+Models are random-init from their shapes (no download); data is random token ids, ``seq_len / 2``
+prompt and ``seq_len / 2`` response tokens per row. Each method runs in a fresh process (so each
+peak is its own) for ``--warmup`` untimed and ``--steps`` timed optimiser steps of ``micro_batch``
+rows; on-policy methods sample on every step (lambda = 1), generating ``seq_len / 2`` tokens.
+
+Figures per method: training tokens per second (B x T / step time), generation tokens per second
+(one batch of B prompts, measured apart), peak memory (GPU: ``max_memory_allocated``; CPU: peak
+resident memory added by the run), and model FLOP utilisation,
+``(2 N_teacher + 6 N_student) x tokens / time / peak`` with the device's dense bf16 peak (H100 and
+H200: 989 TFLOP/s; none on CPU). TRL's GKDTrainer (``trl.experimental.gkd``, optional) gets the
+same models, data, batch, beta (0.5) and lambda (1.0, as ``gkd``'s step here), and the ratio of
+step time and of peak memory is printed.
+
+Run it alone: another process on the same device distorts every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+SHAPES = {
+    # name: (teacher GPT-2 config, student GPT-2 config), vocabulary 50257
+    "cpu-small": ({"n_embd": 256, "n_layer": 4, "n_head": 4}, {"n_embd": 128, "n_layer": 2, "n_head": 2}),
+    "gpt2-xl-gpt2": ({"n_embd": 1600, "n_layer": 48, "n_head": 25}, {"n_embd": 768, "n_layer": 12, "n_head": 12}),
+}
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, per the vendors' data sheets
+ONLINE = {"gkd": {"lmbda": 1.0}, "distillm": {"init_threshold": 1.0, "capacity": 10 ** 9},
+          "mgsr": {"init_threshold": 1.0, "capacity": 10 ** 9}}
+
+
+def _models(shape: str, device: str, dtype):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    t_cfg, s_cfg = SHAPES[shape]
+    torch.manual_seed(0)
+    teacher = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=1024, **t_cfg)).to(device=device, dtype=dtype)
+    student = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=1024, **s_cfg)).to(device)
+    return teacher.eval(), student
+
+
+class _Tokenizer:
+    """What the harness needs of a tokenizer for random-id data."""
+
+    eos_token_id = pad_token_id = 50256
+
+    def __len__(self) -> int:
+        return 50257
+
+
+def _rows(n: int, seq_len: int):
+    import torch
+
+    from mgsr_bench.data.collate import Example
+
+    gen = torch.Generator().manual_seed(0)
+    half = seq_len // 2
+    return [Example(torch.randint(0, 50256, (half,), generator=gen).tolist(),
+                    torch.randint(0, 50256, (half,), generator=gen).tolist()) for _ in range(n)]
+
+
+def _peak(device: str, start_rss: int) -> float:
+    import resource
+
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2 ** 30
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start_rss) / 2 ** 30
+
+
+def run_one(method: str, shape: str, micro_batch: int, seq_len: int, steps: int, warmup: int) -> dict[str, Any]:
+    """One method in this process: figures as a dict."""
+    import resource
+
+    import torch
+
+    from mgsr_bench.config import train_config
+    from mgsr_bench.methods import get_method
+    from mgsr_bench.sampling.decode import decode
+    from mgsr_bench.train import train
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    teacher, student = _models(shape, device, dtype)
+    n_teacher, n_student = (sum(p.numel() for p in m.parameters()) for m in (teacher, student))
+    rows = _rows(micro_batch * (steps + warmup + 1), seq_len)
+    settings = {"micro_batch": micro_batch, "eval_every": 10 ** 6, "val_metric": "loss", "val_size": micro_batch,
+                "gen_max_new_tokens": seq_len // 2, "mixed_precision": "auto"}
+    times = []
+    for n in (warmup, warmup + steps):
+        cfg = train_config({**settings, "steps": n})
+        if device == "cuda":
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        train(student, teacher, _Tokenizer(), get_method(method, **ONLINE.get(method, {})), rows, [],
+              rows[:micro_batch], cfg, desc=f"bench {method}")
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - began)
+    step = (times[1] - times[0]) / steps
+    tokens = micro_batch * seq_len
+    prompts = [r.prompt_ids for r in rows[:micro_batch]]
+    began = time.perf_counter()
+    out = decode(student, prompts, -1, 50256, seq_len // 2, 50257)  # EOS -1: every row runs the full length
+    if device == "cuda":
+        torch.cuda.synchronize()
+    gen_tokens = sum(len(t) for t in out.tokens) / (time.perf_counter() - began)
+    result = {"method": method, "shape": shape, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+              "micro_batch": micro_batch, "seq_len": seq_len, "n_teacher": n_teacher, "n_student": n_student,
+              "seconds_per_step": step, "train_tokens_per_s": tokens / step, "generation_tokens_per_s": gen_tokens,
+              "peak_memory_gib": _peak(device, start_rss)}
+    peak = next((v for k, v in PEAK_TFLOPS.items() if k in result["device"]), None)
+    result["mfu"] = ((2 * n_teacher + 6 * n_student) * tokens / step / (peak * 1e12)) if peak else None
+    return result
+
+
+def _trl_tokenizer():
+    """A 50257-token word-level tokenizer (ids only matter): TRL's trainer wants a tokenizer object."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(50257)}
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="t0")))
+    tok.eos_token = tok.pad_token = "t50256"
+    return tok
+
+
+def run_trl(shape: str, micro_batch: int, seq_len: int, steps: int, warmup: int) -> dict[str, Any]:
+    """TRL's GKDTrainer on the same pair, batch, beta and lambda; figures as a dict."""
+    import resource
+
+    import torch
+
+    try:
+        from datasets import Dataset
+        from trl.experimental.gkd import GKDConfig, GKDTrainer
+    except ImportError as e:
+        raise SystemExit(f"--trl needs trl and datasets ({e}): pip install trl datasets")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    teacher, student = _models(shape, device, torch.bfloat16 if device == "cuda" else torch.float32)
+    rows = _rows(micro_batch * (steps + warmup + 1), seq_len)
+    data = Dataset.from_list([{"input_ids": r.prompt_ids + r.response_ids, "attention_mask": [1] * seq_len,
+                               "labels": [-100] * len(r.prompt_ids) + r.response_ids,
+                               "prompts": r.prompt_ids, "prompt_attention_mask": [1] * len(r.prompt_ids)}
+                              for r in rows])
+    times = []
+
+    class Timer:  # a callback recording each optimiser step's end
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+        def on_step_end(self, *args, **kwargs):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter())
+
+    def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:  # equal lengths: no padding needed
+        return {k: torch.tensor([row[k] for row in batch]) for k in batch[0]}
+
+    config = GKDConfig(output_dir="/tmp/mgsr-bench-trl", per_device_train_batch_size=micro_batch,
+                       max_steps=steps + warmup, lmbda=1.0, beta=0.5, temperature=1.0,
+                       max_new_tokens=seq_len // 2, learning_rate=1e-4, logging_steps=10 ** 6, save_strategy="no",
+                       report_to=[], bf16=device == "cuda", dataset_kwargs={"skip_prepare_dataset": True},
+                       remove_unused_columns=False)
+    trainer = GKDTrainer(model=student, teacher_model=teacher, args=config, train_dataset=data,
+                         data_collator=collate, processing_class=_trl_tokenizer(), callbacks=[Timer()])
+    trainer.train()
+    step = (times[-1] - times[warmup - 1]) / steps
+    return {"method": "trl-gkd", "shape": shape, "seconds_per_step": step,
+            "train_tokens_per_s": micro_batch * seq_len / step, "peak_memory_gib": _peak(device, start_rss)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mgsr-bench bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="default: gpt2-xl-gpt2 on a GPU, cpu-small otherwise")
+    parser.add_argument("--methods", default="kd,gkd,distillm,mgsr")
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--trl", action="store_true", help="also TRL's GKDTrainer (optional dependency)")
+    parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method in this process
+    args = parser.parse_args(argv)
+
+    import torch
+
+    shape = args.shape or ("gpt2-xl-gpt2" if torch.cuda.is_available() else "cpu-small")
+    if args.one:
+        run = run_trl if args.one == "trl-gkd" else (lambda *a: run_one(args.one, *a))
+        print("RESULT " + json.dumps(run(shape, args.micro_batch, args.seq_len, args.steps, args.warmup)))
+        return 0
+    names = [m.strip() for m in args.methods.split(",") if m.strip()] + (["trl-gkd"] if args.trl else [])
+    results = []
+    for name in names:
+        cmd = [sys.executable, "-m", "mgsr_bench.benchmarks.bench", "--one", name, "--shape", shape,
+               "--micro-batch", str(args.micro_batch), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
+               "--warmup", str(args.warmup)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            continue
+        r = json.loads(line[len("RESULT "):])
+        results.append(r)
+        mfu = f", MFU {r['mfu']:.1%}" if r.get("mfu") is not None else ""
+        gen = f", generation {r['generation_tokens_per_s']:.0f} tok/s" if "generation_tokens_per_s" in r else ""
+        print(f"{name:10s} {r['seconds_per_step']:.3f} s/step, train {r['train_tokens_per_s']:.0f} tok/s{gen}, "
+              f"peak {r['peak_memory_gib']:.2f} GiB{mfu}", flush=True)
+    by_name = {r["method"]: r for r in results}
+    if "trl-gkd" in by_name and "gkd" in by_name:
+        ours, trl = by_name["gkd"], by_name["trl-gkd"]
+        print(f"gkd vs TRL GKDTrainer: step time {ours['seconds_per_step'] / trl['seconds_per_step']:.2f}x, "
+              f"peak memory {ours['peak_memory_gib'] / trl['peak_memory_gib']:.2f}x")
+    if args.json:
+        from mgsr_bench.data.jsonl import write_atomic
+
+        write_atomic(args.json, json.dumps(results, indent=2))
+    return 0 if len(results) == len(names) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
