@@ -52,6 +52,8 @@ class TrainConfig:
     gen_max_new_tokens: int = 128  # length limit of sampled training responses (student or teacher)
     gen_temperature: float = 1.0  # sampling temperature of training responses (top_k = 0, top_p = 1)
     gradient_checkpointing: bool = False  # recompute the student's layer activations in the backward pass
+    checkpoint_every: int = 0  # steps between resumable checkpoints (0: none; needs a checkpoint folder)
+    keep_checkpoints: int = 2  # how many of the newest checkpoints to keep
 
     def validate(self) -> None:
         """Reject impossible settings before any compute."""
@@ -63,6 +65,8 @@ class TrainConfig:
             raise UserError(f"train.gen_max_new_tokens must be >= 1, got {self.gen_max_new_tokens}")
         if self.gen_temperature <= 0:
             raise UserError(f"train.gen_temperature must be > 0, got {self.gen_temperature}")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
+            raise UserError("train.checkpoint_every must be >= 0 and train.keep_checkpoints >= 1")
         if self.loss_chunk_size < 0:
             raise UserError(f"train.loss_chunk_size must be >= 0, got {self.loss_chunk_size}")
         if self.lr <= 0:
@@ -151,7 +155,8 @@ def load_recipe(name_or_path: str) -> Recipe:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"malformed recipe {path}{where}: {getattr(e, 'problem', e)}") from None
+        problem = str(getattr(e, "problem", None) or e).strip().splitlines()[0]
+        raise UserError(f"malformed recipe {path}{where}: {problem}") from None
     if not isinstance(data, dict) or "method" not in data:
         raise UserError(f"malformed recipe {path}: expected a mapping with a 'method' key")
     _check_keys(data, ["method", "options", "train", "description", "reference"], f"recipe {path}")

@@ -55,18 +55,20 @@ def save_model_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedModel | None,
                   tokenizer: PreTrainedTokenizerBase, train_records: list[dict[str, Any]],
                   valid_records: list[dict[str, Any]], train_defaults: dict[str, Any] | None = None,
-                  train_overrides: dict[str, Any] | None = None
+                  train_overrides: dict[str, Any] | None = None, checkpoint_dir: Path | None = None
                   ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     """Train ``student`` in place with ``recipe``; returns (resolved config, training summary, method state).
 
     Training settings resolve as: ``TrainConfig`` defaults < ``train_defaults`` (the suite's)
-    < the recipe's ``train`` block < ``train_overrides`` (the command line).
+    < the recipe's ``train`` block < ``train_overrides`` (the command line). With
+    ``checkpoint_dir`` the run checkpoints there and resumes from it (see :func:`train`).
     """
     merged = {**(train_defaults or {}), **recipe.train, **(train_overrides or {})}
     cfg = train_config(merged, where=f"recipe {recipe.name!r} train")
     method = get_method(recipe.method, **recipe.options)
     result = train(student, teacher, tokenizer, method, tokenize_records(train_records, tokenizer), valid_records,
-                   tokenize_records(valid_records, tokenizer), cfg, desc=f"train {recipe.name}")
+                   tokenize_records(valid_records, tokenizer), cfg, desc=f"train {recipe.name}",
+                   checkpoint_dir=checkpoint_dir)
     config = {"recipe": recipe.name, "method": recipe.method, "options": method.options(),
               "train": dataclasses.asdict(cfg)}
     summary = {"best_step": result.best_step, "best_val": result.best_score, "wall_time_s": result.wall_time_s,
@@ -80,7 +82,8 @@ def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
                         started: float | None = None, lm_eval: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score ``model`` on every dataset over the seeds and write its run record (with lm-eval's scores, if any)."""
     t0 = time.perf_counter()
-    scores = evaluate_model(model, tokenizer, datasets, settings, desc=f"eval {label}")
+    cache = record_path.parent.parent / ".eval-cache" / label  # finished generations, until the record exists
+    scores = evaluate_model(model, tokenizer, datasets, settings, desc=f"eval {label}", cache_dir=cache)
     record = make_record(label=label, method=method, config={**config, "evaluation": settings.as_dict()}, pair=pair,
                          evaluation=settings.as_dict(), scores=scores,
                          wall_time_s=time.perf_counter() - (started if started is not None else t0),
@@ -88,6 +91,7 @@ def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     if lm_eval is not None:
         record["lm_eval"] = lm_eval
     write_record(record, record_path)
+    shutil.rmtree(cache, ignore_errors=True)
     return record
 
 

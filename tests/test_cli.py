@@ -37,7 +37,7 @@ def test_list(capsys):
 @pytest.mark.parametrize("args,message", [
     (["run", "--methods", "sft,kdd"], "unknown recipe 'kdd' (did you mean 'kd'?)"),
     (["run", "--seeds", "1,x"], "--seeds must be comma-separated integers"),
-    (["train", "kd", "--teacher", "x"], "--teacher, --student, --train-data and --valid-data go together"),
+    (["train", "kd", "--teacher", "x"], "--teacher, --student (or --pair), --train-data and --valid-data go together"),
     (["eval", "m", "--data", "nofile"], "--data takes NAME=PATH"),
     (["run", "--methods", "kd", "--set", "init_threshold=0.5"],
      "--set init_threshold: no chosen recipe's method has that option"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -153,6 +154,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe)
     out = Path(args.out or f"runs/train-{recipe.name}")
+    if (out / "training.json").exists():
+        raise UserError(f"{out} holds a finished run (training.json); choose another --out")
+    if args.checkpoint_every is not None and args.checkpoint_every < 0:
+        raise UserError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     pair = None
     if args.pair:
         from mgsr_bench.models.pairs import get_pair
@@ -169,10 +174,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     defaults: dict[str, Any] = {}
     if all(custom):
         train_records, valid_records = read_records(args.train_data), read_records(args.valid_data)
-        tokenizer, student_tok = load_tokenizer(args.teacher), load_tokenizer(args.student)
+        trust = args.trust_remote_code
+        tokenizer, student_tok = load_tokenizer(args.teacher, trust), load_tokenizer(args.student, trust)
         check_same_vocabulary(tokenizer, student_tok)
         teacher_dtype = getattr(torch, pair.dtype) if pair is not None else torch.float32
-        teacher, student = load_model(args.teacher, teacher_dtype), load_model(args.student)
+        teacher = load_model(args.teacher, teacher_dtype, trust)
+        student = load_model(args.student, trust_remote_code=trust)
         check_vocabulary_fits(teacher, tokenizer, "teacher")
         check_vocabulary_fits(student, tokenizer, "student")
         _prepare_out(out)
@@ -190,12 +197,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             from mgsr_bench.models.lora import apply_lora
 
             student = apply_lora(student, pair.lora)
+    overrides: dict[str, Any] = {"steps": args.steps} if args.steps is not None else {}
+    overrides["checkpoint_every"] = args.checkpoint_every if args.checkpoint_every is not None else 100
     config, summary, method_state = train_student(recipe, student, teacher, tokenizer, train_records, valid_records,
-                                                  defaults, {"steps": args.steps} if args.steps is not None else {})
+                                                  defaults, overrides, checkpoint_dir=out / "checkpoints")
     if pair is not None:
         config["pair"] = pair.name
     save_model_atomic(student, tokenizer, out / "model", method_state)
     write_atomic(out / "training.json", json.dumps({"config": config, "training": summary}, indent=2))
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the run is complete: its checkpoints are spent
     print(f"best validation {summary['best_val']:.3f} at step {summary['best_step']}; model saved to {out / 'model'}")
     return 0
 
@@ -234,7 +244,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _prepare_out(out)
     for label, model_path in models:
         t0 = time.perf_counter()
-        tokenizer, model = load_tokenizer(model_path), load_model(model_path)
+        tokenizer = load_tokenizer(model_path, args.trust_remote_code)
+        model = load_model(model_path, trust_remote_code=args.trust_remote_code)
         kept = {name: apply_protocol(rows, name, tokenizer, settings.max_prompt) if args.data and name in PROTOCOLS
                 else rows for name, rows in datasets.items()}
         record = evaluate_and_record(model, tokenizer, label=label, method="eval", datasets=kept, settings=settings,
@@ -469,6 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-data", help="MiniLLM-format validation .jsonl")
     p.add_argument("--steps", type=int, help="override the recipe's training steps")
     p.add_argument("--quick", action="store_true", help="use the smoke-sized tiny suite")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow code shipped with Hub models to run (off: such models are refused)")
+    p.add_argument("--checkpoint-every", type=int,
+                   help="steps between checkpoints in OUT/checkpoints (default: 100; 0: none). Re-running the "
+                        "same command after a kill continues from the newest one")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate saved models and write run records", description=cmd_eval.__doc__)
@@ -477,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
     p.add_argument("--label", help="row label in the leaderboard (default: the model folder's name)")
     p.add_argument("--quick", action="store_true", help="use the smoke-sized tiny suite's splits")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow code shipped with Hub models to run (off: such models are refused)")
     _add_eval_options(p)
     p.set_defaults(func=cmd_eval)
 
@@ -552,6 +570,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"mgsr-bench: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # a diverged run: the message says where its state was saved
+        print(f"mgsr-bench: error: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from mgsr_bench.data.jsonl import write_atomic
 from mgsr_bench.eval.generate import EvalSettings, generate
 from mgsr_bench.eval.metrics import bootstrap_ci, example_scores, exact_match
 
@@ -16,25 +19,62 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
+def fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                records: list[dict[str, Any]], settings: EvalSettings) -> str:
+    """What a cached generation depends on: the weights (a sum per tensor), the tokenizer, the
+    prompts and the decoding settings."""
+    import hashlib
+
+    import torch
+
+    with torch.no_grad():
+        weights = [round(float(p.double().sum()), 6) for p in model.parameters()]
+    payload = json.dumps({"weights": weights, "vocab": len(tokenizer), "prompts": [r["prompt"] for r in records],
+                          "settings": {**settings.as_dict(), "seeds": None}}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _cached_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                     settings: EvalSettings, seed: int, progress: str, cache: Path | None, key: str) -> list[str]:
+    """Generations for one (dataset, seed), read from ``cache`` when a finished one with ``key`` is there."""
+    if cache is not None and cache.exists():
+        try:
+            saved = json.loads(cache.read_text(encoding="utf-8"))
+            if saved.get("key") == key and len(saved.get("predictions", [])) == len(prompts):
+                return saved["predictions"]
+        except json.JSONDecodeError:
+            pass  # a torn file cannot happen (atomic writes), but a foreign one is just regenerated
+    preds = generate(model, tokenizer, prompts, settings, seed=seed, progress=progress)
+    if cache is not None:
+        write_atomic(cache, json.dumps({"key": key, "predictions": preds}))
+    return preds
+
+
 def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                    datasets: dict[str, list[dict[str, Any]]], settings: EvalSettings,
-                   desc: str = "eval") -> dict[str, Any]:
+                   desc: str = "eval", cache_dir: Path | None = None) -> dict[str, Any]:
     """Generate and score every dataset once per seed (once in all when ``greedy``).
 
     Returns, per dataset: ``per_seed`` (ROUGE-L, exact match and, where records carry a
     ``family``, per-family exact match, all x 100), and ``rougeL`` / ``exact_match`` summaries:
     mean and sample std over seeds, and ``ci95``, a percentile bootstrap 95% interval of the mean
     over examples (each example's score averaged over the seeds; 1000 resamples, fixed seed).
+
+    With ``cache_dir``, each (dataset, seed)'s generations are kept there as they finish
+    (``<dataset>-<seed>.json``, keyed by :func:`fingerprint`), so an interrupted evaluation run
+    again redoes only what had not finished.
     """
     run_seeds = [settings.seeds[0]] if settings.greedy else list(settings.seeds)
     results: dict[str, Any] = {}
     for name, records in datasets.items():
         prompts = [r["prompt"] for r in records]
+        key = fingerprint(model, tokenizer, records, settings) if cache_dir is not None else ""
         refs = [r["output"] for r in records]
         per_seed: dict[str, dict[str, Any]] = {}
         per_example: dict[str, list[list[float]]] = {"rougeL": [], "exact_match": []}
         for seed in run_seeds:
-            preds = generate(model, tokenizer, prompts, settings, seed=seed, progress=f"{desc} {name} seed {seed}")
+            preds = _cached_generate(model, tokenizer, prompts, settings, seed, f"{desc} {name} seed {seed}",
+                                     cache_dir / f"{name}-{seed}.json" if cache_dir is not None else None, key)
             values = example_scores(preds, refs)
             for metric, v in values.items():
                 per_example[metric].append(v)

@@ -31,11 +31,11 @@ def quiet_hub() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """A tokenizer with a pad token (EOS when it has none, as with GPT-2) and left padding."""
     try:
         with quiet_hub():
-            tok = AutoTokenizer.from_pretrained(str(name_or_path))
+            tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load tokenizer {name_or_path!r}: {str(e).splitlines()[0]}") from None
     if tok.pad_token is None:
@@ -44,11 +44,14 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     return tok
 
 
-def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """A causal LM from a local folder or a Hub name (Hub code is never executed)."""
+def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32,
+               trust_remote_code: bool = False) -> PreTrainedModel:
+    """A causal LM from a local folder or a Hub name; code shipped with a Hub model runs only when
+    the user asked for it (``--trust-remote-code``). Weights load through safetensors where present."""
     try:
         with quiet_hub():
-            return AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype, trust_remote_code=False)
+            return AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype,
+                                                        trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}") from None
 

@@ -16,11 +16,13 @@ What it guarantees, identically for every method:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -28,7 +30,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
-from mgsr_bench.config import TrainConfig
+from mgsr_bench.config import TrainConfig, config_hash
 from mgsr_bench.data.collate import Example, collate, token_batch
 from mgsr_bench.eval.generate import EvalSettings, generate
 from mgsr_bench.errors import UserError
@@ -38,6 +40,8 @@ from mgsr_bench.methods import Method
 from mgsr_bench.models.heads import body, output_head
 from mgsr_bench.methods.builtin import SFT
 from mgsr_bench.sampling import BatchSource
+from mgsr_bench.train.checkpoint import (load_latest, restore_source, rng_state, save_checkpoint, save_failure,
+                                         set_rng_state, source_state)
 
 
 @dataclass
@@ -169,8 +173,16 @@ def validation_score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase,
           method: Method, train_examples: list[Example], valid: list[dict[str, Any]],
-          valid_examples: list[Example], cfg: TrainConfig, desc: str = "train") -> TrainResult:
-    """Train ``student`` in place with ``method``; on return it holds the best validated weights."""
+          valid_examples: list[Example], cfg: TrainConfig, desc: str = "train",
+          checkpoint_dir: Path | None = None) -> TrainResult:
+    """Train ``student`` in place with ``method``; on return it holds the best validated weights.
+
+    With ``checkpoint_dir``, a checkpoint is written every ``cfg.checkpoint_every`` steps and the run
+    continues from the newest one found there (written by the same configuration), so a killed run
+    re-started with the same arguments ends exactly as an uninterrupted one (single process; under
+    DDP every rank resumes with rank 0's random state). A non-finite loss stops the run with the
+    step named and, with ``checkpoint_dir``, the state before that step and the offending batch saved.
+    """
     # Several processes on a machine without GPUs: gloo on the CPU (accelerate only picks it when told "cpu").
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision), cpu=multi_cpu)
@@ -205,14 +217,46 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     batches = global_batches(train_examples, cfg.global_batch * world, cfg.seed)
 
     valid, valid_examples = valid[: cfg.val_size], valid_examples[: cfg.val_size]
-    if source is not None and source.wants_validation_loss:  # DistiLLM's reference before training
-        source.observe_validation_loss(validation_loss(accelerator.unwrap_model(student), tokenizer, valid_examples,
-                                                       cfg, accelerator.device))
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
+    run_hash = config_hash({"train": {k: v for k, v in dataclasses.asdict(cfg).items()
+                                      if k not in ("checkpoint_every", "keep_checkpoints")},
+                            "method": method.name, "options": method.options(), "examples": len(train_examples)})
+    resumed = load_latest(checkpoint_dir, run_hash) if checkpoint_dir is not None else None
+    first_step, elapsed_before = 1, 0.0
+    if resumed is not None:
+        accelerator.unwrap_model(student).load_state_dict(resumed["student"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        if module is not None:
+            module.load_state_dict(resumed["module"])
+            module_optimizer.load_state_dict(resumed["module_optimizer"])
+        restore_source(source, resumed["source"])
+        result.history, result.best_score, result.best_step = resumed["history"], resumed["best_score"], \
+            resumed["best_step"]
+        best_state, result.method_state = resumed["best_state"], resumed["method_state"]
+        first_step, elapsed_before = resumed["step"] + 1, resumed["elapsed"]
+        for _ in range(resumed["step"]):  # the data order is a function of the seed: replay the draws
+            next(batches)
+        set_rng_state(resumed["rng"])
+    elif source is not None and source.wants_validation_loss:  # DistiLLM's reference before training
+        source.observe_validation_loss(validation_loss(accelerator.unwrap_model(student), tokenizer, valid_examples,
+                                                       cfg, accelerator.device))
+
+    def snapshot(step: int) -> dict[str, Any]:
+        return {"config_hash": run_hash, "step": step,
+                "student": {k: v.detach().cpu() for k, v in accelerator.unwrap_model(student).state_dict().items()},
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                "source": source_state(source), "module": module.state_dict() if module is not None else None,
+                "module_optimizer": module_optimizer.state_dict() if module_optimizer is not None else None,
+                "history": result.history, "best_score": result.best_score, "best_step": result.best_step,
+                "best_state": best_state, "method_state": result.method_state,
+                "elapsed": elapsed_before + time.perf_counter() - start}
+
     student.train()
     start = time.perf_counter()
-    bar = tqdm(range(1, cfg.steps + 1), desc=desc, disable=not accelerator.is_main_process)
+    bar = tqdm(range(first_step, cfg.steps + 1), desc=desc, disable=not accelerator.is_main_process,
+               initial=first_step - 1, total=cfg.steps)
     for step in bar:
         mine = next(batches)[rank::world]
         origin = "ground_truth"
@@ -229,7 +273,11 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         if world > 1:
             step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item()
         if not math.isfinite(step_loss):
-            raise FloatingPointError(f"non-finite loss {step_loss} at step {step} ({desc})")
+            where = ""
+            if checkpoint_dir is not None and accelerator.is_main_process:  # weights are still those before the step
+                path = save_failure(checkpoint_dir, step, snapshot(step - 1), mine)
+                where = f"; the state before it and its batch are in {path}"
+            raise FloatingPointError(f"non-finite loss {step_loss} at step {step} ({desc}){where}")
         grad_norm = accelerator.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
@@ -266,7 +314,10 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         elif step % 10 == 0:
             bar.set_postfix(loss=f"{step_loss:.3f}", best=f"{result.best_score:.2f}")
         result.history.append(record)
-    result.wall_time_s = time.perf_counter() - start
+        if (checkpoint_dir is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+                and step < cfg.steps and accelerator.is_main_process):
+            save_checkpoint(checkpoint_dir, step, snapshot(step), cfg.keep_checkpoints)
+    result.wall_time_s = elapsed_before + time.perf_counter() - start
     result.seconds_per_step = result.wall_time_s / cfg.steps
     if module is not None and result.method_state is None:
         result.method_state = {"module": module.state_dict(), "optimizer": module_optimizer.state_dict()}
