@@ -54,6 +54,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute the student's layer activations in the backward pass
     checkpoint_every: int = 0  # steps between resumable checkpoints (0: none; needs a checkpoint folder)
     keep_checkpoints: int = 2  # how many of the newest checkpoints to keep
+    deterministic: bool = False  # deterministic GPU kernels (torch.use_deterministic_algorithms); slower
 
     def validate(self) -> None:
         """Reject impossible settings before any compute."""

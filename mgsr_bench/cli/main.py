@@ -100,7 +100,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _eval_settings(args, suite_config)
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
-    overrides = {"steps": args.steps} if args.steps is not None else {}
+    overrides: dict[str, Any] = {"steps": args.steps} if args.steps is not None else {}
+    if args.deterministic:
+        overrides["deterministic"] = True
     if args.lm_eval:
         from mgsr_bench.eval.lm_harness import check_tasks
 
@@ -123,9 +125,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     for recipe in recipes:
         t0 = time.perf_counter()
         student = load_model(suite.student_init_dir)
+        checkpoints = out / "checkpoints" / recipe.name  # a killed run re-run with the same command resumes here
         config, summary, method_state = train_student(recipe, student, teacher, tokenizer, train_records,
-                                                      valid_records, suite.config.method_train, overrides)
+                                                      valid_records, suite.config.method_train,
+                                                      {"checkpoint_every": 100, **overrides}, checkpoints)
         save_model_atomic(student, tokenizer, out / "models" / recipe.name, method_state)
+        shutil.rmtree(checkpoints, ignore_errors=True)
         evaluate_and_record(student, tokenizer, label=recipe.name, method=recipe.method, datasets=datasets,
                             settings=settings, pair=suite.pair(), config={**suite_info, **config},
                             record_path=out / "records" / f"{recipe.name}.json", training=summary, started=t0,
@@ -198,6 +203,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             student = apply_lora(student, pair.lora)
     overrides: dict[str, Any] = {"steps": args.steps} if args.steps is not None else {}
+    if args.deterministic:
+        overrides["deterministic"] = True
     overrides["checkpoint_every"] = args.checkpoint_every if args.checkpoint_every is not None else 100
     config, summary, method_state = train_student(recipe, student, teacher, tokenizer, train_records, valid_records,
                                                   defaults, overrides, checkpoint_dir=out / "checkpoints")
@@ -465,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke-sized suite and training (about a minute)")
     p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated recipes (default: {DEFAULT_METHODS})")
     p.add_argument("--steps", type=int, help="override the training steps of every method")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels on GPU (slower; CPU runs are deterministic already)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a method option in every chosen recipe that has it (repeatable)")
     _add_eval_options(p)
@@ -482,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="use the smoke-sized tiny suite")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow code shipped with Hub models to run (off: such models are refused)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels on GPU (slower; CPU runs are deterministic already)")
     p.add_argument("--checkpoint-every", type=int,
                    help="steps between checkpoints in OUT/checkpoints (default: 100; 0: none). Re-running the "
                         "same command after a kill continues from the newest one")

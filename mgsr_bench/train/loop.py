@@ -187,6 +187,9 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision), cpu=multi_cpu)
     torch.manual_seed(cfg.seed)
+    if cfg.deterministic:  # cuBLAS needs a fixed workspace for deterministic matrix products
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     if cfg.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = torch.optim.AdamW((p for p in student.parameters() if p.requires_grad), lr=cfg.lr, weight_decay=cfg.weight_decay)
