@@ -12,22 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mgsr_bench.data.jsonl import write_records
 from mgsr_bench.errors import UserError
 
 from conftest import tiny_model
+from test_cli import hub_style_pair  # noqa: F401  (a fixture: saved teacher, student and data)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture()
-def saved_pair(tmp_path, tokenizer, records):
-    for name, hidden in (("teacher", 48), ("student", 32)):
-        tiny_model(len(tokenizer), seed=hidden, hidden=hidden).save_pretrained(tmp_path / name)
-        tokenizer.save_pretrained(tmp_path / name)
-    write_records(tmp_path / "train.jsonl", records[:160])
-    write_records(tmp_path / "valid.jsonl", records[160:200])
-    return tmp_path
 
 
 def _train_args(p, recipe, out):
@@ -47,16 +37,16 @@ def _outcome(out):
 
 
 @pytest.mark.parametrize("recipe", ["kd", "distillm"])
-def test_a_run_killed_at_a_random_step_resumes_to_the_same_result(saved_pair, tmp_path, recipe):
+def test_a_run_killed_at_a_random_step_resumes_to_the_same_result(hub_style_pair, tmp_path, recipe):
     """SIGKILL once a checkpoint at a random step exists, re-run the same command: the history, the
     best step and the saved weights equal the uninterrupted run's exactly (distillm: student samples,
     replay buffer and adaptive threshold restored too)."""
-    whole = subprocess.run(_train_args(saved_pair, recipe, tmp_path / "whole"), env=ENV, capture_output=True,
+    whole = subprocess.run(_train_args(hub_style_pair, recipe, tmp_path / "whole"), env=ENV, capture_output=True,
                            text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr[-2000:]
     kill_after = random.Random(recipe).choice([2, 4, 6, 8, 10])
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_train_args(saved_pair, recipe, out), env=ENV, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_train_args(hub_style_pair, recipe, out), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (out / "checkpoints" / f"step-{kill_after:07d}.pt").exists():
@@ -65,11 +55,11 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_result(saved_pair, tm
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "training.json").exists()
-    again = subprocess.run(_train_args(saved_pair, recipe, out), env=ENV, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(_train_args(hub_style_pair, recipe, out), env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert _outcome(out) == _outcome(tmp_path / "whole")
     assert not (out / "checkpoints").exists()  # spent once the model is saved
-    refused = subprocess.run(_train_args(saved_pair, recipe, out), env=ENV, capture_output=True, text=True)
+    refused = subprocess.run(_train_args(hub_style_pair, recipe, out), env=ENV, capture_output=True, text=True)
     assert refused.returncode == 2 and "holds a finished run" in refused.stderr
 
 
