@@ -17,13 +17,14 @@ from typing import Any, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mgsr_bench.config import Recipe, train_config
+from mgsr_bench.config import Recipe, TrainConfig, config_hash, train_config
+from mgsr_bench.errors import UserError
 from mgsr_bench.data.collate import tokenize_records
 from mgsr_bench.eval.evaluate import evaluate_model
 from mgsr_bench.eval.generate import EvalSettings
-from mgsr_bench.methods import get_method
+from mgsr_bench.methods import Method, get_method
 from mgsr_bench.models.lora import merged
-from mgsr_bench.results import make_record, write_record
+from mgsr_bench.results import make_record, read_record, write_record
 from mgsr_bench.train import train
 
 
@@ -52,6 +53,28 @@ def save_model_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         raise
 
 
+def resolve_recipe(recipe: Recipe, train_defaults: dict[str, Any] | None = None,
+                   train_overrides: dict[str, Any] | None = None) -> tuple[TrainConfig, Method, dict[str, Any]]:
+    """The training settings, the method and the resolved config a run with ``recipe`` records."""
+    merged = {**(train_defaults or {}), **recipe.train, **(train_overrides or {})}
+    cfg = train_config(merged, where=f"recipe {recipe.name!r} train")
+    method = get_method(recipe.method, **recipe.options)
+    config = {"recipe": recipe.name, "method": recipe.method, "options": method.options(),
+              "train": dataclasses.asdict(cfg)}
+    return cfg, method, config
+
+
+def finished(record_path: Path, config: dict[str, Any], settings: EvalSettings, lm_eval: bool = False) -> bool:
+    """Whether ``record_path`` holds a valid record of exactly this config and evaluation (and lm-eval scores,
+    when asked for): re-running a command then skips that model instead of redoing it."""
+    try:
+        record = read_record(record_path)
+    except UserError:
+        return False
+    same = record["config_hash"] == config_hash({**config, "evaluation": settings.as_dict()})
+    return same and (not lm_eval or bool(record.get("lm_eval")))
+
+
 def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedModel | None,
                   tokenizer: PreTrainedTokenizerBase, train_records: list[dict[str, Any]],
                   valid_records: list[dict[str, Any]], train_defaults: dict[str, Any] | None = None,
@@ -63,14 +86,10 @@ def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedM
     < the recipe's ``train`` block < ``train_overrides`` (the command line). With
     ``checkpoint_dir`` the run checkpoints there and resumes from it (see :func:`train`).
     """
-    merged = {**(train_defaults or {}), **recipe.train, **(train_overrides or {})}
-    cfg = train_config(merged, where=f"recipe {recipe.name!r} train")
-    method = get_method(recipe.method, **recipe.options)
+    cfg, method, config = resolve_recipe(recipe, train_defaults, train_overrides)
     result = train(student, teacher, tokenizer, method, tokenize_records(train_records, tokenizer), valid_records,
                    tokenize_records(valid_records, tokenizer), cfg, desc=f"train {recipe.name}",
                    checkpoint_dir=checkpoint_dir)
-    config = {"recipe": recipe.name, "method": recipe.method, "options": method.options(),
-              "train": dataclasses.asdict(cfg)}
     summary = {"best_step": result.best_step, "best_val": result.best_score, "wall_time_s": result.wall_time_s,
                "seconds_per_step": result.seconds_per_step, "history": result.history}
     return config, summary, result.method_state

@@ -28,6 +28,13 @@ def test_run_quick_end_to_end(tmp_path):
     assert "| teacher" in proc.stdout
     assert not list(out.rglob(".*tmp*"))
 
+    # The same command again finds every record of this exact run and redoes nothing.
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "records").iterdir()}
+    proc = _cli("run", "--quick", "--out", str(out), "--seeds", "10,20", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("already there; kept") == 3
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "records").iterdir()} == before
+
     # A second command reuses the cached suite instead of rebuilding it.
     proc = _cli("train", "sft", "--quick", "--steps", "1", "--out", str(tmp_path / "again"), env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -90,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Build or reuse the tiny suite, train each recipe's student, evaluate all, print the leaderboard."""
     from mgsr_bench.data.jsonl import write_atomic
     from mgsr_bench.models import load_model
-    from mgsr_bench.pipeline import evaluate_and_record, save_model_atomic, train_student
+    from mgsr_bench.pipeline import evaluate_and_record, finished, resolve_recipe, save_model_atomic, train_student
     from mgsr_bench.results import load_records
     from mgsr_bench.results.publish import write_leaderboard
     from mgsr_bench.suite.build import EVAL_SPLITS, ensure_suite, load_suite_models
@@ -118,12 +118,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite_info = {"suite": suite.config.key()}
 
     t0 = time.perf_counter()
-    evaluate_and_record(teacher, tokenizer, label="teacher", method="teacher", datasets=datasets, settings=settings,
-                        pair=suite.pair(), config=suite_info, record_path=out / "records" / "teacher.json",
-                        training=suite.report["teacher_train"], started=t0,
-                        lm_eval=_lm_eval(args, teacher, tokenizer, suite_data))
+    if finished(out / "records" / "teacher.json", suite_info, settings, bool(args.lm_eval)):
+        print("teacher: a record of this evaluation is already there; kept")
+    else:
+        evaluate_and_record(teacher, tokenizer, label="teacher", method="teacher", datasets=datasets,
+                            settings=settings, pair=suite.pair(), config=suite_info,
+                            record_path=out / "records" / "teacher.json", training=suite.report["teacher_train"],
+                            started=t0, lm_eval=_lm_eval(args, teacher, tokenizer, suite_data))
     for recipe in recipes:
         t0 = time.perf_counter()
+        planned = {**suite_info, **resolve_recipe(recipe, suite.config.method_train,
+                                                  {"checkpoint_every": 100, **overrides})[2]}
+        if (out / "models" / recipe.name / "config.json").exists() and finished(
+                out / "records" / f"{recipe.name}.json", planned, settings, bool(args.lm_eval)):
+            print(f"{recipe.name}: a record of this exact run is already there; kept (delete it to redo)")
+            continue
         student = load_model(suite.student_init_dir)
         checkpoints = out / "checkpoints" / recipe.name  # a killed run re-run with the same command resumes here
         config, summary, method_state = train_student(recipe, student, teacher, tokenizer, train_records,
