@@ -68,3 +68,21 @@ def test_only_tokens_the_tokenizer_knows_are_drawn_and_the_mode_is_restored():
     out = decode(model, PROMPTS, 0, 1, 20, vocab_size=7)
     assert all(0 <= t < 7 for row in out.tokens for t in row)
     assert model.training
+
+
+def test_decoding_through_fsdp2_sharded_weights_equals_the_unsharded_model(tmp_path):
+    """On-policy generation under FSDP2 runs through the ordinary forward (each layer gathers its
+    weights as it runs): two gloo processes on CPU decode exactly what the unsharded model does."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).with_name("fsdp_decode_worker.py")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29541", str(worker), str(tmp_path / "out.json")],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["same_on_every_rank"] and any(len(t) == 8 for t in out["tokens"])

@@ -79,7 +79,7 @@ def _decode(model: PreTrainedModel, prompts: list[list[int]], eos_id: int, pad_i
     tokens: list[list[int]] = [[] for _ in prompts]
     steps: list[tuple[list[int], torch.Tensor]] = []  # (original rows, their logits) per step, when kept
     out = model(input_ids=ids, attention_mask=attn, position_ids=_positions(attn), use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = out.get("cache", None) or out.get("past_key_values", None)  # the name depends on the version
     seqs = ids  # full rows, prompt padding included, for the n-gram ban (as generate sees them)
     for step in range(max_new_tokens):
         logits = out.logits[:, -1, :vocab_size].float()
