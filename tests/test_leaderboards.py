@@ -122,6 +122,7 @@ def test_store_queries_by_method_pair_dataset_commit_and_date(tmp_path):
     assert len(store.paths(pair="other")) == 1 and len(store.paths(dataset="dolly")) == 2
     assert len(store.paths(commit="bbbb")) == 2
     assert len(store.paths(since="2026-01-15", until="2026-02-15")) == 1
+    assert len(store.paths(until="2026-02-01")) == 2  # a bare date includes that whole day
     # the index follows the files: a deleted record disappears, an edited one is re-read
     a.unlink()
     assert len(store.paths()) == 2 and (tmp_path / ".mgsr-index.sqlite").exists()
@@ -159,12 +160,14 @@ def test_compare_flags_drops_beyond_the_noise_both_ways():
     new = [_record("kd", {"dolly": [23.0, 23.0], "vicuna": [9.0, 11.0]}), _record("fresh", {"dolly": [1.0]})]
     frame = compare_records(new, base, tolerance=0.5, k=2.0).set_index(["label", "dataset"])
     assert frame.at[("kd", "dolly"), "status"] == "regression"  # -2 vs max(0.5, 0): beyond
-    # vicuna: -2 with stds 2.83 and 1.41 -> pooled 2.24, threshold 4.47: noise
-    assert frame.at[("kd", "vicuna"), "threshold"] == pytest.approx(2 * ((8 + 2) / 2) ** .5)
+    # vicuna: -2 with seed stds 2.83 and 1.41 over 2 seeds each -> se sqrt(8/2 + 2/2) = 2.24, threshold 4.47
+    assert frame.at[("kd", "vicuna"), "threshold"] == pytest.approx(2 * (8 / 2 + 2 / 2) ** .5)
     assert frame.at[("kd", "vicuna"), "status"] == "within noise"
     assert frame.at[("gone", "dolly"), "status"] == "missing" and frame.at[("fresh", "dolly"), "status"] == "new"
     swapped = compare_records(base, new).set_index(["label", "dataset"])
     assert swapped.at[("kd", "dolly"), "status"] == "improvement"
+    greedy = [{**r, "evaluation": {**r["evaluation"], "greedy": True}} for r in new]
+    assert set(compare_records(greedy, base)["status"]) >= {"settings differ"}  # never compared
 
 
 def _cli(*args):

@@ -139,11 +139,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                       valid_records, suite.config.method_train,
                                                       {"checkpoint_every": 100, **overrides}, checkpoints)
         save_model_atomic(student, tokenizer, out / "models" / recipe.name, method_state)
-        shutil.rmtree(checkpoints, ignore_errors=True)
         evaluate_and_record(student, tokenizer, label=recipe.name, method=recipe.method, datasets=datasets,
                             settings=settings, pair=suite.pair(), config={**suite_info, **config},
                             record_path=out / "records" / f"{recipe.name}.json", training=summary, started=t0,
                             lm_eval=_lm_eval(args, student, tokenizer, suite_data))
+        shutil.rmtree(checkpoints, ignore_errors=True)  # spent only once the record exists
 
     records = load_records(out / "records")
     write_leaderboard(records, out, reference="sft" if any(r["label"] == "sft" for r in records) else None)
@@ -307,6 +307,8 @@ def _lm_eval(args: argparse.Namespace, model, tokenizer, suite_data: Path | None
     """``--lm-eval`` tasks' scores for one model, or None when none were asked for."""
     if not args.lm_eval:
         return None
+    if args.lm_eval_limit is not None and args.lm_eval_limit < 1:
+        raise UserError(f"--lm-eval-limit must be >= 1, got {args.lm_eval_limit}")
     from mgsr_bench.eval.lm_harness import run_lm_eval
 
     return run_lm_eval(model, tokenizer, args.lm_eval.split(","), suite_data, args.lm_eval_limit)
@@ -325,7 +327,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     The latest record per label makes a row; cells are mean ± std over seeds, the best measured value
     of each column is marked, ``--reference`` adds each row's difference in average from that row, and
-    ``--reported`` adds the numbers papers report for ``--pair`` (marked, never ranked).
+    ``--reported TEACHER->STUDENT`` adds the numbers papers report for that pair (marked, never ranked).
     ``--write DIR`` writes every format and the figures into DIR.
     """
     from mgsr_bench.data.jsonl import write_atomic
@@ -336,18 +338,16 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     reported = None
     if args.reported:
-        if not args.pair:
-            raise UserError("--reported shows a paper's numbers for one pair: add --pair TEACHER->STUDENT")
-        reported = reported_rows(load_reported(args.reported), args.pair)
+        reported = reported_rows(load_reported(args.reported_file), args.reported)
         if not reported:
-            raise UserError(f"{args.reported} has no reported rows for pair {args.pair!r}")
+            raise UserError(f"{args.reported_file} has no reported rows for pair {args.reported!r}")
     records = load_records(args.folder, **_store_filters(args))
     labels, datasets = _split(args.methods), _split(args.datasets)
     text = render_leaderboard(records, args.format, reference=args.reference, datasets=datasets, labels=labels,
                               reported=reported, metric=args.metric)
     if args.write:
         chosen = select_rows(records, labels)
-        for path in write_leaderboard(chosen, args.write, args.metric, args.reference, reported):
+        for path in write_leaderboard(chosen, args.write, args.metric, args.reference, reported, datasets=datasets):
             print(f"wrote {path}", file=sys.stderr)
     if args.output:
         write_atomic(args.output, text)
@@ -383,7 +383,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     records = load_records(args.folder, methods=None, labels=_split(args.methods), **_store_filters(args))
     frame = history_frame(records, args.metric, args.dataset)
     if frame.empty:
-        raise UserError(f"no scores for dataset {args.dataset!r} in the matching records")
+        raise UserError(f"no scores for dataset {args.dataset!r} in the matching records" if args.dataset
+                        else "the matching records have no scores")
     print(frame.to_markdown(index=False))
     return 0
 
@@ -527,8 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="comma-separated labels or method names to keep")
     p.add_argument("--datasets", help="comma-separated datasets to keep (columns)")
     _add_store_filters(p)
-    p.add_argument("--reported", nargs="?", const=str(_reported_default()), metavar="FILE",
-                   help="add paper-reported rows for --pair (default file: leaderboards/reported.yaml)")
+    p.add_argument("--reported", metavar="TEACHER->STUDENT",
+                   help="add the rows papers report for this pair, e.g. gpt2-xl->gpt2 (marked, never ranked)")
+    p.add_argument("--reported-file", default=str(_reported_default()), metavar="FILE",
+                   help="where reported rows are read (default: leaderboards/reported.yaml)")
     p.add_argument("--output", help="also write the table to this file")
     p.add_argument("--write", metavar="DIR", help="write every format and the figures (PNG, SVG) into DIR")
     p.set_defaults(func=cmd_leaderboard)
@@ -575,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--deterministic" in argv:  # cuBLAS reads this when it first initialises: before any CUDA work
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if argv[:1] == ["bench"]:  # the benchmark parses its own options
         from mgsr_bench.benchmarks.bench import main as bench_main
 

@@ -28,8 +28,9 @@ def fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     import torch
 
     with torch.no_grad():
-        weights = [round(float(p.double().sum()), 6) for p in model.parameters()]
-    payload = json.dumps({"weights": weights, "vocab": len(tokenizer), "prompts": [r["prompt"] for r in records],
+        weights = [repr(float(p.double().sum())) + "/" + repr(float(p.double().abs().sum())) for p in model.parameters()]
+    payload = json.dumps({"weights": weights, "vocab": len(tokenizer), "eos": tokenizer.eos_token_id,
+                          "special": tokenizer.all_special_tokens, "prompts": [r["prompt"] for r in records],
                           "settings": {**settings.as_dict(), "seeds": None}}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -40,10 +41,10 @@ def _cached_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     if cache is not None and cache.exists():
         try:
             saved = json.loads(cache.read_text(encoding="utf-8"))
-            if saved.get("key") == key and len(saved.get("predictions", [])) == len(prompts):
-                return saved["predictions"]
-        except json.JSONDecodeError:
-            pass  # a torn file cannot happen (atomic writes), but a foreign one is just regenerated
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            saved = None  # a torn file cannot happen (atomic writes), but a foreign one is just regenerated
+        if isinstance(saved, dict) and saved.get("key") == key and len(saved.get("predictions", [])) == len(prompts):
+            return saved["predictions"]
     preds = generate(model, tokenizer, prompts, settings, seed=seed, progress=progress)
     if cache is not None:
         write_atomic(cache, json.dumps({"key": key, "predictions": preds}))

@@ -27,8 +27,10 @@ def output_head(model: PreTrainedModel) -> torch.nn.Linear | None:
     get_head = getattr(model, "get_output_embeddings", None)
     head = get_head() if get_head is not None else None
     config = getattr(model, "config", None)
-    # Models that post-process logits (Gemma's soft-capping, Cohere's logit scale) need their own forward.
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+    # Models that post-process logits (Gemma's soft-capping, Cohere's logit scale, Granite's logits
+    # scaling, MiniCPM's width scaling) need their own forward.
+    if (getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None)
+            or getattr(config, "logits_scaling", 1.0) not in (None, 1, 1.0) or getattr(config, "dim_model_base", None)):
         return None
     return head if isinstance(head, torch.nn.Linear) and head.bias is None else None
 

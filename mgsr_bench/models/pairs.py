@@ -59,7 +59,14 @@ def _pair(name: str, raw: Any, where: str) -> Pair:
         if not isinstance(raw.get(key), str):
             raise UserError(f"{where}: pair {name!r} needs {key} (a Hub id or a path)")
     values = dict(raw)
+    for key, kind in (("micro_batch", int), ("grad_accum", int), ("gpus", int), ("gpu_mem_gib", (int, float)),
+                      ("gradient_checkpointing", bool)):
+        if key in values and (not isinstance(values[key], kind) or (kind is not bool and isinstance(values[key], bool))):
+            raise UserError(f"{where}: pair {name!r}: {key} must be {'true or false' if kind is bool else 'a number'}")
     if "lora" in values:
+        targets = values["lora"].get("target_modules") if isinstance(values["lora"], dict) else None
+        if targets is not None and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+            raise UserError(f"{where}: pair {name!r}: lora.target_modules must be a list of module names")
         lora = values["lora"]
         try:
             values["lora"] = LoraSettings(**{**lora, "target_modules": tuple(lora.get("target_modules",

@@ -1,8 +1,10 @@
 """Regression checks between two sets of run records, and a metric's history across commits.
 
-A drop counts as a regression only when it exceeds the noise: ``max(tolerance, k * pooled std)``,
-where the pooled std is ``sqrt((std_new^2 + std_base^2) / 2)`` of the two rows' seed stds. Seed
-std measures decoding noise only; the tolerance is there for the training noise it does not see.
+A drop counts as a regression only when it exceeds the noise: ``max(tolerance, k * se)``, where
+``se = sqrt(std_new^2 / n_new + std_base^2 / n_base)`` is the standard error of the difference of
+the two means over seeds (``std`` the seed std, ``n`` the number of seeds). Seed std measures
+decoding noise only; the tolerance is there for the training noise it does not see. Rows whose
+evaluation settings differ (seeds, decoding, lengths) are not compared.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pandas as pd
 
 from mgsr_bench.results.leaderboard import latest_per_label
 
-STATUSES = ("regression", "improvement", "within noise", "new", "missing")
+STATUSES = ("regression", "improvement", "within noise", "settings differ", "new", "missing")
 
 
 def compare_records(new: list[dict[str, Any]], base: list[dict[str, Any]], metric: str = "rougeL",
@@ -35,8 +37,12 @@ def compare_records(new: list[dict[str, Any]], base: list[dict[str, Any]], metri
                 row["status"] = "new" if b is None else "missing"
                 rows.append(row)
                 continue
+            if old[label]["evaluation"] != cur[label]["evaluation"]:
+                rows.append({**row, "status": "settings differ"})
+                continue
             bm, bs, nm, ns = b[metric]["mean"], b[metric]["std"], n[metric]["mean"], n[metric]["std"]
-            threshold = max(tolerance, k * math.sqrt((bs ** 2 + ns ** 2) / 2))
+            se = math.sqrt(bs ** 2 / max(len(b["per_seed"]), 1) + ns ** 2 / max(len(n["per_seed"]), 1))
+            threshold = max(tolerance, k * se)
             delta = nm - bm
             status = "regression" if delta < -threshold else "improvement" if delta > threshold else "within noise"
             rows.append({**row, "base": bm, "base_std": bs, "new": nm, "new_std": ns, "delta": delta,
@@ -55,8 +61,8 @@ def render_comparison(frame: pd.DataFrame, metric: str) -> str:
     table["delta"] = table["delta"].map(lambda v: "" if pd.isna(v) else f"{v:+.2f}")
     counts = frame["status"].value_counts()
     verdict = (f"{counts.get('regression', 0)} regression(s), {counts.get('improvement', 0)} improvement(s), "
-               f"{counts.get('within noise', 0)} within noise, {counts.get('new', 0)} new, "
-               f"{counts.get('missing', 0)} missing ({metric})")
+               f"{counts.get('within noise', 0)} within noise, {counts.get('settings differ', 0)} with other "
+               f"evaluation settings, {counts.get('new', 0)} new, {counts.get('missing', 0)} missing ({metric})")
     return table.to_markdown(index=False) + "\n\n" + verdict + "\n"
 
 

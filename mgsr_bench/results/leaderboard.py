@@ -10,7 +10,6 @@ value of each column is taken over measured student rows only.
 from __future__ import annotations
 
 import html
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,7 +268,7 @@ def to_html(board: Board, title: str = "mgsr-bench leaderboard") -> str:
     body = []
     for row in board.means.index:
         cells = _cells(board, row)
-        tds = [f'<td data-value="{json.dumps(row)[1:-1]}">{html.escape(row)}'
+        tds = [f'<td data-value="{html.escape(row, quote=True)}">{html.escape(row)}'
                + (" †" if board.kind[row] == "reported" else "") + "</td>"]
         for c in [*board.datasets, "avg"]:
             value = board.avg[row] if c == "avg" else board.means.at[row, c]

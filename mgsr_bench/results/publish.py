@@ -14,15 +14,16 @@ EXTENSIONS = {"markdown": "md", "csv": "csv", "latex": "tex", "html": "html"}
 
 def write_leaderboard(records: list[dict[str, Any]], folder: str | Path, metric: str = "rougeL",
                       reference: str | None = None, reported: list[dict[str, Any]] | None = None,
-                      plots: bool = True) -> list[Path]:
+                      plots: bool = True, datasets: list[str] | None = None) -> list[Path]:
     """``leaderboard.{md,csv,tex,html}``, and ``scores.{png,svg}`` and ``training.{png,svg}`` when ``plots``."""
     folder = Path(folder)
     written = []
     for fmt, ext in EXTENSIONS.items():
         path = folder / f"leaderboard.{ext}"
-        write_atomic(path, render_leaderboard(records, fmt, reference=reference, reported=reported, metric=metric))
+        write_atomic(path, render_leaderboard(records, fmt, reference=reference, datasets=datasets, reported=reported,
+                                              metric=metric))
         written.append(path)
     if plots:
-        written += bar_chart(build_board(records, metric, reference, reported=reported), folder / "scores")
+        written += bar_chart(build_board(records, metric, reference, datasets, reported=reported), folder / "scores")
         written += training_curves(records, folder / "training") or []
     return written

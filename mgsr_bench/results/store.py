@@ -77,7 +77,10 @@ class ResultsStore:
             raise UserError(f"results store not found: {self.root}")
         out = {}
         for path in self.root.rglob("*.json"):
-            st = path.stat()
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # removed since the listing
+                continue
             out[path.relative_to(self.root).as_posix()] = (st.st_size, st.st_mtime_ns)
         return out
 
@@ -94,7 +97,10 @@ class ResultsStore:
         files = self._files()
         if db.exists() and self._indexed_files(db) == files:
             return db
-        fd, tmp = tempfile.mkstemp(prefix=".mgsr-index-", suffix=".tmp", dir=self.root)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".mgsr-index-", suffix=".tmp", dir=self.root)
+        except OSError as e:
+            raise UserError(f"cannot write the index of {self.root} ({e.strerror}); make the folder writable") from None
         os.close(fd)
         try:
             with sqlite3.connect(tmp) as con:
@@ -141,7 +147,7 @@ class ResultsStore:
             args.append(since)
         if until:
             where.append("created <= ?")
-            args.append(until)
+            args.append(until + "T99" if len(until) == 10 else until)  # a bare date: through the end of that day
         if dataset:
             where.append("path IN (SELECT path FROM scores WHERE dataset = ?)")
             args.append(dataset)

@@ -120,7 +120,8 @@ class BatchSource:
         # An empty response (the prompt's end hit the limit) still needs one target: keep EOS; it
         # has no sampling logits, so a reviser then runs its own forward.
         samples = [Example(p, r or [self.eos_id], origin=origin) for p, r in zip(prompts, out.tokens)]
-        logits = out.logits if keep_logits and all(out.tokens) else None
+        # (an empty prompt has no position predicting its first token: the reviser then runs its own pass)
+        logits = out.logits if keep_logits and all(out.tokens) and all(prompts) else None
         return samples, logits
 
     def student_samples(self, batch: list[Example], student: PreTrainedModel,

@@ -171,6 +171,16 @@ def validation_score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     return -validation_loss(model, tokenizer, valid_examples, cfg, device)
 
 
+def _digest(examples: list[Example]) -> str:
+    """A fingerprint of the training data (every example's token ids), so a checkpoint resumes only on the same data."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(repr((e.prompt_ids, e.response_ids)).encode())
+    return h.hexdigest()[:16]
+
+
 def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase,
           method: Method, train_examples: list[Example], valid: list[dict[str, Any]],
           valid_examples: list[Example], cfg: TrainConfig, desc: str = "train",
@@ -181,7 +191,8 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     continues from the newest one found there (written by the same configuration), so a killed run
     re-started with the same arguments ends exactly as an uninterrupted one (single process; under
     DDP every rank resumes with rank 0's random state). A non-finite loss stops the run with the
-    step named and, with ``checkpoint_dir``, the state before that step and the offending batch saved.
+    step named and, with ``checkpoint_dir``, the weights and optimiser from before that step and the
+    offending batch saved.
     """
     # Several processes on a machine without GPUs: gloo on the CPU (accelerate only picks it when told "cpu").
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -224,7 +235,10 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     best_state: dict[str, torch.Tensor] | None = None
     run_hash = config_hash({"train": {k: v for k, v in dataclasses.asdict(cfg).items()
                                       if k not in ("checkpoint_every", "keep_checkpoints")},
-                            "method": method.name, "options": method.options(), "examples": len(train_examples)})
+                            "method": method.name, "options": method.options(), "vocab": len(tokenizer),
+                            "data": _digest(train_examples),
+                            "student": {k: list(v.shape) for k, v in accelerator.unwrap_model(student).state_dict().items()},
+                            "teacher": sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0})
     resumed = load_latest(checkpoint_dir, run_hash) if checkpoint_dir is not None else None
     first_step, elapsed_before = 1, 0.0
     if resumed is not None:
@@ -235,6 +249,8 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
             module.load_state_dict(resumed["module"])
             module_optimizer.load_state_dict(resumed["module_optimizer"])
         restore_source(source, resumed["source"])
+        if accelerator.scaler is not None and resumed.get("scaler") is not None:  # fp16's loss scale
+            accelerator.scaler.load_state_dict(resumed["scaler"])
         result.history, result.best_score, result.best_step = resumed["history"], resumed["best_score"], \
             resumed["best_step"]
         best_state, result.method_state = resumed["best_state"], resumed["method_state"]
@@ -254,6 +270,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
                 "module_optimizer": module_optimizer.state_dict() if module_optimizer is not None else None,
                 "history": result.history, "best_score": result.best_score, "best_step": result.best_step,
                 "best_state": best_state, "method_state": result.method_state,
+                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 "elapsed": elapsed_before + time.perf_counter() - start}
 
     student.train()

@@ -5,7 +5,8 @@ weights are read). The rest follows the harness as it runs:
 
 * student, full fine-tune: fp32 master weights, fp32 gradients and AdamW's two fp32 moments,
   16 bytes per parameter (mixed precision computes in bf16 under autocast); with LoRA the frozen
-  base is held in the pair's dtype and only the adapter carries the 16 bytes;
+  base is held in fp32 too (the harness loads students in fp32) and only the adapter carries the
+  gradients and optimizer state;
 * teacher: frozen, in the pair's dtype, replicated on every GPU (the harness does not shard it);
 * sharding: ``ddp`` none; ``zero2`` gradients and optimizer state / N; ``fsdp`` and ``zero3``
   weights, gradients and optimizer state / N;
@@ -15,7 +16,10 @@ weights are read). The rest follows the harness as it runs:
   ``2 s b h`` plus one layer recomputed;
 * the loss chunk: about six ``chunk x V`` fp32 tensors (student and teacher logits, softmaxes,
   gradient), as the chunked-loss benchmark measured;
-* generation (on-policy methods): the student's KV cache for ``b`` rows of ``s`` tokens;
+* generation (on-policy methods): the student's KV cache for the rank's whole step batch
+  (``micro_batch x grad_accum`` rows: samples are drawn for the step at once) of ``s`` tokens;
+  MGSR's SCRG also keeps the sampler's logits (rows x generated tokens x V x 4 bytes), which is not
+  counted here;
 * a fixed allowance for the CUDA context and the allocator's fragmentation (on CPU, one for the
   allocator's arenas and scratch buffers, calibrated on the development machine).
 """
@@ -100,7 +104,8 @@ def plan_pair(pair: Any, **overrides: Any) -> Plan:
                                 "or register the pair with local paths in $MGSR_BENCH_PAIRS") from None
     settings = {"gpus": pair.gpus, "gpu_mem_gib": pair.gpu_mem_gib, "strategy": STRATEGY_OF_CONFIG[pair.accelerate],
                 "dtype": pair.dtype, "compute_dtype": "float32" if pair.dtype == "float32" else "bfloat16",
-                "micro_batch": pair.micro_batch, "gradient_checkpointing": pair.gradient_checkpointing,
+                "micro_batch": pair.micro_batch, "grad_accum": pair.grad_accum,
+                "gradient_checkpointing": pair.gradient_checkpointing,
                 "overhead_gib": CPU_OVERHEAD_GIB if pair.accelerate == "cpu" else OVERHEAD_GIB}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if pair.finetune == "lora":
@@ -135,7 +140,7 @@ class Plan:
 
 def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: float = 80.0,
                 strategy: str = "ddp", dtype: str = "bfloat16", compute_dtype: str = "bfloat16",
-                micro_batch: int = 8, seq_len: int = 512, gradient_checkpointing: bool = False,
+                micro_batch: int = 8, grad_accum: int = 1, seq_len: int = 512, gradient_checkpointing: bool = False,
                 lora_params: int | None = None, loss_chunk: int = 1024, generation: bool = True,
                 overhead_gib: float = OVERHEAD_GIB) -> Plan:
     """Per-GPU estimate; ``lora_params`` set means a LoRA student with that many trainable parameters."""
@@ -152,7 +157,7 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
         terms["student gradients (fp32)"] = 4 * student.params / (n if shard_states else 1) / GIB
         terms["AdamW state (fp32 x 2)"] = 8 * student.params / (n if shard_states else 1) / GIB
     else:
-        terms["student weights (frozen)"] = wbytes * student.params / (n if shard_weights else 1) / GIB
+        terms["student weights (frozen, fp32)"] = 4 * student.params / (n if shard_weights else 1) / GIB
         terms["LoRA weights + grads + AdamW"] = 16 * lora_params / GIB
     terms["teacher weights (frozen, replicated)"] = wbytes * teacher.params / GIB
     s, b, h, a = seq_len, micro_batch, student.hidden, student.heads
@@ -166,7 +171,7 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
     # response tokens are at most half of the sequence in the protocol (256 of 512)
     terms["loss chunk (logits, fp32)"] = 6 * min(loss_chunk, s * b // 2) * max(student.vocab, teacher.vocab) * 4 / GIB
     if generation:
-        terms["generation KV cache"] = 2 * student.layers * b * s * student.kv_dim * wbytes / GIB
+        terms["generation KV cache"] = 2 * student.layers * b * grad_accum * s * student.kv_dim * wbytes / GIB
     terms["runtime allowance (CUDA context / CPU allocator)"] = overhead_gib
     plan = Plan(terms, gpu_mem_gib)
     if not plan.fits:
