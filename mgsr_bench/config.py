@@ -141,6 +141,21 @@ def available_recipes() -> dict[str, Path]:
     return found
 
 
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file through the safe loader; a missing or malformed file is one line naming it (and the line)."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{what} file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"malformed {what} {path}: not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = str(getattr(e, "problem", None) or e).strip().splitlines()[0]
+        raise UserError(f"malformed {what} {path}{where}: {problem}") from None
+
+
 def load_recipe(name_or_path: str) -> Recipe:
     """Load a recipe by name or path and validate its keys, its method and its training overrides."""
     from mgsr_bench.methods import get_method
@@ -151,13 +166,7 @@ def load_recipe(name_or_path: str) -> Recipe:
         if name_or_path not in recipes:
             raise unknown_name("recipe", name_or_path, recipes)
         path = recipes[name_or_path]
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        problem = str(getattr(e, "problem", None) or e).strip().splitlines()[0]
-        raise UserError(f"malformed recipe {path}{where}: {problem}") from None
+    data = read_yaml(path, "recipe")
     if not isinstance(data, dict) or "method" not in data:
         raise UserError(f"malformed recipe {path}: expected a mapping with a 'method' key")
     _check_keys(data, ["method", "options", "train", "description", "reference"], f"recipe {path}")

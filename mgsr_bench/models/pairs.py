@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from mgsr_bench.config import read_yaml
 from mgsr_bench.errors import UserError, unknown_name
 
 BUILTIN = Path(__file__).with_name("pairs.yaml")
@@ -87,12 +86,7 @@ def _pair(name: str, raw: Any, where: str) -> Pair:
 
 
 def _read(path: Path) -> dict[str, Pair]:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise UserError(f"pairs file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    raw = read_yaml(path, "pairs") or {}
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of pair names to settings")
     return {str(name): _pair(str(name), value, str(path)) for name, value in raw.items()}

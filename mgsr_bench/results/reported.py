@@ -11,8 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from mgsr_bench.config import read_yaml
 from mgsr_bench.errors import UserError
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "leaderboards" / "reported.yaml"
@@ -44,12 +43,7 @@ def _check(entry: Any, where: str) -> None:
 def load_reported(path: str | Path = DEFAULT_FILE) -> list[dict[str, Any]]:
     """The file's entries, checked (each error names the entry and field)."""
     path = Path(path)
-    try:
-        entries = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"reported-results file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    entries = read_yaml(path, "reported-results")
     if not isinstance(entries, list):
         raise UserError(f"{path}: expected a list of entries")
     for i, entry in enumerate(entries):
