@@ -66,12 +66,13 @@ def schema_error(value: Any, schema: dict[str, Any], root: dict[str, Any] | None
                     return error
     if isinstance(value, dict):
         for key in schema.get("required", []):
-            if key not in value:
+            if key not in value:  # required names come from the schema: plain
                 return f"field '{path + '.' if path else ''}{key}' is missing"
         props = schema.get("properties", {})
         extra = schema.get("additionalProperties", True)
         for key, item in value.items():
-            sub = f"{path}.{key}" if path else str(key)
+            shown = str(key).encode("unicode_escape").decode("ascii")  # a key with a newline stays one line
+            sub = f"{path}.{shown}" if path else shown
             if key in props:
                 error = schema_error(item, props[key], root, sub)
             elif extra is False:
