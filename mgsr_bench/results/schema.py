@@ -66,7 +66,7 @@ def schema_error(value: Any, schema: dict[str, Any], root: dict[str, Any] | None
                     return error
     if isinstance(value, dict):
         for key in schema.get("required", []):
-            if key not in value:  # required names come from the schema: plain
+            if key not in value:
                 return f"field '{path + '.' if path else ''}{key}' is missing"
         props = schema.get("properties", {})
         extra = schema.get("additionalProperties", True)
