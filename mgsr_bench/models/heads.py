@@ -18,12 +18,32 @@ def body(model: PreTrainedModel) -> torch.nn.Module:
     return inner.base_model
 
 
-def output_head(model: PreTrainedModel) -> torch.nn.Linear | None:
-    """The bias-free output projection whose input is the base model's last hidden state, if any.
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a distributed wrapper (DDP's ``.module``), or the model itself."""
+    return getattr(model, "module", model)
 
-    A model wrapped for distributed training exposes none, so it takes the full-logits path
-    (its wrapper's forward must run for gradient synchronisation).
+
+def last_hidden_states(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The body's last hidden states (what the output head reads), from the model's *own* forward.
+
+    The forward runs through the model (and any wrapper: DDP's gradient synchronisation and FSDP's
+    parameter gathering hook into it) with logits computed for the last position only; a forward
+    hook on the body keeps its output.
     """
+    captured: list[torch.Tensor] = []
+    handle = body(unwrapped(model)).register_forward_hook(
+        lambda _module, _args, out: captured.append(out.last_hidden_state))
+    try:
+        model(**inputs, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def output_head(model: PreTrainedModel) -> torch.nn.Linear | None:
+    """The bias-free output projection whose input is the base model's last hidden state, if any
+    (looking through a distributed wrapper)."""
+    model = unwrapped(model)
     get_head = getattr(model, "get_output_embeddings", None)
     head = get_head() if get_head is not None else None
     config = getattr(model, "config", None)
@@ -41,5 +61,5 @@ def selected_logits(model: PreTrainedModel, inputs: dict[str, torch.Tensor], mas
     head = output_head(model)
     if head is None:
         return model(**inputs).logits[mask][:, :vocab_size].float()
-    hidden = body(model)(**inputs).last_hidden_state[mask]
+    hidden = last_hidden_states(model, inputs)[mask]
     return (hidden @ head.weight[:vocab_size].T).float()

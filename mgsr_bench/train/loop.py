@@ -37,7 +37,7 @@ from mgsr_bench.errors import UserError
 from mgsr_bench.eval.metrics import corpus_scores
 from mgsr_bench.losses.chunked import chunked_linear_loss
 from mgsr_bench.methods import Method
-from mgsr_bench.models.heads import body, output_head
+from mgsr_bench.models.heads import last_hidden_states, output_head
 from mgsr_bench.methods.builtin import SFT
 from mgsr_bench.sampling import BatchSource
 from mgsr_bench.train.checkpoint import (load_latest, restore_source, rng_state, save_checkpoint, save_failure,
@@ -80,18 +80,19 @@ def micro_batch_loss(method: Method, student: PreTrainedModel, teacher: PreTrain
     Only response positions (``shifted labels != IGNORE``) are scored, and logits are cut to the
     shared tokenizer's ``vocab_size`` (models may pad their embedding matrices differently). With
     ``chunk_size > 0`` the heads are applied chunk by chunk (:func:`chunked_linear_loss`), so no
-    full ``(tokens, vocab)`` logits tensor is ever held; ``0`` computes full logits (the naive path,
-    also used for models whose head is not a plain bias-free linear layer).
+    full ``(tokens, vocab)`` logits tensor is ever held (also under DDP or FSDP: the hidden states
+    come from the wrapped model's own forward); ``0`` computes full logits (the naive path, also
+    used for models whose head is not a plain bias-free linear layer).
     """
     mask, tokens = token_batch(batch, pair_scale)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     heads = (output_head(student), output_head(teacher) if method.needs_teacher else None)
     if chunk_size and heads[0] is not None and (heads[1] is not None or not method.needs_teacher):
-        hidden = body(student)(**inputs).last_hidden_state[mask]
+        hidden = last_hidden_states(student, inputs)[mask]
         teacher_hidden = teacher_weight = None
         if method.needs_teacher:
             with torch.no_grad():
-                teacher_hidden = body(teacher)(**inputs).last_hidden_state[mask]
+                teacher_hidden = last_hidden_states(teacher, inputs)[mask]
             teacher_weight = heads[1].weight[:vocab_size]
         module = method.module()
         params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
