@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from collections import defaultdict
@@ -19,20 +20,19 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
-def fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                records: list[dict[str, Any]], settings: EvalSettings) -> str:
-    """What a cached generation depends on: the weights (a sum per tensor), the tokenizer, the
-    prompts and the decoding settings."""
-    import hashlib
+def _sha(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
+
+def fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: EvalSettings) -> str:
+    """What every cached generation of this model depends on: the weights (two sums per tensor), the
+    tokenizer and the decoding settings; each dataset's key adds its prompts."""
     import torch
 
     with torch.no_grad():
         weights = [repr(float(p.double().sum())) + "/" + repr(float(p.double().abs().sum())) for p in model.parameters()]
-    payload = json.dumps({"weights": weights, "vocab": len(tokenizer), "eos": tokenizer.eos_token_id,
-                          "special": tokenizer.all_special_tokens, "prompts": [r["prompt"] for r in records],
-                          "settings": {**settings.as_dict(), "seeds": None}}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return _sha({"weights": weights, "vocab": len(tokenizer), "eos": tokenizer.eos_token_id,
+                 "special": tokenizer.all_special_tokens, "settings": {**settings.as_dict(), "seeds": None}})
 
 
 def _cached_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
@@ -62,14 +62,15 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     over examples (each example's score averaged over the seeds; 1000 resamples, fixed seed).
 
     With ``cache_dir``, each (dataset, seed)'s generations are kept there as they finish
-    (``<dataset>-<seed>.json``, keyed by :func:`fingerprint`), so an interrupted evaluation run
+    (``<dataset>-<seed>.json``, keyed by :func:`fingerprint` and the prompts), so an interrupted run
     again redoes only what had not finished.
     """
     run_seeds = [settings.seeds[0]] if settings.greedy else list(settings.seeds)
+    model_key = fingerprint(model, tokenizer, settings) if cache_dir is not None else ""  # one pass over the weights
     results: dict[str, Any] = {}
     for name, records in datasets.items():
         prompts = [r["prompt"] for r in records]
-        key = fingerprint(model, tokenizer, records, settings) if cache_dir is not None else ""
+        key = _sha({"model": model_key, "prompts": prompts}) if cache_dir is not None else ""
         refs = [r["output"] for r in records]
         per_seed: dict[str, dict[str, Any]] = {}
         per_example: dict[str, list[list[float]]] = {"rougeL": [], "exact_match": []}

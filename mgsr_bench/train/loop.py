@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import math
 import os
 import time
@@ -173,9 +174,7 @@ def validation_score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 
 def _digest(examples: list[Example]) -> str:
-    """A fingerprint of the training data (every example's token ids), so a checkpoint resumes only on the same data."""
-    import hashlib
-
+    """A fingerprint of the training data (every example's token ids): a checkpoint resumes only on the same data."""
     h = hashlib.sha256()
     for e in examples:
         h.update(repr((e.prompt_ids, e.response_ids)).encode())
@@ -204,7 +203,8 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         torch.use_deterministic_algorithms(True)
     if cfg.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    optimizer = torch.optim.AdamW((p for p in student.parameters() if p.requires_grad), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trainable = (p for p in student.parameters() if p.requires_grad)  # a LoRA student: the adapters only
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
     # The scheduler is stepped by hand once per optimiser step; accelerate's prepared scheduler
     # would step once per process and run the schedule `world` times too fast.
@@ -238,7 +238,8 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
                                       if k not in ("checkpoint_every", "keep_checkpoints")},
                             "method": method.name, "options": method.options(), "vocab": len(tokenizer),
                             "data": _digest(train_examples),
-                            "student": {k: list(v.shape) for k, v in accelerator.unwrap_model(student).state_dict().items()},
+                            "student": {k: list(v.shape)
+                                        for k, v in accelerator.unwrap_model(student).state_dict().items()},
                             "teacher": sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0})
     resumed = load_latest(checkpoint_dir, run_hash) if checkpoint_dir is not None else None
     first_step, elapsed_before = 1, 0.0
