@@ -55,6 +55,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between resumable checkpoints (0: none; needs a checkpoint folder)
     keep_checkpoints: int = 2  # how many of the newest checkpoints to keep
     deterministic: bool = False  # deterministic GPU kernels (torch.use_deterministic_algorithms); slower
+    shard_teacher: bool = True  # under FSDP or ZeRO-3, shard the frozen teacher too (else whole on every GPU)
 
     def validate(self) -> None:
         """Reject impossible settings before any compute."""

@@ -79,8 +79,9 @@ def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedM
                   tokenizer: PreTrainedTokenizerBase, train_records: list[dict[str, Any]],
                   valid_records: list[dict[str, Any]], train_defaults: dict[str, Any] | None = None,
                   train_overrides: dict[str, Any] | None = None, checkpoint_dir: Path | None = None
-                  ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
-    """Train ``student`` in place with ``recipe``; returns (resolved config, training summary, method state).
+                  ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, PreTrainedModel | None]:
+    """Train ``student`` with ``recipe``; returns (resolved config, training summary, method state, trained
+    student: ``None`` on the processes other than the main one of a run that sharded the student's weights).
 
     Training settings resolve as: ``TrainConfig`` defaults < ``train_defaults`` (the suite's)
     < the recipe's ``train`` block < ``train_overrides`` (the command line). With
@@ -92,7 +93,7 @@ def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedM
                    checkpoint_dir=checkpoint_dir)
     summary = {"best_step": result.best_step, "best_val": result.best_score, "wall_time_s": result.wall_time_s,
                "seconds_per_step": result.seconds_per_step, "history": result.history}
-    return config, summary, result.method_state
+    return config, summary, result.method_state, result.model
 
 
 def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, label: str, method: str,

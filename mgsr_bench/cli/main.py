@@ -95,6 +95,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mgsr_bench.results.publish import write_leaderboard
     from mgsr_bench.suite.build import EVAL_SPLITS, ensure_suite, load_suite_models
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("run is the single-process tiny-suite job; launch `train` on several processes instead "
+                        "(accelerate launch -m mgsr_bench train ..., docs/scale.md)")
     suite_config = _suite_config(args.quick)
     recipes = _apply_sets(_load_recipes(args.methods), args.set)
     settings = _eval_settings(args, suite_config)
@@ -135,9 +138,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             continue
         student = load_model(suite.student_init_dir)
         checkpoints = out / "checkpoints" / recipe.name  # a killed run re-run with the same command resumes here
-        config, summary, method_state = train_student(recipe, student, teacher, tokenizer, train_records,
-                                                      valid_records, suite.config.method_train,
-                                                      {"checkpoint_every": 100, **overrides}, checkpoints)
+        config, summary, method_state, student = train_student(recipe, student, teacher, tokenizer, train_records,
+                                                               valid_records, suite.config.method_train,
+                                                               {"checkpoint_every": 100, **overrides}, checkpoints)
         save_model_atomic(student, tokenizer, out / "models" / recipe.name, method_state)
         evaluate_and_record(student, tokenizer, label=recipe.name, method=recipe.method, datasets=datasets,
                             settings=settings, pair=suite.pair(), config={**suite_info, **config},
@@ -154,6 +157,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(table)
     print(f"records, models and tables written under {out}/")
     return 0
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a multi-process launch (torchrun and accelerate set RANK), or a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -215,8 +223,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.deterministic:
         overrides["deterministic"] = True
     overrides["checkpoint_every"] = args.checkpoint_every if args.checkpoint_every is not None else 100
-    config, summary, method_state = train_student(recipe, student, teacher, tokenizer, train_records, valid_records,
-                                                  defaults, overrides, checkpoint_dir=out / "checkpoints")
+    config, summary, method_state, student = train_student(recipe, student, teacher, tokenizer, train_records,
+                                                           valid_records, defaults, overrides,
+                                                           checkpoint_dir=out / "checkpoints")
+    if not _is_main_process():  # under torchrun / accelerate launch the main process writes the results
+        return 0
     if pair is not None:
         config["pair"] = pair.name
     save_model_atomic(student, tokenizer, out / "model", method_state)
@@ -396,9 +407,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     Exit status 1 when the plan does not fit.
     """
     from mgsr_bench.models.pairs import get_pair
-    from mgsr_bench.train.memory_plan import plan_pair
+    from mgsr_bench.train.memory_plan import Sampling, plan_pair
 
     pair = get_pair(args.pair)
+    sampling = Sampling.of_method(args.method)  # an unknown method is refused here, with the nearest name
     for name in ("gpus", "micro_batch", "seq_len"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
@@ -406,8 +418,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise UserError("--gpu-mem must be > 0 (GiB)")
     plan = plan_pair(pair, gpus=args.gpus, gpu_mem_gib=args.gpu_mem, strategy=args.strategy,
                      micro_batch=args.micro_batch, seq_len=args.seq_len, gradient_checkpointing=args.checkpointing,
-                     generation=not args.no_generation)
-    print(f"{pair.name}: {pair.teacher} -> {pair.student} ({pair.finetune}, {pair.dtype})")
+                     sampling=sampling)
+    print(f"{pair.name}: {pair.teacher} -> {pair.student} ({pair.finetune}, {pair.dtype}), method {args.method}")
     print(plan.render(), end="")
     return 0 if plan.fits else 1
 
@@ -563,7 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=512, help="prompt + response tokens (default: 512)")
     p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="gradient checkpointing on or off (default: the pair's)")
-    p.add_argument("--no-generation", action="store_true", help="no on-policy sampling (offline KD): no KV cache")
+    p.add_argument("--method", default="mgsr",
+                   help="the method whose sampling to count (default: mgsr, the most demanding: student samples, "
+                        "SCRG's teacher passes and kept logits; kd: none)")
     p.set_defaults(func=cmd_plan)
 
     # `bench` hands its arguments to the benchmark's own parser (see main())

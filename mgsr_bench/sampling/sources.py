@@ -21,8 +21,9 @@ student samples before training (and before they enter the replay buffer).
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ContextManager, Iterator
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -36,6 +37,16 @@ from mgsr_bench.sampling.scrg import Revision
 # (samples, student, teacher, Revision, the student's logits of each sampled token) -> (revised samples, figures)
 Reviser = Callable[[list[Example], PreTrainedModel, PreTrainedModel, Revision, list[torch.Tensor] | None],
                    tuple[list[Example], dict[str, float]]]
+
+
+# (student, teacher) -> a context giving the models to generate with (the same ones, or gathered copies)
+Gather = Callable[..., ContextManager[list[PreTrainedModel | None]]]
+
+
+@contextmanager
+def as_they_are(*models: PreTrainedModel | None) -> Iterator[list[PreTrainedModel | None]]:
+    """The default :data:`Gather`: unsharded models generate as they are."""
+    yield list(models)
 
 
 @dataclass(frozen=True)
@@ -68,8 +79,10 @@ class BatchSource:
     """Turns each drawn global batch into the batch the method trains on."""
 
     def __init__(self, spec: SourceSpec, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int,
-                 temperature: float, seed: int, micro_batch: int = 8) -> None:
+                 temperature: float, seed: int, micro_batch: int = 8,
+                 gather: Gather | None = None) -> None:
         self.spec = spec
+        self.gather = gather or as_they_are  # around every sampling call (the harness gathers sharded weights)
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.vocab_size = len(tokenizer)
         self.micro_batch = micro_batch  # rows per no-grad forward of a reviser
@@ -142,13 +155,14 @@ class BatchSource:
             return batch, source
         if source == "replay":
             return self.adaptive.replay(len(batch)), source
-        if source == "teacher":
-            return self.sample(teacher, batch, "teacher")[0], source
-        if source == "both":
-            half = len(batch) // 2
-            return self.sample(teacher, batch[:half], "teacher")[0] + self.student_samples(batch[half:], student,
-                                                                                         teacher), source
-        samples = self.student_samples(batch, student, teacher)
+        with self.gather(student, teacher) as (student, teacher):
+            if source == "teacher":
+                return self.sample(teacher, batch, "teacher")[0], source
+            if source == "both":
+                half = len(batch) // 2
+                return self.sample(teacher, batch[:half], "teacher")[0] + self.student_samples(batch[half:], student,
+                                                                                             teacher), source
+            samples = self.student_samples(batch, student, teacher)
         if self.adaptive is not None:
             self.adaptive.store(samples)
         return samples, source

@@ -41,6 +41,7 @@ from mgsr_bench.methods import Method
 from mgsr_bench.models.heads import last_hidden_states, output_head
 from mgsr_bench.methods.builtin import SFT
 from mgsr_bench.sampling import BatchSource
+from mgsr_bench.train import distributed
 from mgsr_bench.train.checkpoint import (load_latest, restore_source, rng_state, save_checkpoint, save_failure,
                                          set_rng_state, source_state)
 
@@ -55,6 +56,9 @@ class TrainResult:
     wall_time_s: float = 0.0
     seconds_per_step: float = 0.0
     method_state: dict[str, Any] | None = None  # a loss sub-network's state (at the best step), if any
+    # the trained student as an ordinary model: the one passed in, or a gathered copy of a sharded
+    # one (None on processes other than the main one when the weights were sharded)
+    model: PreTrainedModel | None = None
 
 
 def resolve_mixed_precision(setting: str) -> str:
@@ -123,12 +127,12 @@ def backward_global_batch(method: Method, student: PreTrainedModel, teacher: Pre
     total = torch.zeros((), device=accelerator.device)
     for i, chunk in enumerate(micro):
         batch = {k: v.to(accelerator.device) for k, v in collate(chunk, pad_id).items()}
-        sync = nullcontext() if i == len(micro) - 1 else accelerator.no_sync(student)
-        with sync:
+        last = i == len(micro) - 1
+        with nullcontext() if last else accelerator.no_sync(student):
             with accelerator.autocast():  # the forward under autocast, the backward outside it
                 loss = micro_batch_loss(method, student, teacher, batch, vocab_size, chunk_size,
                                         pair_scale) * world / n_tokens
-            accelerator.backward(loss)
+            distributed.backward(accelerator, loss, last)
         total += loss.detach()
     return total.item() / world
 
@@ -185,7 +189,9 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
           method: Method, train_examples: list[Example], valid: list[dict[str, Any]],
           valid_examples: list[Example], cfg: TrainConfig, desc: str = "train",
           checkpoint_dir: Path | None = None) -> TrainResult:
-    """Train ``student`` in place with ``method``; on return it holds the best validated weights.
+    """Train ``student`` with ``method``; on return it holds the best validated weights, and
+    ``result.model`` is the trained student as an ordinary model (the same object, unless the engine
+    sharded its weights: then a gathered copy on the main process).
 
     With ``checkpoint_dir``, a checkpoint is written every ``cfg.checkpoint_every`` steps and the run
     continues from the newest one found there (written by the same configuration), so a killed run
@@ -201,14 +207,37 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     if cfg.deterministic:  # cuBLAS needs a fixed workspace for deterministic matrix products
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
+    kind = distributed.engine(accelerator)
+    if kind in ("fsdp", "zero3") and hasattr(student, "peft_config"):
+        raise UserError("a LoRA student trains under DDP or ZeRO-2 (its adapter is small): launch with "
+                        "ddp.yaml or zero2.yaml, or train the full student")
+    if checkpoint_dir is not None and cfg.checkpoint_every and kind in ("fsdp", "zero2", "zero3"):
+        accelerator.print(f"note: no resumable checkpoints under {kind} (each process holds only its shard "
+                          "of the optimizer state); they are written by single-process and DDP runs")
+        checkpoint_dir = None
     if cfg.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if len(train_examples) < cfg.global_batch * world:
+        raise UserError(f"{len(train_examples)} training examples cannot fill one global batch of "
+                        f"{cfg.global_batch * world} (micro_batch x grad_accum x processes); lower train.micro_batch")
+    run_hash = config_hash({"train": {k: v for k, v in dataclasses.asdict(cfg).items()
+                                      if k not in ("checkpoint_every", "keep_checkpoints")},
+                            "method": method.name, "options": method.options(), "vocab": len(tokenizer),
+                            "data": _digest(train_examples),
+                            "student": {k: list(v.shape) for k, v in student.state_dict().items()},
+                            "teacher": sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0})
     trainable = (p for p in student.parameters() if p.requires_grad)  # a LoRA student: the adapters only
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
     # The scheduler is stepped by hand once per optimiser step; accelerate's prepared scheduler
     # would step once per process and run the schedule `world` times too fast.
+    distributed.configure_deepspeed(accelerator, cfg.micro_batch, cfg.grad_accum, cfg.max_grad_norm)
     student, optimizer = accelerator.prepare(student, optimizer)
+    model = accelerator.unwrap_model(student)  # what generation, validation and saving use
+    # ZeRO-3 frees each module's weights after its forward: the loss then needs the heads' own
+    # forward (full logits) instead of reading their weights for the chunked loss.
+    chunk_size = 0 if kind == "zero3" else cfg.loss_chunk_size
     # A loss with its own sub-network (MGSR's f_phi) trains it with its own optimiser state.
     module = method.module()
     module_optimizer = None
@@ -219,32 +248,23 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         module.to(accelerator.device).train()
         module_optimizer = torch.optim.AdamW(module.parameters(), lr=method.module_lr)
     spec = method.source_spec()
-    source = (BatchSource(spec, tokenizer, cfg.gen_max_new_tokens, cfg.gen_temperature, cfg.seed, cfg.micro_batch)
-              if spec.samples else None)
     if method.needs_teacher or spec.teacher_prob > 0 or spec.both or spec.reviser is not None:
         if teacher is None:
             raise ValueError(f"method {method.name!r} needs a teacher")
-        teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if len(train_examples) < cfg.global_batch * world:
-        raise UserError(f"{len(train_examples)} training examples cannot fill one global batch of "
-                        f"{cfg.global_batch * world} (micro_batch x grad_accum x processes); lower train.micro_batch")
+        teacher = distributed.prepare_teacher(teacher, accelerator, cfg.shard_teacher)
+    # Sampling gathers the sharded models' weights once per call (no collective while decoding).
+    source = (BatchSource(spec, tokenizer, cfg.gen_max_new_tokens, cfg.gen_temperature, cfg.seed, cfg.micro_batch,
+                          gather=distributed.gathered)
+              if spec.samples else None)
     batches = global_batches(train_examples, cfg.global_batch * world, cfg.seed)
 
     valid, valid_examples = valid[: cfg.val_size], valid_examples[: cfg.val_size]
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
-    run_hash = config_hash({"train": {k: v for k, v in dataclasses.asdict(cfg).items()
-                                      if k not in ("checkpoint_every", "keep_checkpoints")},
-                            "method": method.name, "options": method.options(), "vocab": len(tokenizer),
-                            "data": _digest(train_examples),
-                            "student": {k: list(v.shape)
-                                        for k, v in accelerator.unwrap_model(student).state_dict().items()},
-                            "teacher": sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0})
     resumed = load_latest(checkpoint_dir, run_hash) if checkpoint_dir is not None else None
     first_step, elapsed_before = 1, 0.0
     if resumed is not None:
-        accelerator.unwrap_model(student).load_state_dict(resumed["student"])
+        model.load_state_dict(resumed["student"])
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         if module is not None:
@@ -261,12 +281,12 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
             next(batches)
         set_rng_state(resumed["rng"])
     elif source is not None and source.wants_validation_loss:  # DistiLLM's reference before training
-        source.observe_validation_loss(validation_loss(accelerator.unwrap_model(student), tokenizer, valid_examples,
-                                                       cfg, accelerator.device))
+        with distributed.gathered(model) as (whole,):
+            source.observe_validation_loss(validation_loss(whole, tokenizer, valid_examples, cfg, accelerator.device))
 
     def snapshot(step: int) -> dict[str, Any]:
         return {"config_hash": run_hash, "step": step,
-                "student": {k: v.detach().cpu() for k, v in accelerator.unwrap_model(student).state_dict().items()},
+                "student": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
                 "source": source_state(source), "module": module.state_dict() if module is not None else None,
                 "module_optimizer": module_optimizer.state_dict() if module_optimizer is not None else None,
@@ -283,14 +303,14 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         mine = next(batches)[rank::world]
         origin = "ground_truth"
         if source is not None:  # every process draws the same source; each samples its own share
-            mine, origin = source(mine, accelerator.unwrap_model(student), teacher, step, cfg.steps)
+            mine, origin = source(mine, model, teacher, step, cfg.steps)
         mine = method.annotate(mine, tokenizer)
         n_tokens, n_pairs = response_tokens(mine), span_pairs(mine)
         if world > 1:  # the token and pair counts of the whole global batch
             counts = accelerator.reduce(torch.tensor([n_tokens, n_pairs], device=accelerator.device), "sum")
             n_tokens, n_pairs = (int(c) for c in counts.tolist())
         step_loss = backward_global_batch(method, student, teacher, mine, n_tokens, cfg.micro_batch,
-                                          tokenizer.pad_token_id, accelerator, len(tokenizer), cfg.loss_chunk_size,
+                                          tokenizer.pad_token_id, accelerator, len(tokenizer), chunk_size,
                                           n_tokens / n_pairs if n_pairs else 0.0)
         if world > 1:
             step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item()
@@ -300,8 +320,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
                 path = save_failure(checkpoint_dir, step, snapshot(step - 1), mine)
                 where = f"; the state before it and its batch are in {path}"
             raise FloatingPointError(f"non-finite loss {step_loss} at step {step} ({desc}){where}")
-        grad_norm = accelerator.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
-        optimizer.step()
+        grad_norm = distributed.optimizer_step(accelerator, student, optimizer, cfg.max_grad_norm)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if module_optimizer is not None:
@@ -312,23 +331,24 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
             module_optimizer.step()
             module_optimizer.zero_grad(set_to_none=True)
         record: dict[str, Any] = {"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
-                                  "grad_norm": float(grad_norm), "source": origin, "tokens": n_tokens,
+                                  "grad_norm": grad_norm, "source": origin, "tokens": n_tokens,
                                   **(source.step_stats() if source is not None else {}), **method.step_stats()}
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            model = accelerator.unwrap_model(student)
-            score = validation_score(model, tokenizer, valid, valid_examples, cfg, accelerator.device)
-            if cfg.val_metric == "loss":
-                record["val_loss"] = -score  # the score is minus the loss (higher is better)
-            else:
-                record["val_rougeL"] = score
-            if source is not None and source.wants_validation_loss:
-                if "val_loss" not in record:
-                    record["val_loss"] = validation_loss(model, tokenizer, valid_examples, cfg, accelerator.device)
-                source.observe_validation_loss(record["val_loss"])
-                record["replay_threshold"] = source.adaptive.threshold
+            with distributed.gathered(model) as (whole,):  # every process validates the same examples
+                score = validation_score(whole, tokenizer, valid, valid_examples, cfg, accelerator.device)
+                if cfg.val_metric == "loss":
+                    record["val_loss"] = -score  # the score is minus the loss (higher is better)
+                else:
+                    record["val_rougeL"] = score
+                if source is not None and source.wants_validation_loss:
+                    if "val_loss" not in record:
+                        record["val_loss"] = validation_loss(whole, tokenizer, valid_examples, cfg,
+                                                             accelerator.device)
+                    source.observe_validation_loss(record["val_loss"])
+                    record["replay_threshold"] = source.adaptive.threshold
             if score > result.best_score:
                 result.best_score, result.best_step = score, step
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best_state = distributed.snapshot(accelerator, model)
                 if module is not None:  # the sub-network saved with the student is the one from the same step
                     result.method_state = {"module": copy.deepcopy(module.state_dict()),
                                            "optimizer": copy.deepcopy(module_optimizer.state_dict())}
@@ -343,8 +363,8 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     result.seconds_per_step = result.wall_time_s / cfg.steps
     if module is not None and result.method_state is None:
         result.method_state = {"module": module.state_dict(), "optimizer": module_optimizer.state_dict()}
-    final = accelerator.unwrap_model(student)
-    if best_state is not None:
-        final.load_state_dict(best_state)
-    final.eval()
+    if result.best_step:
+        distributed.restore(accelerator, model, best_state)
+    result.model = distributed.plain_model(accelerator, model)
+    model.eval()
     return result

@@ -1,0 +1,225 @@
+"""What the harness does differently when accelerate shards the models (FSDP2, DeepSpeed ZeRO).
+
+The loop in :mod:`mgsr_bench.train.loop` is written once for every engine; the few places where
+an engine changes what a step must do live here, each named for what it does:
+
+* **the teacher** (:func:`prepare_teacher`): frozen and whole on every process under DDP and
+  ZeRO-2; under FSDP2 it is sharded with the student's own wrap policy, mesh and precision
+  (``fsdp2_prepare_model``, the function ``accelerator.prepare`` uses for the student), and under
+  ZeRO-3 it becomes a DeepSpeed inference engine with stage-3 partitioning, so a 13B teacher costs
+  each GPU ``1/N`` of its weights;
+* **generation** (:func:`gathered`): on-policy samples, teacher samples and SCRG's passes run with
+  every parameter of the sharded models gathered once for the whole sampling call. Per-layer
+  gathering (the ordinary sharded forward) costs one all-gather per layer per decoded token, and
+  worse, it is a collective: processes whose samples end at different lengths would wait for each
+  other forever. Inside :func:`gathered` no collective runs, so each process decodes its own rows
+  to their own lengths;
+* **backward and step** (:func:`backward`, :func:`optimizer_step`): DeepSpeed owns gradient
+  accumulation, clipping and the optimizer step; the harness passes its own reduction through
+  unchanged (``scale_wrt_gas=False``: the loss is already the micro-batch's share of the global
+  token mean);
+* **weights out** (:func:`snapshot`, :func:`restore`, :func:`plain_model`): the best validated
+  weights are kept and restored without gathering under FSDP2 (each process keeps its own
+  shards); under ZeRO-3 they are gathered to the main process; the trained student leaves the
+  harness as an ordinary model on the main process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from transformers import PreTrainedModel
+
+from mgsr_bench.errors import UserError
+
+
+def engine(accelerator: Accelerator) -> str:
+    """``single``, ``ddp`` (also multi-CPU gloo), ``fsdp`` (FSDP2), ``zero2`` (ZeRO 0-2) or ``zero3``."""
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP:
+        if not accelerator.is_fsdp2:
+            raise UserError("FSDP1 is not supported: set fsdp_version: 2 in the accelerate config "
+                            "(mgsr_bench/launch/accelerate/fsdp.yaml)")
+        return "fsdp"
+    if kind == DistributedType.DEEPSPEED:
+        return "zero3" if accelerator.state.deepspeed_plugin.zero_stage == 3 else "zero2"
+    return "ddp" if accelerator.num_processes > 1 else "single"
+
+
+def shards_weights(accelerator: Accelerator) -> bool:
+    return engine(accelerator) in ("fsdp", "zero3")
+
+
+def configure_deepspeed(accelerator: Accelerator, micro_batch: int, grad_accum: int, max_grad_norm: float) -> None:
+    """Fill the DeepSpeed config with the harness's batch geometry and clipping (before ``prepare``).
+
+    DeepSpeed checks ``train_batch_size = micro_batch x grad_accum x processes`` and clips inside
+    its own step, so these come from the training config, not from the launcher's defaults.
+    """
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    config["train_micro_batch_size_per_gpu"] = micro_batch
+    config["gradient_accumulation_steps"] = grad_accum
+    config["train_batch_size"] = micro_batch * grad_accum * accelerator.num_processes
+    config["gradient_clipping"] = max_grad_norm
+
+
+def prepare_teacher(teacher: PreTrainedModel, accelerator: Accelerator, shard: bool) -> torch.nn.Module:
+    """The frozen teacher, in eval mode, placed for this engine (sharded under FSDP2 and ZeRO-3 when ``shard``)."""
+    teacher = teacher.eval().requires_grad_(False)
+    kind = engine(accelerator)
+    if not shard or kind not in ("fsdp", "zero3"):
+        return teacher.to(accelerator.device)
+    if kind == "fsdp":
+        from accelerate.utils import fsdp2_prepare_model
+
+        return fsdp2_prepare_model(accelerator, teacher)
+    import deepspeed
+
+    plugin = accelerator.state.deepspeed_plugin.deepspeed_config
+    config: dict[str, Any] = {"train_micro_batch_size_per_gpu": plugin["train_micro_batch_size_per_gpu"],
+                              "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}
+    for precision in ("bf16", "fp16"):
+        if plugin.get(precision, {}).get("enabled") in (True, "auto") and accelerator.mixed_precision == precision:
+            config[precision] = {"enabled": True}
+    teacher_engine, *_ = deepspeed.initialize(model=teacher, config=config)
+    return teacher_engine.module.eval()
+
+
+def _fsdp_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def _zero3_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if hasattr(p, "ds_id")]
+
+
+@contextlib.contextmanager
+def gathered(*models: torch.nn.Module | None) -> Iterator[list[torch.nn.Module | None]]:
+    """The models to generate with, each with every weight present (one gather per model) until the
+    block ends; unsharded models pass through untouched.
+
+    FSDP2: each FSDP module is unsharded in place and told not to reshard after its forward; on
+    exit the reshard settings are put back as they were and the parameters resharded. ZeRO-3:
+    DeepSpeed's hooks would release each module's weights after its forward even inside
+    ``GatheredParameters``, so each model's weights are gathered once and copied into an ordinary
+    model of the same class (an unsharded generation copy), freed when the block ends.
+    """
+    fsdp = [f for m in models if m is not None for f in _fsdp_modules(m)]
+    with contextlib.ExitStack() as stack:
+        if fsdp:
+            for root in models:  # the root's lazy initialisation fixes its own reshard setting: run it first
+                if root is not None and _fsdp_modules(root):
+                    root._get_fsdp_state()._lazy_init()
+            # FSDP2 keeps the per-group setting in ``post_forward_mesh_info`` (None: keep unsharded)
+            saved = [[g.post_forward_mesh_info for g in f._get_fsdp_state()._fsdp_param_groups] for f in fsdp]
+            for f in fsdp:
+                f.set_reshard_after_forward(False, recurse=False)
+                f.unshard()
+
+            def restore_fsdp() -> None:
+                for f, infos in zip(fsdp, saved):
+                    for group, info in zip(f._get_fsdp_state()._fsdp_param_groups, infos):
+                        group.post_forward_mesh_info = info
+                    f.reshard()
+
+            stack.callback(restore_fsdp)
+        yield [_generation_copy(m) if m is not None and _zero3_parameters(m) else m for m in models]
+
+
+def _generation_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """An ordinary copy of a ZeRO-3 model (gathered once), on its device, in eval mode."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(_zero3_parameters(model), modifier_rank=None):
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return _rebuild(model, state).train(model.training)
+
+
+def _rebuild(model: PreTrainedModel, state: dict[str, torch.Tensor]) -> PreTrainedModel:
+    """A model of ``model``'s own class (FSDP2's wrapper class looked through) holding ``state``;
+    buffers outside the state dict (rotary frequencies), which no engine shards, come from ``model``."""
+    from torch.distributed.fsdp import FSDPModule
+
+    cls = next(c for c in type(model).__mro__ if issubclass(c, PreTrainedModel) and not issubclass(c, FSDPModule))
+    with torch.device("meta"):
+        plain = cls(model.config)
+    plain.load_state_dict(state, assign=True)
+    device = next(iter(state.values())).device
+    for name, buffer in model.named_buffers():
+        owner, _, leaf = name.rpartition(".")
+        module = plain.get_submodule(owner)
+        if module._buffers.get(leaf) is not None and module._buffers[leaf].is_meta:
+            module._buffers[leaf] = buffer.detach().to(device, copy=True)
+    plain.tie_weights()
+    return plain
+
+
+def backward(accelerator: Accelerator, loss: torch.Tensor, last: bool) -> None:
+    """One micro-batch's backward; gradients are reduced across processes on the ``last`` one."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        ds_engine = accelerator.deepspeed_engine_wrapped.engine
+        ds_engine.set_gradient_accumulation_boundary(last)
+        ds_engine.backward(loss, scale_wrt_gas=False)
+    else:
+        accelerator.backward(loss)
+
+
+def optimizer_step(accelerator: Accelerator, student: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   max_grad_norm: float) -> float:
+    """Clip to ``max_grad_norm`` and step; returns the gradient norm before clipping."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        ds_engine = accelerator.deepspeed_engine_wrapped.engine
+        ds_engine.step()  # clips to gradient_clipping (set from the training config), steps, zeroes
+        return float(ds_engine.get_global_grad_norm())
+    norm = accelerator.clip_grad_norm_(student.parameters(), max_grad_norm)
+    optimizer.step()
+    return float(norm)
+
+
+def snapshot(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """A CPU copy of the weights to restore later (FSDP2: this process's shards; ZeRO-3: the full
+    weights on the main process, ``None`` elsewhere)."""
+    if engine(accelerator) == "zero3":
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(_zero3_parameters(model), modifier_rank=None):
+            if not accelerator.is_main_process:
+                return None
+            return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def restore(accelerator: Accelerator, model: torch.nn.Module, state: dict[str, torch.Tensor] | None) -> None:
+    """Load weights taken by :func:`snapshot` (ZeRO-3: the main process's copy, re-partitioned)."""
+    if engine(accelerator) == "zero3":
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(_zero3_parameters(model), modifier_rank=0):
+            if accelerator.is_main_process:
+                model.load_state_dict(state)
+        return
+    model.load_state_dict(state)
+
+
+def plain_model(accelerator: Accelerator, model: PreTrainedModel) -> PreTrainedModel | None:
+    """The trained student as an ordinary, unsharded model: the model itself unless its weights are
+    sharded, else a fresh copy holding the gathered weights on the main process (``None`` elsewhere)."""
+    if not shards_weights(accelerator):
+        return model
+    if engine(accelerator) == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        state = snapshot(accelerator, model)
+    if not accelerator.is_main_process:
+        return None
+    return _rebuild(model, state).eval()

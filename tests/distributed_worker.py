@@ -1,0 +1,97 @@
+"""Train a tiny student for a few steps and write the loss trajectory, under one engine: the
+distributed tests run it in two processes (``torchrun --nproc_per_node 2``, gloo on CPU) and in one
+process with the same global batch.
+
+    python tests/distributed_worker.py OUT.json TOKENIZER_DIR MICRO_BATCH GRAD_ACCUM METHOD [ENGINE [DTYPE]]
+
+METHOD is a method name, optionally with float options: ``mgsr,init_threshold=1.0``. DTYPE is
+``float64`` (default) or ``float32`` (DeepSpeed's ZeRO-3 refuses float64).
+
+ENGINE: ``ddp`` (default), ``fsdp`` or ``zero2`` / ``zero3``. accelerate runs FSDP only on
+accelerators (on CPU it falls back to DDP), so for ``fsdp`` this worker sets an FSDP2 plugin on the
+accelerator's state right after it is built: from there accelerate's own FSDP2 preparation
+(``fsdp2_prepare_model``, DTensor shards, reduce-scatter) runs over gloo, as it would over NCCL.
+For DeepSpeed the worker sets the environment ``accelerate launch`` sets for a ZeRO config and
+DeepSpeed's CPU accelerator (``DS_ACCELERATOR=cpu``).
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from conftest import tiny_model  # noqa: E402
+from mgsr_bench.config import train_config  # noqa: E402
+from mgsr_bench.data.collate import tokenize_records  # noqa: E402
+from mgsr_bench.methods import get_method  # noqa: E402
+from mgsr_bench.models import load_tokenizer  # noqa: E402
+from mgsr_bench.suite.tasks import generate_split  # noqa: E402
+from mgsr_bench.train import loop  # noqa: E402
+
+
+def use_engine(name: str) -> None:
+    import accelerate
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs
+
+    if name == "fsdp":
+        class FSDPOnCPU(accelerate.Accelerator):
+            def __init__(self, **kwargs):
+                super().__init__(**kwargs)
+                self.state.fsdp_plugin = FullyShardedDataParallelPlugin(
+                    fsdp_version=2, auto_wrap_policy="transformer_based_wrap", reshard_after_forward=True,
+                    state_dict_type="FULL_STATE_DICT")
+                # AcceleratorState re-reads the process state whenever it is re-created: set both
+                PartialState().distributed_type = self.state.distributed_type = DistributedType.FSDP
+
+        loop.Accelerator = FSDPOnCPU
+    elif name in ("zero2", "zero3"):
+        os.environ.update({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": name[-1],
+                           "DS_ACCELERATOR": "cpu", "ACCELERATE_MIXED_PRECISION": "no"})
+
+        class DeepSpeedOnCPU(accelerate.Accelerator):  # accelerate takes cpu=True as "no DeepSpeed": name gloo
+            def __init__(self, **kwargs):
+                super().__init__(**{**kwargs, "cpu": False}, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+
+        loop.Accelerator = DeepSpeedOnCPU
+
+
+def main() -> None:
+    out, tok_dir, micro, accum, method = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    engine, dtype = (sys.argv[6:] + ["ddp", "float64"][len(sys.argv[6:]):])[:2]
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        use_engine(engine)
+    torch.set_num_threads(1)
+    records = generate_split(240, seed=123)
+    tokenizer = load_tokenizer(tok_dir)
+    student = tiny_model(len(tokenizer), seed=1).to(getattr(torch, dtype))
+    teacher = tiny_model(len(tokenizer), seed=2, hidden=48).to(getattr(torch, dtype))
+    cfg = train_config({"steps": 4, "micro_batch": micro, "grad_accum": accum, "lr": 5e-3, "eval_every": 2,
+                        "val_metric": "loss", "val_size": 16, "mixed_precision": "no", "gen_max_new_tokens": 12})
+    name, *options = method.split(",")  # METHOD may carry options: mgsr,init_threshold=1.0
+    options = {k: float(v) for k, v in (o.split("=") for o in options)}
+    result = loop.train(student, teacher, tokenizer, get_method(name, **options), tokenize_records(records[:200], tokenizer),
+                        records[200:], tokenize_records(records[200:], tokenizer), cfg)
+    # the share of the teacher's transformer-layer weights this process holds (1/N when sharded)
+    sizes = [(p.ds_tensor.numel(), p.ds_numel) if hasattr(p, "ds_numel")  # (held, whole): ZeRO-3,
+             else (p.to_local().numel(), p.numel()) if hasattr(p, "to_local")  # FSDP2's DTensor,
+             else (p.numel(), p.numel())  # or a plain parameter
+             for n, p in teacher.named_parameters() if ".layers." in n]
+    held, teacher_params = (sum(column) for column in zip(*sizes))
+    if distributed and torch.distributed.get_rank() != 0:
+        assert result.model is None or result.model is student
+        return
+    weights = sum(p.double().square().sum().item() for p in result.model.parameters())
+    out.write_text(json.dumps({"losses": [h["loss"] for h in result.history], "weights": weights,
+                               "tokens": [h["tokens"] for h in result.history], "best_step": result.best_step,
+                               "sources": [h["source"] for h in result.history],
+                               "teacher_held": held / teacher_params}))
+
+
+if __name__ == "__main__":
+    main()
