@@ -67,7 +67,7 @@ cfg = train_config({"steps": 2, "micro_batch": B, "eval_every": 100, "val_metric
 train(student, teacher, Tok(), get_method("kd"), rows, [], rows[:4], cfg)
 peak = status("VmHWM")
 plan = plan_memory(shape_of(teacher.config), shape_of(student.config), dtype="float32", compute_dtype="float32",
-                   micro_batch=B, seq_len=S, gradient_checkpointing=ckpt, generation=False,
+                   micro_batch=B, seq_len=S, gradient_checkpointing=ckpt,
                    overhead_gib=CPU_OVERHEAD_GIB)
 print(json.dumps({"measured": (peak - before) / 2 ** 30, "planned": plan.total}))
 """
@@ -86,6 +86,59 @@ def test_the_planner_tracks_the_measured_peak_of_a_training_run_on_cpu():
         out[ckpt] = json.loads(proc.stdout.strip().splitlines()[-1])
         assert out[ckpt]["planned"] == pytest.approx(out[ckpt]["measured"], rel=0.25), out
     assert out["1"]["planned"] < out["0"]["planned"] and out["1"]["measured"] < out["0"]["measured"]
+
+
+# Parameter counts of the registry's models as their model cards state them, to three figures
+PUBLISHED = {"openai-community/gpt2": 124e6, "openai-community/gpt2-medium": 355e6,
+             "openai-community/gpt2-large": 774e6, "openai-community/gpt2-xl": 1.56e9, "facebook/opt-1.3b": 1.32e9,
+             "facebook/opt-2.7b": 2.65e9, "facebook/opt-6.7b": 6.66e9, "facebook/opt-13b": 12.9e9,
+             "meta-llama/Llama-2-7b-hf": 6.74e9, "meta-llama/Llama-2-13b-hf": 13.0e9,
+             "openlm-research/open_llama_3b_v2": 3.43e9, "openlm-research/open_llama_7b_v2": 6.74e9,
+             "Qwen/Qwen2.5-0.5B-Instruct": 0.494e9, "Qwen/Qwen2.5-1.5B-Instruct": 1.54e9,
+             "Qwen/Qwen2.5-7B-Instruct": 7.62e9}
+
+
+def test_every_registry_model_is_planned_offline_at_its_published_size(monkeypatch):
+    """With no Hub (offline) and no local copy, the planner builds each registered model's config
+    from the table of published shapes; the parameter counts are those the model cards state."""
+    from mgsr_bench.train.memory_plan import model_config, shape_of
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    names = {p.teacher for p in load_pairs().values()} | {p.student for p in load_pairs().values()}
+    assert names - {"tiny"} == set(PUBLISHED)
+    for name, size in PUBLISHED.items():
+        assert shape_of(model_config(name)).params == pytest.approx(size, rel=5e-3), name
+    with pytest.raises(UserError, match="cannot read the config of 'nobody/nothing'"):
+        model_config("nobody/nothing")
+
+
+def test_every_registered_pair_fits_its_recommended_settings_by_the_planner(monkeypatch):
+    """Each pair's micro-batch, accumulation, GPU count, memory and launcher config, planned for
+    MGSR (student samples, SCRG's teacher passes and kept logits: the most demanding method)."""
+    from mgsr_bench.train.memory_plan import Sampling, plan_pair
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for pair in load_pairs().values():
+        plan = plan_pair(pair, sampling=Sampling.of_method("mgsr"))
+        assert plan.fits, f"{pair.name}:\n{plan.render()}"
+
+
+def test_sharding_splits_the_teacher_and_sampling_gathers_the_sampling_models():
+    from mgsr_bench.train.memory_plan import Sampling, Shape, plan_memory
+
+    teacher = Shape(params=13_000_000_000, layers=40, hidden=5120, heads=40, kv_dim=5120, vocab=32000)
+    student = Shape(params=7_000_000_000, layers=32, hidden=4096, heads=32, kv_dim=4096, vocab=32000)
+    offline = plan_memory(teacher, student, gpus=8, strategy="fsdp", micro_batch=2)
+    assert offline.terms["teacher weights (frozen, sharded)"] == pytest.approx(2 * 13e9 / 8 / 2 ** 30)
+    assert "generation KV cache" not in offline.terms and "weights gathered for sampling" not in offline.terms
+    whole = plan_memory(teacher, student, gpus=8, strategy="fsdp", micro_batch=2, shard_teacher=False)
+    assert whole.terms["teacher weights (frozen, replicated)"] == pytest.approx(2 * 13e9 / 2 ** 30)
+    mgsr = plan_memory(teacher, student, gpus=8, strategy="zero3", micro_batch=2, sampling=Sampling.of_method("mgsr"))
+    assert mgsr.terms["weights gathered for sampling"] == pytest.approx(2 * (7e9 + 13e9) / 2 ** 30)
+    assert mgsr.terms["SCRG: kept sampler logits (fp32)"] == pytest.approx(2 * 256 * 32000 * 4 / 2 ** 30)
+    gkd = plan_memory(teacher, student, gpus=8, strategy="ddp", micro_batch=2, sampling=Sampling.of_method("gkd"))
+    assert "weights gathered for sampling" not in gkd.terms and gkd.terms["generation KV cache"] > 0
+    assert Sampling.of_method("seqkd") == Sampling(teacher=True)
 
 
 def _cli(*args):

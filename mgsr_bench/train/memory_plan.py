@@ -7,7 +7,8 @@ weights are read). The rest follows the harness as it runs:
   16 bytes per parameter (mixed precision computes in bf16 under autocast); with LoRA the frozen
   base is held in fp32 too (the harness loads students in fp32) and only the adapter carries the
   gradients and optimizer state;
-* teacher: frozen, in the pair's dtype, replicated on every GPU (the harness does not shard it);
+* teacher: frozen, in the pair's dtype; replicated under ``ddp`` and ``zero2``, sharded / N under
+  ``fsdp`` and ``zero3`` (``train.shard_teacher``, on by default);
 * sharding: ``ddp`` none; ``zero2`` gradients and optimizer state / N; ``fsdp`` and ``zero3``
   weights, gradients and optimizer state / N;
 * activations of the student's backward (Korthikanti et al. 2022, "Reducing activation
@@ -16,10 +17,11 @@ weights are read). The rest follows the harness as it runs:
   ``2 s b h`` plus one layer recomputed;
 * the loss chunk: about six ``chunk x V`` fp32 tensors (student and teacher logits, softmaxes,
   gradient), as the chunked-loss benchmark measured;
-* generation (on-policy methods): the student's KV cache for the rank's whole step batch
-  (``micro_batch x grad_accum`` rows: samples are drawn for the step at once) of ``s`` tokens;
-  MGSR's SCRG also keeps the sampler's logits (rows x generated tokens x V x 4 bytes), which is not
-  counted here;
+* generation, from the method's sources (:class:`Sampling`): the sampling model's KV cache for
+  the rank's whole step batch (``micro_batch x grad_accum`` rows: samples are drawn for the step
+  at once) of ``s`` tokens; under ``fsdp`` and ``zero3`` the sampling models' whole weights,
+  gathered for the sampling call (in the compute dtype); MGSR's SCRG also keeps the sampler's
+  logits (rows x generated tokens x V x 4 bytes) and runs the teacher over the samples;
 * a fixed allowance for the CUDA context and the allocator's fragmentation (on CPU, one for the
   allocator's arenas and scratch buffers, calibrated on the development machine).
 """
@@ -27,6 +29,7 @@ weights are read). The rest follows the harness as it runs:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 GIB = 1024 ** 3
@@ -36,6 +39,24 @@ OVERHEAD_GIB = 1.5  # CUDA context, allocator fragmentation, buffers
 # CPU: allocator arenas, kernel scratch buffers and accelerate's state; calibrated on the 2-core
 # development machine (a training run's peak exceeded the modelled terms by 0.17-0.21 GiB)
 CPU_OVERHEAD_GIB = 0.2
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What a method generates while it trains."""
+
+    student: bool = False  # on-policy samples (GKD, DistiLLM, MGSR, f-distill's student half)
+    teacher: bool = False  # teacher samples (SeqKD, f-distill)
+    scrg: bool = False  # MGSR's SCRG: kept sampler logits, teacher passes over the samples
+
+    @classmethod
+    def of_method(cls, name: str) -> Sampling:
+        """From a registered method's default sources."""
+        from mgsr_bench.methods import get_method
+
+        spec = get_method(name).source_spec()
+        return cls(student=spec.student_prob > 0 or spec.adaptive is not None or spec.both,
+                   teacher=spec.teacher_prob > 0 or spec.both, scrg=spec.reviser is not None)
 
 
 @dataclass(frozen=True)
@@ -78,30 +99,47 @@ def lora_parameters(config: Any, target_modules: tuple[str, ...], r: int) -> int
                if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in target_modules)
 
 
+ARCHITECTURES = Path(__file__).resolve().parents[1] / "models" / "architectures.yaml"
+
+
+def model_config(name: str) -> Any:
+    """A model's config without downloading weights: from a local folder, the Hub cache, the
+    registry's table of published shapes (``models/architectures.yaml``), or the Hub, in that order."""
+    from transformers import AutoConfig
+
+    from mgsr_bench.config import read_yaml
+    from mgsr_bench.errors import UserError
+    from mgsr_bench.models.loading import quiet_hub
+
+    with quiet_hub():
+        try:
+            return AutoConfig.from_pretrained(name, local_files_only=True)
+        except (OSError, ValueError):
+            pass
+        table = read_yaml(ARCHITECTURES, "architectures") or {}
+        if name in table:
+            fields = dict(table[name])
+            return AutoConfig.for_model(fields.pop("model_type"), **fields)
+        try:
+            return AutoConfig.from_pretrained(name)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read the config of {name!r} ({str(e).splitlines()[0]}); go online once, "
+                            "or register the pair with local paths in $MGSR_BENCH_PAIRS") from None
+
+
 STRATEGY_OF_CONFIG = {"cpu": "ddp", "single_gpu": "ddp", "ddp": "ddp", "fsdp": "fsdp", "multi_node": "fsdp",
                       "zero2": "zero2", "zero3": "zero3"}
 
 
 def plan_pair(pair: Any, **overrides: Any) -> Plan:
     """The plan of a registered pair with its own settings, any of them overridden."""
-    from transformers import AutoConfig
-
-    from mgsr_bench.errors import UserError
-    from mgsr_bench.models.loading import quiet_hub
     from mgsr_bench.suite.build import SUITES
 
     if pair.teacher == "tiny":
         suite = SUITES["tiny"]
         configs = [suite.teacher.config(suite.vocab_size), suite.student.config(suite.vocab_size)]
     else:
-        configs = []
-        for name in (pair.teacher, pair.student):
-            try:
-                with quiet_hub():
-                    configs.append(AutoConfig.from_pretrained(name))
-            except (OSError, ValueError) as e:
-                raise UserError(f"cannot read the config of {name!r} ({str(e).splitlines()[0]}); go online once, "
-                                "or register the pair with local paths in $MGSR_BENCH_PAIRS") from None
+        configs = [model_config(name) for name in (pair.teacher, pair.student)]
     settings = {"gpus": pair.gpus, "gpu_mem_gib": pair.gpu_mem_gib, "strategy": STRATEGY_OF_CONFIG[pair.accelerate],
                 "dtype": pair.dtype, "compute_dtype": "float32" if pair.dtype == "float32" else "bfloat16",
                 "micro_batch": pair.micro_batch, "grad_accum": pair.grad_accum,
@@ -141,9 +179,11 @@ class Plan:
 def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: float = 80.0,
                 strategy: str = "ddp", dtype: str = "bfloat16", compute_dtype: str = "bfloat16",
                 micro_batch: int = 8, grad_accum: int = 1, seq_len: int = 512, gradient_checkpointing: bool = False,
-                lora_params: int | None = None, loss_chunk: int = 1024, generation: bool = True,
+                lora_params: int | None = None, loss_chunk: int = 1024, sampling: Sampling = Sampling(),
+                gen_tokens: int | None = None, shard_teacher: bool = True,
                 overhead_gib: float = OVERHEAD_GIB) -> Plan:
-    """Per-GPU estimate; ``lora_params`` set means a LoRA student with that many trainable parameters."""
+    """Per-GPU estimate; ``lora_params`` set means a LoRA student with that many trainable parameters;
+    ``gen_tokens`` is the length of sampled responses (default: half the sequence)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
     n = gpus
@@ -159,7 +199,9 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
     else:
         terms["student weights (frozen, fp32)"] = 4 * student.params / (n if shard_weights else 1) / GIB
         terms["LoRA weights + grads + AdamW"] = 16 * lora_params / GIB
-    terms["teacher weights (frozen, replicated)"] = wbytes * teacher.params / GIB
+    teacher_shards = n if shard_weights and shard_teacher else 1
+    terms[f"teacher weights (frozen, {'sharded' if teacher_shards > 1 else 'replicated'})"] = \
+        wbytes * teacher.params / teacher_shards / GIB
     s, b, h, a = seq_len, micro_batch, student.hidden, student.heads
     per_layer = s * b * h * (34 + 5 * a * s / h) * act_scale
     if gradient_checkpointing:
@@ -170,8 +212,17 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
     terms["teacher forward (one layer, no grad)"] = s * b * teacher.hidden * 20 * act_scale / GIB
     # response tokens are at most half of the sequence in the protocol (256 of 512)
     terms["loss chunk (logits, fp32)"] = 6 * min(loss_chunk, s * b // 2) * max(student.vocab, teacher.vocab) * 4 / GIB
-    if generation:
-        terms["generation KV cache"] = 2 * student.layers * b * grad_accum * s * student.kv_dim * wbytes / GIB
+    rows, cbytes = b * grad_accum, DTYPE_BYTES[compute_dtype]
+    samplers = [m for m, used in ((student, sampling.student), (teacher, sampling.teacher)) if used]
+    if samplers:  # one sampling model at a time: the larger cache counts
+        terms["generation KV cache"] = max(2 * m.layers * rows * s * m.kv_dim * cbytes for m in samplers) / GIB
+    if shard_weights and samplers:
+        gathered = student.params * cbytes * sampling.student
+        if teacher_shards > 1 and (sampling.teacher or sampling.scrg):
+            gathered += teacher.params * wbytes
+        terms["weights gathered for sampling"] = gathered / GIB
+    if sampling.scrg:
+        terms["SCRG: kept sampler logits (fp32)"] = rows * (gen_tokens or s // 2) * student.vocab * 4 / GIB
     terms["runtime allowance (CUDA context / CPU allocator)"] = overhead_gib
     plan = Plan(terms, gpu_mem_gib)
     if not plan.fits:
@@ -190,5 +241,5 @@ def _advice(plan: Plan, strategy: str, checkpointing: bool, micro_batch: int, lo
         out.append("shard the student's weights too: --strategy fsdp or zero3")
     if not lora:
         out.append("train a LoRA adapter instead of the full student (finetune: lora)")
-    out.append("add GPUs (--gpus) when sharding; the teacher stays whole on every GPU")
+    out.append("add GPUs (--gpus) when sharding (fsdp and zero3 shard the teacher too)")
     return out
