@@ -42,9 +42,11 @@ def use_engine(name: str) -> None:
         class FSDPOnCPU(accelerate.Accelerator):
             def __init__(self, **kwargs):
                 super().__init__(**kwargs)
+                # the settings of mgsr_bench/launch/accelerate/fsdp.yaml
                 self.state.fsdp_plugin = FullyShardedDataParallelPlugin(
                     fsdp_version=2, auto_wrap_policy="transformer_based_wrap", reshard_after_forward=True,
-                    state_dict_type="FULL_STATE_DICT")
+                    state_dict_type="FULL_STATE_DICT", cpu_ram_efficient_loading=True, cpu_offload=False,
+                    activation_checkpointing=False)
                 # AcceleratorState re-reads the process state whenever it is re-created: set both
                 PartialState().distributed_type = self.state.distributed_type = DistributedType.FSDP
 

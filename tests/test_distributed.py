@@ -20,7 +20,8 @@ import pytest
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 PORTS = itertools.count(29560)
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+# on the CPU even where a GPU is visible (two processes cannot share one GPU under NCCL)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def run(out: Path, tokenizer_dir: Path, micro: int, accum: int, method: str, engine: str = "single",
