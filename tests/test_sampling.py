@@ -102,3 +102,43 @@ def test_adaptive_choice_generates_until_the_buffer_is_full_then_replays():
     assert len(policy.replay(4)) == 4
     cold = AdaptiveOffPolicy(AdaptiveSchedule(init_threshold=0.0), seed=1)
     assert {cold.choose(s, 10, 4) for s in range(10)} == {"ground_truth"}
+
+
+@pytest.mark.parametrize("method,gathered", [("gkd", ["student"]), ("seqkd", ["teacher"]),
+                                             ("fdistill-js", ["student", "teacher"]),
+                                             ("mgsr", ["student", "teacher"])])
+def test_a_sampling_step_gathers_only_the_models_it_samples_from(tokenizer, records, method, gathered):
+    """Under a sharded engine each sampling call gathers whole models: only the sampling model,
+    and the teacher when SCRG revises the student's samples; ground-truth steps gather nothing.
+    The models the gather gives are the ones that run (the sharded originals never do)."""
+    from contextlib import contextmanager
+
+    from mgsr_bench.methods import get_method
+
+    examples = tokenize_records(records[:4], tokenizer)
+    student, teacher = tiny_model(len(tokenizer), seed=1), tiny_model(len(tokenizer), seed=2)
+    forwards = {"student": 0, "teacher": 0, "student copy": 0, "teacher copy": 0}
+
+    def counted(model, name):
+        model.register_forward_hook(lambda *_: forwards.__setitem__(name, forwards[name] + 1))
+        return model
+
+    counted(student, "student"), counted(teacher, "teacher")
+    calls = []
+
+    @contextmanager
+    def gather(*models):
+        names = [name for name, m in zip(("student", "teacher"), models) if m is not None]
+        calls.append(names)
+        yield [counted(tiny_model(len(tokenizer), seed=9), f"{name} copy") if m is not None else None
+               for name, m in zip(("student", "teacher"), models)]
+
+    options = {"mgsr": {"init_threshold": 1.0}, "gkd": {"lmbda": 1.0}}.get(method, {})  # sample at the first step
+    src = BatchSource(get_method(method, **options).source_spec(), tokenizer, max_new_tokens=4, temperature=1.0,
+                      seed=0, gather=gather)
+    _, origin = src(examples, student, teacher)
+    assert origin != "ground_truth" and calls == [gathered]
+    assert {name for name, n in forwards.items() if n} == {f"{name} copy" for name in gathered}
+    src.choose = lambda *args: "ground_truth"
+    src(examples, student, teacher)
+    assert calls == [gathered]

@@ -155,7 +155,11 @@ class BatchSource:
             return batch, source
         if source == "replay":
             return self.adaptive.replay(len(batch)), source
-        with self.gather(student, teacher) as (student, teacher):
+        # only the models this source samples from (and SCRG's teacher) are gathered
+        samples_student = source in ("student", "both")
+        uses_teacher = source in ("teacher", "both") or (samples_student and self.spec.reviser is not None)
+        with self.gather(student if samples_student else None, teacher if uses_teacher else None) as present:
+            student, teacher = (given if whole is None else whole for given, whole in zip((student, teacher), present))
             if source == "teacher":
                 return self.sample(teacher, batch, "teacher")[0], source
             if source == "both":

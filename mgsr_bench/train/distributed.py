@@ -135,7 +135,7 @@ def gathered(*models: torch.nn.Module | None) -> Iterator[list[torch.nn.Module |
 
 
 def _generation_copy(model: PreTrainedModel) -> PreTrainedModel:
-    """An ordinary copy of a ZeRO-3 model (gathered once), on its device, in eval mode."""
+    """An ordinary copy of a ZeRO-3 model (gathered once), on its device, in the model's mode."""
     import deepspeed
 
     with deepspeed.zero.GatheredParameters(_zero3_parameters(model), modifier_rank=None):
