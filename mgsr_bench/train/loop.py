@@ -10,7 +10,10 @@ What it guarantees, identically for every method:
   micro-batches with gradient accumulation (or across DDP processes) gives the same loss and
   gradients as one big batch;
 * AdamW, cosine schedule with linear warm-up, gradient clipping, mixed precision where the device
-  supports it (via accelerate), periodic validation, and the best weights by validation score.
+  supports it (via accelerate), periodic validation, and the best weights by validation score;
+* all of the above under every engine accelerate drives (DDP, FSDP2, DeepSpeed ZeRO-2/3): the few
+  steps an engine changes (teacher placement, gathering weights for sampling, DeepSpeed's step,
+  getting the weights out) are calls into :mod:`mgsr_bench.train.distributed`.
 """
 
 from __future__ import annotations
