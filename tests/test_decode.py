@@ -78,16 +78,13 @@ def test_decoding_through_fsdp2_sharded_weights_equals_the_unsharded_model(tmp_p
     model's too; afterwards the weights are sharded again."""
     import json
     import os
-    import subprocess
-    import sys
     from pathlib import Path
 
+    from conftest import torchrun
+
     worker = Path(__file__).with_name("sharded_decode_worker.py")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29541", str(worker), str(tmp_path / "out.json")],
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""},  # gloo, CPU
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    torchrun([str(worker), str(tmp_path / "out.json")],
+             {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}, timeout=300)  # gloo, CPU
     ranks = json.loads((tmp_path / "out.json").read_text())
     for facts in ranks:
         assert facts["sharded_equal"] and facts["gathered_equal"] and facts["after_equal"] and facts["sharded_after"]

@@ -9,7 +9,6 @@ teacher is sharded too under FSDP2 and ZeRO-3, and on-policy samples come from g
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
@@ -18,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import torchrun
+
 WORKER = Path(__file__).with_name("distributed_worker.py")
-PORTS = itertools.count(29560)
 # on the CPU even where a GPU is visible (two processes cannot share one GPU under NCCL)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
 
@@ -28,10 +28,11 @@ def run(out: Path, tokenizer_dir: Path, micro: int, accum: int, method: str, eng
         dtype: str = "float64") -> dict:
     """The worker's results: in one process for ``single``, else in two (torchrun)."""
     args = [str(WORKER), str(out), str(tokenizer_dir), str(micro), str(accum), method, engine, dtype]
-    launcher = [] if engine == "single" else ["-m", "torch.distributed.run", "--nproc_per_node", "2",
-                                              "--master_port", str(next(PORTS))]
-    proc = subprocess.run([sys.executable, *launcher, *args], env=ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    if engine == "single":
+        proc = subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-12000:]
+    else:
+        torchrun(args, ENV)
     return json.loads(out.read_text())
 
 
