@@ -31,6 +31,7 @@ from mgsr_bench.methods import get_method  # noqa: E402
 from mgsr_bench.models import load_tokenizer  # noqa: E402
 from mgsr_bench.suite.tasks import generate_split  # noqa: E402
 from mgsr_bench.train import loop  # noqa: E402
+from mgsr_bench.train.distributed import end_processes  # noqa: E402
 
 
 def use_engine(name: str) -> None:
@@ -85,14 +86,15 @@ def main() -> None:
              else (p.numel(), p.numel())  # or a plain parameter
              for n, p in teacher.named_parameters() if ".layers." in n]
     held, teacher_params = (sum(column) for column in zip(*sizes))
-    if distributed and torch.distributed.get_rank() != 0:
+    if not distributed or torch.distributed.get_rank() == 0:
+        weights = sum(p.double().square().sum().item() for p in result.model.parameters())
+        out.write_text(json.dumps({"losses": [h["loss"] for h in result.history], "weights": weights,
+                                   "tokens": [h["tokens"] for h in result.history], "best_step": result.best_step,
+                                   "sources": [h["source"] for h in result.history],
+                                   "teacher_held": held / teacher_params}))
+    else:
         assert result.model is None or result.model is student
-        return
-    weights = sum(p.double().square().sum().item() for p in result.model.parameters())
-    out.write_text(json.dumps({"losses": [h["loss"] for h in result.history], "weights": weights,
-                               "tokens": [h["tokens"] for h in result.history], "best_step": result.best_step,
-                               "sources": [h["source"] for h in result.history],
-                               "teacher_held": held / teacher_params}))
+    end_processes()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from torch.distributed.fsdp import fully_shard
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mgsr_bench.sampling.decode import decode
-from mgsr_bench.train.distributed import gathered
+from mgsr_bench.train.distributed import end_processes, gathered
 
 PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
 
@@ -69,7 +69,7 @@ def main() -> None:
     if rank == 0:
         with open(sys.argv[1], "w") as f:
             json.dump(results, f)
-    dist.destroy_process_group()
+    end_processes()
 
 
 if __name__ == "__main__":

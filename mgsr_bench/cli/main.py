@@ -173,6 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mgsr_bench.models import check_same_vocabulary, check_vocabulary_fits, load_model, load_tokenizer
     from mgsr_bench.pipeline import save_model_atomic, train_student
     from mgsr_bench.suite.build import ensure_suite
+    from mgsr_bench.train.distributed import end_processes
 
     recipe = load_recipe(args.recipe)
     out = Path(args.out or f"runs/train-{recipe.name}")
@@ -226,14 +227,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     config, summary, method_state, student = train_student(recipe, student, teacher, tokenizer, train_records,
                                                            valid_records, defaults, overrides,
                                                            checkpoint_dir=out / "checkpoints")
-    if not _is_main_process():  # under torchrun / accelerate launch the main process writes the results
-        return 0
-    if pair is not None:
-        config["pair"] = pair.name
-    save_model_atomic(student, tokenizer, out / "model", method_state)
-    write_atomic(out / "training.json", json.dumps({"config": config, "training": summary}, indent=2))
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the run is complete: its checkpoints are spent
-    print(f"best validation {summary['best_val']:.3f} at step {summary['best_step']}; model saved to {out / 'model'}")
+    if _is_main_process():  # under torchrun / accelerate launch the main process writes the results
+        if pair is not None:
+            config["pair"] = pair.name
+        save_model_atomic(student, tokenizer, out / "model", method_state)
+        write_atomic(out / "training.json", json.dumps({"config": config, "training": summary}, indent=2))
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the run is complete: its checkpoints are spent
+        print(f"best validation {summary['best_val']:.3f} at step {summary['best_step']}; "
+              f"model saved to {out / 'model'}")
+    end_processes()
     return 0
 
 

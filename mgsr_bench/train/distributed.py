@@ -223,3 +223,17 @@ def plain_model(accelerator: Accelerator, model: PreTrainedModel) -> PreTrainedM
     if not accelerator.is_main_process:
         return None
     return _rebuild(model, state).eval()
+
+
+def end_processes() -> None:
+    """Wait for every process, then close the process group (nothing to do in a single process).
+
+    A process that exits with its gloo or NCCL group still open can abort at interpreter shutdown
+    ("terminate called without an active exception", SIGABRT): torchrun then reports a failed run
+    although every rank finished. Seen in two-process CPU runs whose non-main ranks returned early.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
