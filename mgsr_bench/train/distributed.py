@@ -187,14 +187,15 @@ def optimizer_step(accelerator: Accelerator, student: torch.nn.Module, optimizer
 def snapshot(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
     """A CPU copy of the weights to restore later (FSDP2: this process's shards; ZeRO-3: the full
     weights on the main process, ``None`` elsewhere)."""
-    if engine(accelerator) == "zero3":
-        import deepspeed
+    zero3 = engine(accelerator) == "zero3"
+    with contextlib.ExitStack() as stack:
+        if zero3:
+            import deepspeed
 
-        with deepspeed.zero.GatheredParameters(_zero3_parameters(model), modifier_rank=None):
-            if not accelerator.is_main_process:
-                return None
-            return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            stack.enter_context(deepspeed.zero.GatheredParameters(_zero3_parameters(model), modifier_rank=None))
+        if zero3 and not accelerator.is_main_process:
+            return None
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def restore(accelerator: Accelerator, model: torch.nn.Module, state: dict[str, torch.Tensor] | None) -> None:
