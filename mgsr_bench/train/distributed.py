@@ -50,8 +50,7 @@ def engine(accelerator: Accelerator) -> str:
     return "ddp" if accelerator.num_processes > 1 else "single"
 
 
-def shards_weights(accelerator: Accelerator) -> bool:
-    return engine(accelerator) in ("fsdp", "zero3")
+SHARDED = ("fsdp", "zero3")  # the engines that shard the weights themselves
 
 
 def configure_deepspeed(accelerator: Accelerator, micro_batch: int, grad_accum: int, max_grad_norm: float) -> None:
@@ -73,7 +72,7 @@ def prepare_teacher(teacher: PreTrainedModel, accelerator: Accelerator, shard: b
     """The frozen teacher, in eval mode, placed for this engine (sharded under FSDP2 and ZeRO-3 when ``shard``)."""
     teacher = teacher.eval().requires_grad_(False)
     kind = engine(accelerator)
-    if not shard or kind not in ("fsdp", "zero3"):
+    if not shard or kind not in SHARDED:
         return teacher.to(accelerator.device)
     if kind == "fsdp":
         from accelerate.utils import fsdp2_prepare_model
@@ -112,11 +111,12 @@ def gathered(*models: torch.nn.Module | None) -> Iterator[list[torch.nn.Module |
     ``GatheredParameters``, so each model's weights are gathered once and copied into an ordinary
     model of the same class (an unsharded generation copy), freed when the block ends.
     """
-    fsdp = [f for m in models if m is not None for f in _fsdp_modules(m)]
+    units = {id(m): _fsdp_modules(m) for m in models if m is not None}
+    fsdp = [f for found in units.values() for f in found]
     with contextlib.ExitStack() as stack:
         if fsdp:
             for root in models:  # the root's lazy initialisation fixes its own reshard setting: run it first
-                if root is not None and _fsdp_modules(root):
+                if root is not None and units[id(root)]:
                     root._get_fsdp_state()._lazy_init()
             # FSDP2 keeps the per-group setting in ``post_forward_mesh_info`` (None: keep unsharded)
             saved = [[g.post_forward_mesh_info for g in f._get_fsdp_state()._fsdp_param_groups] for f in fsdp]
@@ -213,9 +213,10 @@ def restore(accelerator: Accelerator, model: torch.nn.Module, state: dict[str, t
 def plain_model(accelerator: Accelerator, model: PreTrainedModel) -> PreTrainedModel | None:
     """The trained student as an ordinary, unsharded model: the model itself unless its weights are
     sharded, else a fresh copy holding the gathered weights on the main process (``None`` elsewhere)."""
-    if not shards_weights(accelerator):
+    kind = engine(accelerator)
+    if kind not in SHARDED:
         return model
-    if engine(accelerator) == "fsdp":
+    if kind == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -211,7 +211,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     kind = distributed.engine(accelerator)
-    if kind in ("fsdp", "zero3") and hasattr(student, "peft_config"):
+    if kind in distributed.SHARDED and hasattr(student, "peft_config"):
         raise UserError("a LoRA student trains under DDP or ZeRO-2 (its adapter is small): launch with "
                         "ddp.yaml or zero2.yaml, or train the full student")
     if checkpoint_dir is not None and cfg.checkpoint_every and kind in ("fsdp", "zero2", "zero3"):
