@@ -2,10 +2,14 @@
 distributed tests run it in two processes (``torchrun --nproc_per_node 2``, gloo on CPU) and in one
 process with the same global batch.
 
-    python tests/distributed_worker.py OUT.json TOKENIZER_DIR MICRO_BATCH GRAD_ACCUM METHOD [ENGINE [DTYPE]]
+    python tests/distributed_worker.py OUT.json TOKENIZER_DIR MICRO_BATCH GRAD_ACCUM METHOD [ENGINE [DTYPE
+        [CHECKPOINTS [STOP_AFTER]]]]
 
 METHOD is a method name, optionally with float options: ``mgsr,init_threshold=1.0``. DTYPE is
-``float64`` (default) or ``float32`` (DeepSpeed's ZeRO-3 refuses float64).
+``float64`` (default) or ``float32`` (DeepSpeed's ZeRO-3 refuses float64). With CHECKPOINTS (a
+folder) the run checkpoints there after every step and resumes from it; with STOP_AFTER it stops,
+every process together, once the checkpoint of that step is written (OUT then says
+``{"stopped_after": STOP_AFTER}``), as a run killed there would.
 
 ENGINE: ``ddp`` (default), ``fsdp`` or ``zero2`` / ``zero3``. accelerate runs FSDP only on
 accelerators (on CPU it falls back to DDP), so for ``fsdp`` this worker sets an FSDP2 plugin on the
@@ -63,9 +67,26 @@ def use_engine(name: str) -> None:
         loop.Accelerator = DeepSpeedOnCPU
 
 
+class Stopped(Exception):
+    pass
+
+
+def stop_after(step: int) -> None:
+    """Stop the run, on every process, right after the checkpoint of ``step`` is written."""
+    save = loop.Checkpoints.save
+
+    def save_then_stop(self, at, *args):
+        path = save(self, at, *args)
+        if at == step:
+            raise Stopped
+        return path
+
+    loop.Checkpoints.save = save_then_stop
+
+
 def main() -> None:
     out, tok_dir, micro, accum, method = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-    engine, dtype = (sys.argv[6:] + ["ddp", "float64"][len(sys.argv[6:]):])[:2]
+    engine, dtype, checkpoints, stop = (sys.argv[6:] + ["ddp", "float64", "", "0"][len(sys.argv[6:]):])[:4]
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         use_engine(engine)
@@ -75,11 +96,25 @@ def main() -> None:
     student = tiny_model(len(tokenizer), seed=1).to(getattr(torch, dtype))
     teacher = tiny_model(len(tokenizer), seed=2, hidden=48).to(getattr(torch, dtype))
     cfg = train_config({"steps": 4, "micro_batch": micro, "grad_accum": accum, "lr": 5e-3, "eval_every": 2,
-                        "val_metric": "loss", "val_size": 16, "mixed_precision": "no", "gen_max_new_tokens": 12})
+                        "val_metric": "loss", "val_size": 16, "mixed_precision": "no", "gen_max_new_tokens": 12,
+                        "checkpoint_every": 1})
     name, *options = method.split(",")  # METHOD may carry options: mgsr,init_threshold=1.0
     options = {k: float(v) for k, v in (o.split("=") for o in options)}
-    result = loop.train(student, teacher, tokenizer, get_method(name, **options), tokenize_records(records[:200], tokenizer),
-                        records[200:], tokenize_records(records[200:], tokenizer), cfg)
+    if int(stop):
+        stop_after(int(stop))
+    trained = []  # the steps this process itself trained (a resumed run trains only the rest)
+    backward = loop.backward_global_batch
+    loop.backward_global_batch = lambda *a, **k: trained.append(1) or backward(*a, **k)
+    try:
+        result = loop.train(student, teacher, tokenizer, get_method(name, **options),
+                            tokenize_records(records[:200], tokenizer), records[200:],
+                            tokenize_records(records[200:], tokenizer), cfg,
+                            checkpoint_dir=Path(checkpoints) if checkpoints else None)
+    except Stopped:
+        if not distributed or torch.distributed.get_rank() == 0:
+            out.write_text(json.dumps({"stopped_after": int(stop)}))
+        end_processes()
+        return
     # the share of the teacher's transformer-layer weights this process holds (1/N when sharded)
     sizes = [(p.ds_tensor.numel(), p.ds_numel) if hasattr(p, "ds_numel")  # (held, whole): ZeRO-3,
              else (p.to_local().numel(), p.numel()) if hasattr(p, "to_local")  # FSDP2's DTensor,
@@ -90,6 +125,7 @@ def main() -> None:
         weights = sum(p.double().square().sum().item() for p in result.model.parameters())
         out.write_text(json.dumps({"losses": [h["loss"] for h in result.history], "weights": weights,
                                    "tokens": [h["tokens"] for h in result.history], "best_step": result.best_step,
+                                   "steps_trained": len(trained),
                                    "sources": [h["source"] for h in result.history],
                                    "teacher_held": held / teacher_params}))
     else:

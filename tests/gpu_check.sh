@@ -18,9 +18,9 @@ python3 -m mgsr_bench.benchmarks.chunked_loss --device cuda --repeats 3 --json "
 timeout 240 python3 -m mgsr_bench bench --json "$OUT/bench.json" $(python3 -c "import trl" 2>/dev/null && echo --trl) 2>&1 | tail -8 | tee -a "$LOG"
 [ -d "${MGSR_BENCH_SHARED:-../shared}/data/instruct" ] && timeout 120 python3 -m mgsr_bench.benchmarks.generation --model gpt2-124m --limit 64 --json "$OUT/generation.json" 2>&1 | tail -5 | tee -a "$LOG"
 # FSDP2 through the shipped accelerate config on the one GPU (bf16, teacher sharded, on-policy samples
-# from gathered weights); the quick suite builds here first
+# from gathered weights, sharded checkpoints through torch.distributed.checkpoint); the quick suite builds here first
 timeout 300 accelerate launch --config_file mgsr_bench/launch/accelerate/fsdp.yaml --num_processes 1 \
-    -m mgsr_bench train gkd --quick --steps 6 --out /tmp/gpu-fsdp > /tmp/fsdp.log 2>&1
+    -m mgsr_bench train gkd --quick --steps 6 --checkpoint-every 2 --out /tmp/gpu-fsdp > /tmp/fsdp.log 2>&1
 echo "fsdp train exit $?" | tee -a "$LOG"; tail -5 /tmp/fsdp.log | tee -a "$LOG"
 start=$(date +%s)
 python3 -m mgsr_bench run --quick --seeds 10,20 --out /tmp/gpu-quick > /tmp/run.log 2> "$OUT/run.err"

@@ -25,9 +25,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", 
 
 
 def run(out: Path, tokenizer_dir: Path, micro: int, accum: int, method: str, engine: str = "single",
-        dtype: str = "float64") -> dict:
+        dtype: str = "float64", checkpoints: Path | None = None, stop_after: int = 0) -> dict:
     """The worker's results: in one process for ``single``, else in two (torchrun)."""
-    args = [str(WORKER), str(out), str(tokenizer_dir), str(micro), str(accum), method, engine, dtype]
+    args = [str(WORKER), str(out), str(tokenizer_dir), str(micro), str(accum), method, engine, dtype,
+            str(checkpoints or ""), str(stop_after)]
     if engine == "single":
         proc = subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-12000:]
@@ -77,3 +78,30 @@ def test_on_policy_mgsr_with_sharded_models_matches_ddp(tmp_path, tokenizer_dir,
     assert sharded["losses"] == pytest.approx(ddp["losses"], rel=rel)
     assert sharded["weights"] == pytest.approx(ddp["weights"], rel=rel)
     assert sharded["teacher_held"] == 0.5
+
+
+@pytest.mark.parametrize("engine,method,dtype", [
+    ("fsdp", "kd", "float64"), ("zero2", "kd", "float64"), ("zero3", "kd", "float32"),
+    # each process samples its own rows: each must resume with its own random stream and replay buffer
+    ("ddp", "mgsr,init_threshold=1.0", "float64"), ("fsdp", "distillm,init_threshold=0.5", "float64"),
+])
+def test_a_stopped_multi_process_run_resumes_to_the_uninterrupted_result(tmp_path, tokenizer_dir, engine, method,
+                                                                        dtype):
+    """Two processes stopped after the checkpoint of step 3 (of 4), then the same command again: it
+    resumes from that checkpoint (each process's shards of the weights and optimiser state under
+    FSDP2 and ZeRO, its own RNG and source state under every engine) and ends with exactly the
+    losses, best step and final weights of a run that was never stopped."""
+    needs_deepspeed(engine)
+    whole = run(tmp_path / "whole.json", tokenizer_dir, 4, 2, method, engine, dtype)
+    folder = tmp_path / "checkpoints"
+    stopped = run(tmp_path / "stopped.json", tokenizer_dir, 4, 2, method, engine, dtype, folder, stop_after=3)
+    assert stopped == {"stopped_after": 3}
+    kept = sorted(p.name for p in folder.iterdir())  # the newest two, each complete; nothing half-written
+    parts = ["step-0000002.parts", "step-0000003.parts"] if engine != "ddp" else []
+    assert kept == sorted(["step-0000002.pt", "step-0000003.pt", *parts])
+    resumed = run(tmp_path / "resumed.json", tokenizer_dir, 4, 2, method, engine, dtype, folder)
+    assert (whole["steps_trained"], resumed["steps_trained"]) == (4, 1)
+    assert resumed["sources"] == whole["sources"] and resumed["tokens"] == whole["tokens"]
+    assert resumed["losses"] == pytest.approx(whole["losses"], rel=1e-12)
+    assert resumed["best_step"] == whole["best_step"]
+    assert resumed["weights"] == pytest.approx(whole["weights"], rel=1e-12)

@@ -1,16 +1,33 @@
-"""Training checkpoints: everything a run needs to continue exactly where it stopped.
+"""Training checkpoints: everything a run needs to continue exactly where it stopped, under every engine.
 
-A checkpoint is one file, ``step-NNNNNNN.pt``, written to a temporary name, flushed to disk and
+A checkpoint is the file ``step-NNNNNNN.pt``, written to a temporary name, flushed to disk and
 renamed, so a kill at any moment leaves the previous checkpoints intact and never a torn one; the
-newest ``keep`` are kept. It holds the student's weights, the optimiser and scheduler, the RNG
-states of Python, torch (and CUDA), the sample source's generators and DistiLLM's replay buffer
-and threshold, a loss sub-network (MGSR's f_phi) with its optimiser, the history so far, the best
-validated weights, the elapsed time, and the hash of the run's configuration: a checkpoint is only
-resumed by the run that wrote it. The data order needs no state: every global batch is drawn from
-a generator seeded with the training seed, so resuming at step ``k`` replays the first ``k`` draws.
+newest ``keep`` are kept. It holds the optimiser's scheduler, a loss sub-network (MGSR's f_phi)
+with its optimiser, the history so far, the best validation point, the elapsed time, the hash of
+the run's configuration (a checkpoint is only resumed by the run that wrote it, with as many
+processes) and, for each process, its RNG states (Python, torch, CUDA) and its sample source's
+state (generators, DistiLLM's replay buffer of that process's own samples, threshold), so every
+process of a multi-process run continues with its own random stream. The data order needs no
+state: every global batch is drawn from a generator seeded with the training seed, so resuming at
+step ``k`` replays the first ``k`` draws.
 
-Files are read with ``torch.load(weights_only=True)``: only tensors and plain containers, never
-arbitrary pickled objects.
+Where the weights go depends on the engine (:func:`mgsr_bench.train.distributed.engine`):
+
+* one process and DDP: the student's weights, the optimiser and the best validated weights are in
+  the same file;
+* FSDP2: each process writes its own shards of the student, the optimiser state and the best
+  weights with ``torch.distributed.checkpoint`` into the folder ``step-NNNNNNN.parts`` (nothing is
+  gathered: a 13B student costs no process more than its share);
+* DeepSpeed ZeRO-2/3: the engine's own ``save_checkpoint`` (module and optimiser partitions, one
+  file per process) into ``step-NNNNNNN.parts``; the best weights (whole on the main process)
+  stay in the file.
+
+The parts are written into a temporary folder that is renamed once every process has finished,
+and the file, written last, marks the checkpoint complete; a run of several processes needs its
+``--out`` on a filesystem every process sees (on several nodes, a shared one).
+
+The file is read with ``torch.load(weights_only=True)``: only tensors and plain containers, never
+arbitrary pickled objects (DeepSpeed reads its own parts with its own loader).
 """
 
 from __future__ import annotations
@@ -18,13 +35,16 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 
 from mgsr_bench.data.collate import Example
 from mgsr_bench.errors import UserError
+from mgsr_bench.train import distributed
 
 PATTERN = re.compile(r"^step-(\d+)\.pt$")
 
@@ -92,19 +112,6 @@ def _write(path: Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write ``state`` as ``folder/step-NNNNNNN.pt`` atomically and delete all but the newest ``keep``."""
-    path = _write(folder / f"step-{step:07d}.pt", state)
-    for old in checkpoints(folder)[:-keep]:
-        old.unlink(missing_ok=True)
-    return path
-
-
-def save_failure(folder: Path, step: int, state: dict[str, Any], batch: list[Example]) -> Path:
-    """The state before a failed step and that step's batch, as ``folder/nonfinite-step-N.pt`` (never resumed)."""
-    return _write(folder / f"nonfinite-step-{step}.pt", {**state, "batch": examples_state(batch)})
-
-
 def checkpoints(folder: Path) -> list[Path]:
     """The folder's checkpoints, oldest first."""
     if not folder.is_dir():
@@ -113,17 +120,137 @@ def checkpoints(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_latest(folder: Path, config_hash: str) -> dict[str, Any] | None:
-    """The newest checkpoint's state, or None when there is none; refuses another run's checkpoint."""
-    found = checkpoints(folder)
-    if not found:
-        return None
-    try:
-        state = torch.load(found[-1], map_location="cpu", weights_only=True)
-    except Exception as e:  # a file that is not a checkpoint: say which, do not guess
-        raise UserError(f"cannot read checkpoint {found[-1]} ({type(e).__name__}); delete it to resume "
-                        "from the one before") from None
-    if state.get("config_hash") != config_hash:
-        raise UserError(f"{folder} holds checkpoints of a different run (config hash {state.get('config_hash')} "
-                        f"vs {config_hash}); choose another --out or delete {folder}")
-    return state
+
+
+class Checkpoints:
+    """A run's checkpoints in ``folder``: written and read by every process together, whatever the engine."""
+
+    def __init__(self, folder: Path, config_hash: str, accelerator: Accelerator, model: torch.nn.Module,
+                 optimizer: Any, keep: int = 2) -> None:
+        self.folder, self.config_hash, self.keep = folder, config_hash, keep
+        self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
+        self.engine = distributed.engine(accelerator)
+        self.parted = self.engine in ("fsdp", "zero2", "zero3")  # weights or optimiser state held in shards
+
+    def save(self, step: int, state: dict[str, Any], mine: dict[str, Any],
+             best_state: dict[str, torch.Tensor] | None) -> Path:
+        """Write ``step-NNNNNNN``: the run's ``state`` (the same on every process), each process's
+        own ``mine`` (its RNG and source states), the weights and optimiser, and ``best_state``;
+        then delete all but the newest ``keep``."""
+        path = self._write(f"step-{step:07d}", state, mine, best_state)
+        if self.accelerator.is_main_process:
+            found = checkpoints(self.folder)
+            for old in found[:-self.keep]:
+                old.unlink(missing_ok=True)
+            kept = {p.stem for p in found[-self.keep:]}
+            for parts in self.folder.glob("step-*.parts"):  # older ones, and any a killed run left behind
+                if parts.name.removesuffix(".parts") not in kept:
+                    shutil.rmtree(parts, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def save_failure(self, step: int, state: dict[str, Any], mine: dict[str, Any],
+                     best_state: dict[str, torch.Tensor] | None, batch: list[Example]) -> Path:
+        """The state before a failed step and that step's whole batch (every process's share), as
+        ``nonfinite-step-N.pt`` (never resumed; its parts, under sharded engines, in ``.parts``)."""
+        shares = distributed.per_process(examples_state(batch))
+        path = self._write(f"nonfinite-step-{step}", {**state, "batch": [e for share in shares for e in share]},
+                           mine, best_state)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _write(self, stem: str, state: dict[str, Any], mine: dict[str, Any],
+               best_state: dict[str, torch.Tensor] | None) -> Path:
+        main = self.accelerator.is_main_process
+        ranks = distributed.per_process(mine)
+        if self.parted:
+            tmp, parts = self.folder / f".{stem}.parts.tmp", self.folder / f"{stem}.parts"
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            self.accelerator.wait_for_everyone()
+            self._save_parts(tmp, best_state)
+            self.accelerator.wait_for_everyone()
+            if main:
+                shutil.rmtree(parts, ignore_errors=True)
+                os.replace(tmp, parts)
+            weights = {"has_best": best_state is not None,  # FSDP2's best shards are in the parts
+                       "best_state": None if self.engine == "fsdp" else best_state}
+        else:
+            weights = {"student": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                       "optimizer": self.optimizer.state_dict(), "best_state": best_state}
+        path = self.folder / f"{stem}.pt"
+        if main:
+            _write(path, {**state, **weights, "engine": self.engine, "ranks": ranks,
+                          "config_hash": self.config_hash})
+        return path
+
+    def _save_parts(self, folder: Path, best_state: dict[str, torch.Tensor] | None) -> None:
+        if self.engine == "fsdp":
+            import torch.distributed.checkpoint as dcp
+
+            dcp.save(self._fsdp_state(best_state), checkpoint_id=folder)
+        else:
+            self._deepspeed().save_checkpoint(str(folder), tag="deepspeed", save_latest=False)
+
+    def _fsdp_state(self, best_state: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+        """This process's shards of the student, its optimiser state and (if any) the best weights."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        student, optimizer = get_state_dict(self.model, self.optimizer.optimizer)
+        return {"student": student, "optimizer": optimizer, **({"best": best_state} if best_state is not None else {})}
+
+    def _deepspeed(self) -> Any:
+        return self.accelerator.deepspeed_engine_wrapped.engine
+
+    def load(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Load the newest checkpoint into the model and optimiser; returns the run's state (with
+        ``best_state``) and this process's own part, or None when there is none. Refuses another
+        run's checkpoint, and one written under another engine."""
+        found = checkpoints(self.folder)
+        if not found:
+            return None
+        path = found[-1]
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a file that is not a checkpoint: say which, do not guess
+            raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}); delete it to resume "
+                            "from the one before") from None
+        if state.get("config_hash") != self.config_hash:
+            raise UserError(f"{self.folder} holds checkpoints of a different run (config hash "
+                            f"{state.get('config_hash')} vs {self.config_hash}); choose another --out or "
+                            f"delete {self.folder}")
+        if state.get("engine") != self.engine:
+            raise UserError(f"{path} was written under {state.get('engine')}, this run is {self.engine}: "
+                            f"launch with the same engine to resume, or delete {self.folder}")
+        if self.parted:
+            parts = path.with_suffix(".parts")
+            if not parts.is_dir():
+                raise UserError(f"{parts} is missing (the shards of {path.name}); delete {path} to resume "
+                                "from the one before")
+            state["best_state"] = self._load_parts(parts, state)
+        else:
+            self.model.load_state_dict(state["student"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.engine == "zero3" and not self.accelerator.is_main_process:
+            state["best_state"] = None  # ZeRO-3 keeps the best weights on the main process only
+        return state, state["ranks"][self.accelerator.process_index]
+
+    def _load_parts(self, parts: Path, state: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """Load the sharded weights and optimiser state; returns the best weights (FSDP2: this process's shards)."""
+        if self.engine != "fsdp":
+            loaded, _ = self._deepspeed().load_checkpoint(str(parts), tag="deepspeed", load_optimizer_states=True,
+                                                          load_lr_scheduler_states=False)
+            if loaded is None:
+                raise UserError(f"DeepSpeed found no checkpoint in {parts}; delete {parts.with_suffix('.pt')} "
+                                "to resume from the one before")
+            return state["best_state"]
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        # templates of this process's shapes, filled in place
+        target = self._fsdp_state(distributed.snapshot(self.accelerator, self.model) if state["has_best"] else None)
+        dcp.load(target, checkpoint_id=parts)
+        set_state_dict(self.model, self.optimizer.optimizer, model_state_dict=target["student"],
+                       optim_state_dict=target["optimizer"])
+        return target.get("best")

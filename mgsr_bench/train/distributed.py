@@ -227,6 +227,17 @@ def plain_model(accelerator: Accelerator, model: PreTrainedModel) -> PreTrainedM
     return _rebuild(model, state).eval()
 
 
+def per_process(value: Any) -> list[Any]:
+    """Every process's ``value``, in process order, on every process (``[value]`` in a single process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def end_processes() -> None:
     """Wait for every process, then close the process group (nothing to do in a single process).
 

@@ -45,8 +45,7 @@ from mgsr_bench.models.heads import last_hidden_states, output_head
 from mgsr_bench.methods.builtin import SFT
 from mgsr_bench.sampling import BatchSource
 from mgsr_bench.train import distributed
-from mgsr_bench.train.checkpoint import (load_latest, restore_source, rng_state, save_checkpoint, save_failure,
-                                         set_rng_state, source_state)
+from mgsr_bench.train.checkpoint import Checkpoints, restore_source, rng_state, set_rng_state, source_state
 
 
 @dataclass
@@ -198,10 +197,11 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
 
     With ``checkpoint_dir``, a checkpoint is written every ``cfg.checkpoint_every`` steps and the run
     continues from the newest one found there (written by the same configuration), so a killed run
-    re-started with the same arguments ends exactly as an uninterrupted one (single process; under
-    DDP every rank resumes with rank 0's random state). A non-finite loss stops the run with the
-    step named and, with ``checkpoint_dir``, the weights and optimiser from before that step and the
-    offending batch saved.
+    re-started with the same arguments ends exactly as an uninterrupted one, under every engine
+    (each process resumes with its own random state; sharded engines write their shards, see
+    :mod:`mgsr_bench.train.checkpoint`). A non-finite loss stops the run with the step named and,
+    with ``checkpoint_dir``, the weights and optimiser from before that step and the offending
+    batch saved.
     """
     # Several processes on a machine without GPUs: gloo on the CPU (accelerate only picks it when told "cpu").
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -214,10 +214,6 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     if kind in distributed.SHARDED and hasattr(student, "peft_config"):
         raise UserError("a LoRA student trains under DDP or ZeRO-2 (its adapter is small): launch with "
                         "ddp.yaml or zero2.yaml, or train the full student")
-    if checkpoint_dir is not None and cfg.checkpoint_every and kind in ("fsdp", "zero2", "zero3"):
-        accelerator.print(f"note: no resumable checkpoints under {kind} (each process holds only its shard "
-                          "of the optimizer state); they are written by single-process and DDP runs")
-        checkpoint_dir = None
     if cfg.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -227,6 +223,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     run_hash = config_hash({"train": {k: v for k, v in dataclasses.asdict(cfg).items()
                                       if k not in ("checkpoint_every", "keep_checkpoints")},
                             "method": method.name, "options": method.options(), "vocab": len(tokenizer),
+                            "processes": world,
                             "data": _digest(train_examples),
                             "student": {k: list(v.shape) for k, v in student.state_dict().items()},
                             "teacher": sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0})
@@ -238,6 +235,8 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     distributed.configure_deepspeed(accelerator, cfg.micro_batch, cfg.grad_accum, cfg.max_grad_norm)
     student, optimizer = accelerator.prepare(student, optimizer)
     model = accelerator.unwrap_model(student)  # what generation, validation and saving use
+    checkpoints = (Checkpoints(checkpoint_dir, run_hash, accelerator, model, optimizer, cfg.keep_checkpoints)
+                   if checkpoint_dir is not None else None)
     # ZeRO-3 frees each module's weights after its forward: the loss then needs the heads' own
     # forward (full logits) instead of reading their weights for the chunked loss.
     chunk_size = 0 if kind == "zero3" else cfg.loss_chunk_size
@@ -264,16 +263,15 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     valid, valid_examples = valid[: cfg.val_size], valid_examples[: cfg.val_size]
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
-    resumed = load_latest(checkpoint_dir, run_hash) if checkpoint_dir is not None else None
+    loaded = checkpoints.load() if checkpoints is not None else None  # weights and optimiser loaded in place
     first_step, elapsed_before = 1, 0.0
-    if resumed is not None:
-        model.load_state_dict(resumed["student"])
-        optimizer.load_state_dict(resumed["optimizer"])
+    if loaded is not None:
+        resumed, this_process = loaded
         scheduler.load_state_dict(resumed["scheduler"])
         if module is not None:
             module.load_state_dict(resumed["module"])
             module_optimizer.load_state_dict(resumed["module_optimizer"])
-        restore_source(source, resumed["source"])
+        restore_source(source, this_process["source"])
         if accelerator.scaler is not None and resumed.get("scaler") is not None:  # fp16's loss scale
             accelerator.scaler.load_state_dict(resumed["scaler"])
         result.history, result.best_score, result.best_step = resumed["history"], resumed["best_score"], \
@@ -282,21 +280,24 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         first_step, elapsed_before = resumed["step"] + 1, resumed["elapsed"]
         for _ in range(resumed["step"]):  # the data order is a function of the seed: replay the draws
             next(batches)
-        set_rng_state(resumed["rng"])
+        set_rng_state(this_process["rng"])
     elif source is not None and source.wants_validation_loss:  # DistiLLM's reference before training
         with distributed.gathered(model) as (whole,):
             source.observe_validation_loss(validation_loss(whole, tokenizer, valid_examples, cfg, accelerator.device))
 
     def snapshot(step: int) -> dict[str, Any]:
-        return {"config_hash": run_hash, "step": step,
-                "student": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                "source": source_state(source), "module": module.state_dict() if module is not None else None,
+        """The run's state after ``step`` (the checkpoint adds the weights and optimiser)."""
+        return {"step": step, "scheduler": scheduler.state_dict(),
+                "module": module.state_dict() if module is not None else None,
                 "module_optimizer": module_optimizer.state_dict() if module_optimizer is not None else None,
                 "history": result.history, "best_score": result.best_score, "best_step": result.best_step,
-                "best_state": best_state, "method_state": result.method_state,
+                "method_state": result.method_state,
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 "elapsed": elapsed_before + time.perf_counter() - start}
+
+    def own() -> dict[str, Any]:
+        """What differs between processes: the random streams, and the samples each one drew."""
+        return {"rng": rng_state(), "source": source_state(source)}
 
     student.train()
     start = time.perf_counter()
@@ -319,8 +320,8 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
             step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item()
         if not math.isfinite(step_loss):
             where = ""
-            if checkpoint_dir is not None and accelerator.is_main_process:  # weights are still those before the step
-                path = save_failure(checkpoint_dir, step, snapshot(step - 1), mine)
+            if checkpoints is not None:  # weights are still those before the step (every process sees the loss)
+                path = checkpoints.save_failure(step, snapshot(step - 1), own(), best_state, mine)
                 where = f"; the state before it and its batch are in {path}"
             raise FloatingPointError(f"non-finite loss {step_loss} at step {step} ({desc}){where}")
         grad_norm = distributed.optimizer_step(accelerator, student, optimizer, cfg.max_grad_norm)
@@ -359,9 +360,8 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         elif step % 10 == 0:
             bar.set_postfix(loss=f"{step_loss:.3f}", best=f"{result.best_score:.2f}")
         result.history.append(record)
-        if (checkpoint_dir is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0
-                and step < cfg.steps and accelerator.is_main_process):
-            save_checkpoint(checkpoint_dir, step, snapshot(step), cfg.keep_checkpoints)
+        if checkpoints is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            checkpoints.save(step, snapshot(step), own(), best_state)
     result.wall_time_s = elapsed_before + time.perf_counter() - start
     result.seconds_per_step = result.wall_time_s / cfg.steps
     if module is not None and result.method_state is None:
