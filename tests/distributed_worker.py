@@ -7,7 +7,8 @@ process with the same global batch.
 
 METHOD is a method name, optionally with float options: ``mgsr,init_threshold=1.0``. DTYPE is
 ``float64`` (default) or ``float32`` (DeepSpeed's ZeRO-3 refuses float64). With CHECKPOINTS (a
-folder) the run checkpoints there after every step and resumes from it; with STOP_AFTER it stops,
+folder; ``{rank}`` in it is replaced by the process's rank, as if each saw its own disk) the run
+checkpoints there after every step and resumes from it; with STOP_AFTER it stops,
 every process together, once the checkpoint of that step is written (OUT then says
 ``{"stopped_after": STOP_AFTER}``), as a run killed there would.
 
@@ -109,7 +110,8 @@ def main() -> None:
         result = loop.train(student, teacher, tokenizer, get_method(name, **options),
                             tokenize_records(records[:200], tokenizer), records[200:],
                             tokenize_records(records[200:], tokenizer), cfg,
-                            checkpoint_dir=Path(checkpoints) if checkpoints else None)
+                            checkpoint_dir=Path(checkpoints.format(rank=os.environ.get("RANK", "0")))
+                            if checkpoints else None)
     except Stopped:
         if not distributed or torch.distributed.get_rank() == 0:
             out.write_text(json.dumps({"stopped_after": int(stop)}))

@@ -105,3 +105,17 @@ def test_a_stopped_multi_process_run_resumes_to_the_uninterrupted_result(tmp_pat
     assert resumed["losses"] == pytest.approx(whole["losses"], rel=1e-12)
     assert resumed["best_step"] == whole["best_step"]
     assert resumed["weights"] == pytest.approx(whole["weights"], rel=1e-12)
+
+
+def test_a_checkpoint_folder_that_some_process_cannot_see_is_refused_before_training(tmp_path, tokenizer_dir):
+    """Each process given its own folder (as on nodes with their own disks): one line naming the
+    process and the fix, before the first step, and no checkpoint written."""
+    out = tmp_path / "out.json"
+    args = [str(WORKER), str(out), str(tokenizer_dir), "8", "1", "kd", "ddp", "float64",
+            str(tmp_path / "disk-{rank}"), "0"]
+    proc = torchrun(args, ENV, succeed=False)
+    assert proc.returncode != 0 and not out.exists()
+    assert ("process 1 cannot see the main process's files in " + str(tmp_path / "disk-1")) in proc.stderr
+    assert "put --out on a filesystem every process shares" in proc.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("disk")] == ["disk-0"]
+    assert not list((tmp_path / "disk-0").iterdir())

@@ -131,6 +131,26 @@ class Checkpoints:
         self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
         self.engine = distributed.engine(accelerator)
         self.parted = self.engine in ("fsdp", "zero2", "zero3")  # weights or optimiser state held in shards
+        self._check_every_process_sees_the_folder()
+
+    def _check_every_process_sees_the_folder(self) -> None:
+        """Refuse, before training, a folder that some process does not share (each node its own disk):
+        the main process's files would be missing there, and a resumed run would read other states."""
+        if self.accelerator.num_processes == 1:
+            return
+        marker = self.folder / f".shared-{self.config_hash}"
+        if self.accelerator.is_main_process:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            marker.write_text("")
+        self.accelerator.wait_for_everyone()
+        seen = distributed.per_process(marker.exists())
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            marker.unlink()
+        if not all(seen):
+            blind = ", ".join(str(rank) for rank, ok in enumerate(seen) if not ok)
+            raise UserError(f"process {blind} cannot see the main process's files in {self.folder}: put --out on a "
+                            "filesystem every process shares (on several nodes, a shared one)")
 
     def save(self, step: int, state: dict[str, Any], mine: dict[str, Any],
              best_state: dict[str, torch.Tensor] | None) -> Path:
