@@ -3,7 +3,8 @@
 # harness tests on CUDA, the chunked-loss, generation and performance (`mgsr-bench bench`: GPT-2 1.5B -> 124M,
 # bf16; TRL's GKDTrainer beside it when trl is importable) benchmarks, an FSDP2 training run through
 # fsdp.yaml on one GPU, and the smoke-sized main job; under 8 minutes. Writes logs and records under $OUT.
-# Device call: carry .whl (rouge-score and nltk wheels) and run
+# Device call: first run tests/gpu_wheels.sh here (the wheels the image lacks: rouge-score, nltk,
+# TRL and datasets, into .whl/), then carry .whl and run
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
 #     && export PYTHONPATH=/tmp/site:$PWD && bash tests/gpu_check.sh
 set -uo pipefail
@@ -13,6 +14,7 @@ mkdir -p "$OUT"
 LOG="$OUT/check.log"  # every text log in one file: at most 8 files come back from $OUT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$LOG"
 python3 -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__)" | tee -a "$LOG"
+python3 -c "import rouge_score, trl, datasets; print('trl', trl.__version__, 'datasets', datasets.__version__)" 2>&1 | tail -1 | tee -a "$LOG"
 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_train.py tests/test_chunked.py tests/test_sampling.py tests/test_mgsr.py tests/test_decode.py 2>&1 | tail -15 | tee -a "$LOG"
 python3 -m mgsr_bench.benchmarks.chunked_loss --device cuda --repeats 3 --json "$OUT/chunked_loss.json" 2>&1 | tee -a "$LOG"
 timeout 240 python3 -m mgsr_bench bench --json "$OUT/bench.json" $(python3 -c "import trl" 2>/dev/null && echo --trl) 2>&1 | tail -8 | tee -a "$LOG"
