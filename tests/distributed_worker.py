@@ -3,12 +3,12 @@ distributed tests run it in two processes (``torchrun --nproc_per_node 2``, gloo
 process with the same global batch.
 
     python tests/distributed_worker.py OUT.json TOKENIZER_DIR MICRO_BATCH GRAD_ACCUM METHOD [ENGINE [DTYPE
-        [CHECKPOINTS [STOP_AFTER]]]]
+        [CHECKPOINTS [STOP_AFTER [EVERY]]]]]
 
 METHOD is a method name, optionally with float options: ``mgsr,init_threshold=1.0``. DTYPE is
 ``float64`` (default) or ``float32`` (DeepSpeed's ZeRO-3 refuses float64). With CHECKPOINTS (a
 folder; ``{rank}`` in it is replaced by the process's rank, as if each saw its own disk) the run
-checkpoints there after every step and resumes from it; with STOP_AFTER it stops,
+checkpoints there every EVERY steps (default 1; 0: none) and resumes from it; with STOP_AFTER it stops,
 every process together, once the checkpoint of that step is written (OUT then says
 ``{"stopped_after": STOP_AFTER}``), as a run killed there would.
 
@@ -87,7 +87,7 @@ def stop_after(step: int) -> None:
 
 def main() -> None:
     out, tok_dir, micro, accum, method = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-    engine, dtype, checkpoints, stop = (sys.argv[6:] + ["ddp", "float64", "", "0"][len(sys.argv[6:]):])[:4]
+    engine, dtype, checkpoints, stop, every = (sys.argv[6:] + ["ddp", "float64", "", "0", "1"][len(sys.argv[6:]):])[:5]
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         use_engine(engine)
@@ -98,7 +98,7 @@ def main() -> None:
     teacher = tiny_model(len(tokenizer), seed=2, hidden=48).to(getattr(torch, dtype))
     cfg = train_config({"steps": 4, "micro_batch": micro, "grad_accum": accum, "lr": 5e-3, "eval_every": 2,
                         "val_metric": "loss", "val_size": 16, "mixed_precision": "no", "gen_max_new_tokens": 12,
-                        "checkpoint_every": 1})
+                        "checkpoint_every": int(every)})
     name, *options = method.split(",")  # METHOD may carry options: mgsr,init_threshold=1.0
     options = {k: float(v) for k, v in (o.split("=") for o in options)}
     if int(stop):

@@ -107,15 +107,27 @@ def test_a_stopped_multi_process_run_resumes_to_the_uninterrupted_result(tmp_pat
     assert resumed["weights"] == pytest.approx(whole["weights"], rel=1e-12)
 
 
-def test_a_checkpoint_folder_that_some_process_cannot_see_is_refused_before_training(tmp_path, tokenizer_dir):
-    """Each process given its own folder (as on nodes with their own disks): one line naming the
-    process and the fix, before the first step, and no checkpoint written."""
-    out = tmp_path / "out.json"
-    args = [str(WORKER), str(out), str(tokenizer_dir), "8", "1", "kd", "ddp", "float64",
-            str(tmp_path / "disk-{rank}"), "0"]
-    proc = torchrun(args, ENV, succeed=False)
-    assert proc.returncode != 0 and not out.exists()
-    assert ("process 1 cannot see the main process's files in " + str(tmp_path / "disk-1")) in proc.stderr
-    assert "put --out on a filesystem every process shares" in proc.stderr
+def test_a_checkpoint_folder_that_some_process_cannot_see_is_refused(tmp_path, tokenizer_dir):
+    """Each process given its own folder (as on nodes with their own disks): with checkpoints to
+    write, one line naming the process and the fix, before the first step, nothing written; with
+    none to write, the run goes on; and a checkpoint that only the main process can see is never
+    resumed by it alone (the processes would continue from different steps)."""
+    def worker(out: Path, folder: str, stop: int = 0, every: int = 1):
+        args = [str(WORKER), str(out), str(tokenizer_dir), "8", "1", "kd", "ddp", "float64", folder, str(stop),
+                str(every)]
+        return torchrun(args, ENV, succeed=False)
+
+    blind = "process 1 cannot see the main process's files in " + str(tmp_path / "disk-1")
+    proc = worker(tmp_path / "a.json", str(tmp_path / "disk-{rank}"))
+    assert proc.returncode != 0 and not (tmp_path / "a.json").exists()
+    assert blind in proc.stderr and "put --out on a filesystem every process shares" in proc.stderr
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("disk")] == ["disk-0"]
     assert not list((tmp_path / "disk-0").iterdir())
+
+    proc = worker(tmp_path / "b.json", str(tmp_path / "disk-{rank}"), every=0)  # nothing to write: no need
+    assert proc.returncode == 0 and len(json.loads((tmp_path / "b.json").read_text())["losses"]) == 4
+
+    stopped = worker(tmp_path / "c.json", str(tmp_path / "disk-0"), stop=2)  # both processes write disk-0
+    assert stopped.returncode == 0 and (tmp_path / "disk-0" / "step-0000002.pt").is_file()
+    proc = worker(tmp_path / "d.json", str(tmp_path / "disk-{rank}"), every=0)
+    assert proc.returncode != 0 and blind in proc.stderr and not (tmp_path / "d.json").exists()

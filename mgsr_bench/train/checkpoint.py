@@ -36,6 +36,8 @@ import os
 import random
 import re
 import shutil
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +58,8 @@ def examples_state(rows: list[Example]) -> list[dict[str, Any]]:
 
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # this process's own device (one per process under every launcher)
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -65,7 +67,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(_as_tuple(state["python"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _as_tuple(value: Any) -> Any:
@@ -107,9 +109,18 @@ def _write(path: Path, state: dict[str, Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync(path.parent)  # the rename itself, against a crash of the machine (a kill needs no more)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def checkpoints(folder: Path) -> list[Path]:
@@ -123,34 +134,46 @@ def checkpoints(folder: Path) -> list[Path]:
 
 
 class Checkpoints:
-    """A run's checkpoints in ``folder``: written and read by every process together, whatever the engine."""
+    """A run's checkpoints in ``folder``: written and read by every process together, whatever the engine.
+
+    With ``every`` > 0 (checkpoints will be written) a folder that some process cannot see is
+    refused at once, before training; otherwise only if a failure is saved or a checkpoint found.
+    """
 
     def __init__(self, folder: Path, config_hash: str, accelerator: Accelerator, model: torch.nn.Module,
-                 optimizer: Any, keep: int = 2) -> None:
+                 optimizer: Any, keep: int = 2, every: int = 0) -> None:
         self.folder, self.config_hash, self.keep = folder, config_hash, keep
         self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
         self.engine = distributed.engine(accelerator)
         self.parted = self.engine in ("fsdp", "zero2", "zero3")  # weights or optimiser state held in shards
-        self._check_every_process_sees_the_folder()
+        self._shared = accelerator.num_processes == 1  # whether every process is known to see the folder
+        if every:
+            self._check_every_process_sees_the_folder()
 
     def _check_every_process_sees_the_folder(self) -> None:
-        """Refuse, before training, a folder that some process does not share (each node its own disk):
-        the main process's files would be missing there, and a resumed run would read other states."""
-        if self.accelerator.num_processes == 1:
+        """Refuse a folder that some process does not share (each node its own disk), once, before the
+        first file that every process writes or reads: the main process writes a file of a name new
+        to this launch, and each process looks for it (for a few seconds: a network filesystem can
+        take that long to show another machine's new file)."""
+        if self._shared:
             return
-        marker = self.folder / f".shared-{self.config_hash}"
+        name = distributed.from_main(f".shared-{uuid.uuid4().hex}")
+        marker = self.folder / name
         if self.accelerator.is_main_process:
             self.folder.mkdir(parents=True, exist_ok=True)
-            marker.write_text("")
+            marker.write_text(name)
         self.accelerator.wait_for_everyone()
-        seen = distributed.per_process(marker.exists())
-        self.accelerator.wait_for_everyone()
+        deadline = time.monotonic() + 10
+        while not (sees := marker.is_file() and marker.read_text() == name) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        seen = distributed.per_process(sees)  # returns once every process has looked
         if self.accelerator.is_main_process:
             marker.unlink()
         if not all(seen):
             blind = ", ".join(str(rank) for rank, ok in enumerate(seen) if not ok)
             raise UserError(f"process {blind} cannot see the main process's files in {self.folder}: put --out on a "
                             "filesystem every process shares (on several nodes, a shared one)")
+        self._shared = True
 
     def save(self, step: int, state: dict[str, Any], mine: dict[str, Any],
              best_state: dict[str, torch.Tensor] | None) -> Path:
@@ -181,6 +204,7 @@ class Checkpoints:
 
     def _write(self, stem: str, state: dict[str, Any], mine: dict[str, Any],
                best_state: dict[str, torch.Tensor] | None) -> Path:
+        self._check_every_process_sees_the_folder()
         main = self.accelerator.is_main_process
         ranks = distributed.per_process(mine)
         if self.parted:
@@ -190,13 +214,15 @@ class Checkpoints:
                 tmp.mkdir(parents=True)
             self.accelerator.wait_for_everyone()
             self._save_parts(tmp, best_state)
+            for f in tmp.rglob("*"):  # each process flushes what it wrote (DeepSpeed writes without fsync)
+                _fsync(f)
             self.accelerator.wait_for_everyone()
             if main:
                 shutil.rmtree(parts, ignore_errors=True)
                 os.replace(tmp, parts)
             weights = {"has_best": best_state is not None,  # FSDP2's best shards are in the parts
                        "best_state": None if self.engine == "fsdp" else best_state}
-        else:
+        elif main:
             weights = {"student": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                        "optimizer": self.optimizer.state_dict(), "best_state": best_state}
         path = self.folder / f"{stem}.pt"
@@ -225,14 +251,42 @@ class Checkpoints:
 
     def load(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """Load the newest checkpoint into the model and optimiser; returns the run's state (with
-        ``best_state``) and this process's own part, or None when there is none. Refuses another
-        run's checkpoint, and one written under another engine."""
+        ``best_state``) and this process's own part, or None when there is none.
+
+        The main process chooses the checkpoint and checks it (refusing another run's, one written
+        under another engine, one whose parts are missing); every process then loads that one, or
+        stops with the same message: processes never resume different steps."""
+        choice, problem = None, None
+        if self.accelerator.is_main_process:
+            try:
+                choice = self._choose()
+            except UserError as e:
+                problem = str(e)
+        choice, problem = distributed.from_main((choice, problem))
+        if problem is not None:
+            raise UserError(problem)
+        if choice is None:
+            return None
+        self._check_every_process_sees_the_folder()
+        # memory-mapped: a process reads only what it uses (not the main process's best weights under ZeRO-3)
+        state = torch.load(self.folder / choice, map_location="cpu", weights_only=True, mmap=True)
+        if self.parted:
+            state["best_state"] = self._load_parts((self.folder / choice).with_suffix(".parts"), state)
+        else:
+            self.model.load_state_dict(state["student"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.engine == "zero3" and not self.accelerator.is_main_process:
+            state["best_state"] = None  # ZeRO-3 keeps the best weights on the main process only
+        return state, state["ranks"][self.accelerator.process_index]
+
+    def _choose(self) -> str | None:
+        """The newest checkpoint's file name, checked to belong to this run; None when there is none."""
         found = checkpoints(self.folder)
         if not found:
             return None
         path = found[-1]
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # a file that is not a checkpoint: say which, do not guess
             raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}); delete it to resume "
                             "from the one before") from None
@@ -243,18 +297,16 @@ class Checkpoints:
         if state.get("engine") != self.engine:
             raise UserError(f"{path} was written under {state.get('engine')}, this run is {self.engine}: "
                             f"launch with the same engine to resume, or delete {self.folder}")
-        if self.parted:
-            parts = path.with_suffix(".parts")
-            if not parts.is_dir():
-                raise UserError(f"{parts} is missing (the shards of {path.name}); delete {path} to resume "
-                                "from the one before")
-            state["best_state"] = self._load_parts(parts, state)
-        else:
-            self.model.load_state_dict(state["student"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        if self.engine == "zero3" and not self.accelerator.is_main_process:
-            state["best_state"] = None  # ZeRO-3 keeps the best weights on the main process only
-        return state, state["ranks"][self.accelerator.process_index]
+        parts = path.with_suffix(".parts")
+        if self.parted and not parts.is_dir():
+            raise UserError(f"{parts} is missing (the shards of {path.name}); delete {path} to resume "
+                            "from the one before")
+        if self.engine in ("zero2", "zero3"):  # DeepSpeed would go on without them, with a warning only
+            held = len(list((parts / "deepspeed").glob("*zero_pp_rank_*optim_states.pt")))
+            if held != self.accelerator.num_processes:
+                raise UserError(f"{parts} holds {held} of the {self.accelerator.num_processes} optimizer "
+                                f"partitions; delete {path} to resume from the one before")
+        return path.name
 
     def _load_parts(self, parts: Path, state: dict[str, Any]) -> dict[str, torch.Tensor] | None:
         """Load the sharded weights and optimiser state; returns the best weights (FSDP2: this process's shards)."""

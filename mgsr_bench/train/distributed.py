@@ -238,6 +238,17 @@ def per_process(value: Any) -> list[Any]:
     return values
 
 
+def from_main(value: Any) -> Any:
+    """The main process's ``value``, on every process (so that all take the same decision)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def end_processes() -> None:
     """Wait for every process, then close the process group (nothing to do in a single process).
 

@@ -235,8 +235,8 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     distributed.configure_deepspeed(accelerator, cfg.micro_batch, cfg.grad_accum, cfg.max_grad_norm)
     student, optimizer = accelerator.prepare(student, optimizer)
     model = accelerator.unwrap_model(student)  # what generation, validation and saving use
-    checkpoints = (Checkpoints(checkpoint_dir, run_hash, accelerator, model, optimizer, cfg.keep_checkpoints)
-                   if checkpoint_dir is not None else None)
+    checkpoints = (Checkpoints(checkpoint_dir, run_hash, accelerator, model, optimizer, cfg.keep_checkpoints,
+                               cfg.checkpoint_every) if checkpoint_dir is not None else None)
     # ZeRO-3 frees each module's weights after its forward: the loss then needs the heads' own
     # forward (full logits) instead of reading their weights for the chunked loss.
     chunk_size = 0 if kind == "zero3" else cfg.loss_chunk_size
@@ -339,7 +339,9 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
                                   **(source.step_stats() if source is not None else {}), **method.step_stats()}
         if step % cfg.eval_every == 0 or step == cfg.steps:
             with distributed.gathered(model) as (whole,):  # every process validates the same examples
-                score = validation_score(whole, tokenizer, valid, valid_examples, cfg, accelerator.device)
+                # the main process's score for all: whether it is a new best decides collectives below
+                score = distributed.from_main(validation_score(whole, tokenizer, valid, valid_examples, cfg,
+                                                               accelerator.device))
                 if cfg.val_metric == "loss":
                     record["val_loss"] = -score  # the score is minus the loss (higher is better)
                 else:
