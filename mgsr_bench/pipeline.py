@@ -64,15 +64,18 @@ def resolve_recipe(recipe: Recipe, train_defaults: dict[str, Any] | None = None,
     return cfg, method, config
 
 
-def finished(record_path: Path, config: dict[str, Any], settings: EvalSettings, lm_eval: bool = False) -> bool:
+def finished(record_path: Path, config: dict[str, Any], settings: EvalSettings, lm_eval: bool = False,
+             pair: dict[str, Any] | None = None) -> bool:
     """Whether ``record_path`` holds a valid record of exactly this config and evaluation (and lm-eval scores,
-    when asked for): re-running a command then skips that model instead of redoing it."""
+    when asked for), and, given ``pair``, of this pair (the tiny suite's carries its weights' digests, so a
+    record made before the suite was rebuilt is redone): re-running a command then skips that model
+    instead of redoing it."""
     try:
         record = read_record(record_path)
     except UserError:
         return False
     same = record["config_hash"] == config_hash({**config, "evaluation": settings.as_dict()})
-    return same and (not lm_eval or bool(record.get("lm_eval")))
+    return same and (pair is None or record["pair"] == pair) and (not lm_eval or bool(record.get("lm_eval")))
 
 
 def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedModel | None,

@@ -25,6 +25,15 @@ def test_run_quick_end_to_end(tmp_path):
         assert set(rec["scores"]["test"]["per_seed"]["10"]["family_exact_match"]) == {
             "qa", "extract", "sort", "arith", "classify", "rewrite"}
     assert (out / "models" / "kd" / "model.safetensors").is_file()
+    # every record names the models it came from by the digests of the suite's saved weights
+    from mgsr_bench.models import weights_digest
+
+    suite = next((tmp_path / "cache").glob("tiny-quick-*"))
+    digests = {"teacher_weights": weights_digest(suite / "teacher"),
+               "student_weights": weights_digest(suite / "student-init")}
+    for name in ("teacher", "sft", "kd"):
+        pair = json.loads((out / "records" / f"{name}.json").read_text())["pair"]
+        assert {k: pair[k] for k in digests} == digests
     assert "| teacher" in proc.stdout
     assert not list(out.rglob(".*tmp*"))
 

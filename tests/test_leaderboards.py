@@ -12,7 +12,7 @@ import pytest
 
 from mgsr_bench.errors import UserError
 from mgsr_bench.results import ResultsStore, build_board, read_record, render_leaderboard, write_record
-from mgsr_bench.results.compare import compare_records, history_frame
+from mgsr_bench.results.compare import compare_records, history_frame, render_comparison
 from mgsr_bench.results.reported import load_reported, reported_rows
 
 from test_results import _record
@@ -168,6 +168,28 @@ def test_compare_flags_drops_beyond_the_noise_both_ways():
     assert swapped.at[("kd", "dolly"), "status"] == "improvement"
     greedy = [{**r, "evaluation": {**r["evaluation"], "greedy": True}} for r in new]
     assert set(compare_records(greedy, base)["status"]) >= {"settings differ"}  # never compared
+
+
+def test_compare_never_compares_records_of_another_pair_or_other_weights():
+    """Another pair name, or another digest of the teacher's (or the SFT init's) weights on both
+    sides: "pair differs", never compared; a digest on one side only: compared, and the report says
+    what it could not check."""
+    def rec(label, value, **pair):
+        return {**_record(label, {"test": [value, value]}), "pair": {"name": "tiny-abc", **pair}}
+
+    same = {"teacher_weights": "t1", "student_weights": "s1"}
+    base = [rec("kd", 25.0, **same), rec("sft", 25.0, **same), rec("seqkd", 25.0, **same), rec("gkd", 25.0)]
+    new = [rec("kd", 20.0, **same), rec("sft", 20.0, teacher_weights="t2", student_weights="s1"),
+           {**rec("seqkd", 20.0), "pair": {"name": "tiny-xyz", **same}}, rec("gkd", 20.0, **same)]
+    frame = compare_records(new, base).set_index(["label", "dataset"])
+    assert frame.at[("kd", "test"), "status"] == "regression"  # the same models: compared
+    assert frame.at[("sft", "test"), "status"] == "pair differs"  # another teacher build
+    assert frame.at[("seqkd", "test"), "status"] == "pair differs"  # another suite
+    assert frame.at[("gkd", "test"), "status"] == "regression"  # digests on one side only: compared,
+    report = render_comparison(compare_records(new, base), "rougeL")
+    assert "2 regression(s)" in report and "2 of another pair" in report
+    assert "not checked: whether gkd used the same teacher and student init weights" in report  # and said
+    assert "not checked" not in render_comparison(compare_records(new[:1], base[:1]), "rougeL")
 
 
 def _cli(*args):

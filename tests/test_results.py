@@ -90,3 +90,33 @@ def test_training_table_counts_sources_and_scrg():
     row = table.loc["mgsr"]
     assert (row["steps"], row["s/step"], row["train min"], row["best step"]) == (4, 1.25, 2.0, 4)
     assert (row["student steps"], row["replay steps"], row["scrg corrected"]) == ("25%", "25%", "50%")
+
+
+def test_weights_digest_names_the_weights_and_a_record_of_other_weights_is_not_kept(tmp_path, tokenizer):
+    """The same weights saved twice share a digest, one changed weight changes it; ``finished``
+    keeps a record only for the pair (digests included) it was made with."""
+    import torch
+
+    from conftest import tiny_model
+    from mgsr_bench.eval.generate import EvalSettings
+    from mgsr_bench.models import weights_digest
+    from mgsr_bench.pipeline import finished
+
+    model = tiny_model(len(tokenizer))
+    model.save_pretrained(tmp_path / "a")
+    model.save_pretrained(tmp_path / "b")
+    with torch.no_grad():
+        next(model.parameters())[0, 0] += 1e-6
+    model.save_pretrained(tmp_path / "c")
+    assert weights_digest(tmp_path / "a") == weights_digest(tmp_path / "b") != weights_digest(tmp_path / "c")
+    with pytest.raises(UserError, match="holds no \\*.safetensors weights"):
+        weights_digest(tmp_path)
+
+    settings = EvalSettings()
+    pair = {"name": "tiny-x", "teacher_weights": weights_digest(tmp_path / "a"), "student_weights": "s"}
+    config = {"suite": "tiny-x"}
+    rec = make_record(label="kd", method="kd", config={**config, "evaluation": settings.as_dict()}, pair=pair,
+                      evaluation=settings.as_dict(), scores=_scores({"test": [1.0]}), wall_time_s=1.0)
+    path = write_record(rec, tmp_path / "kd.json")
+    assert finished(path, config, settings, pair=pair)
+    assert not finished(path, config, settings, pair={**pair, "teacher_weights": weights_digest(tmp_path / "c")})

@@ -118,14 +118,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     datasets = {split: suite.split(split) for split in EVAL_SPLITS}
     suite_data = suite.root / "data"
     train_records, valid_records = suite.split("train"), suite.split("valid")
-    suite_info = {"suite": suite.config.key()}
+    suite_info, pair = {"suite": suite.config.key()}, suite.pair()
 
     t0 = time.perf_counter()
-    if finished(out / "records" / "teacher.json", suite_info, settings, bool(args.lm_eval)):
+    if finished(out / "records" / "teacher.json", suite_info, settings, bool(args.lm_eval), pair):
         print("teacher: a record of this evaluation is already there; kept")
     else:
         evaluate_and_record(teacher, tokenizer, label="teacher", method="teacher", datasets=datasets,
-                            settings=settings, pair=suite.pair(), config=suite_info,
+                            settings=settings, pair=pair, config=suite_info,
                             record_path=out / "records" / "teacher.json", training=suite.report["teacher_train"],
                             started=t0, lm_eval=_lm_eval(args, teacher, tokenizer, suite_data))
     for recipe in recipes:
@@ -133,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         planned = {**suite_info, **resolve_recipe(recipe, suite.config.method_train,
                                                   {"checkpoint_every": 100, **overrides})[2]}
         if (out / "models" / recipe.name / "config.json").exists() and finished(
-                out / "records" / f"{recipe.name}.json", planned, settings, bool(args.lm_eval)):
+                out / "records" / f"{recipe.name}.json", planned, settings, bool(args.lm_eval), pair):
             print(f"{recipe.name}: a record of this exact run is already there; kept (delete it to redo)")
             continue
         student = load_model(suite.student_init_dir)
@@ -143,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                                {"checkpoint_every": 100, **overrides}, checkpoints)
         save_model_atomic(student, tokenizer, out / "models" / recipe.name, method_state)
         evaluate_and_record(student, tokenizer, label=recipe.name, method=recipe.method, datasets=datasets,
-                            settings=settings, pair=suite.pair(), config={**suite_info, **config},
+                            settings=settings, pair=pair, config={**suite_info, **config},
                             record_path=out / "records" / f"{recipe.name}.json", training=summary, started=t0,
                             lm_eval=_lm_eval(args, student, tokenizer, suite_data))
         shutil.rmtree(checkpoints, ignore_errors=True)  # spent only once the record exists

@@ -7,6 +7,7 @@ assumed, before any compute.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,3 +78,21 @@ def check_vocabulary_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
 def count_parameters(model: torch.nn.Module) -> int:
     """Number of parameters (tied weights counted once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def weights_digest(folder: Path) -> str:
+    """A fingerprint of a saved model's weights: SHA-256 over its ``*.safetensors`` files, in name order.
+
+    ``save_pretrained`` writes the same bytes for the same weights, so two folders share a digest
+    exactly when they hold the same weights (and a rebuilt suite whose training took another
+    floating-point path gets another one).
+    """
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{folder} holds no *.safetensors weights")
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]

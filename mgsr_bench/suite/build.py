@@ -24,7 +24,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 from mgsr_bench.config import config_hash, train_config
 from mgsr_bench.data.collate import tokenize_records
 from mgsr_bench.data.jsonl import read_records, write_atomic, write_records
-from mgsr_bench.models import count_parameters, load_model, load_tokenizer
+from mgsr_bench.models import count_parameters, load_model, load_tokenizer, weights_digest
 from mgsr_bench.suite.tasks import generate_suite_data
 from mgsr_bench.suite.tokenizer import train_tokenizer
 
@@ -130,10 +130,15 @@ class Suite:
         return read_records(self.root / "data" / f"{name}.jsonl")
 
     def pair(self) -> dict[str, Any]:
-        """The pair description that goes into run records (paths relative to the suite cache)."""
+        """The pair description that goes into run records (paths relative to the suite cache), with
+        the digests of the teacher's and the SFT init's weights: the suite's name comes from its
+        configuration, and two builds of one configuration can differ (another thread count, another
+        CPU), so the digests say whether two records were made from the same models."""
         key = self.config.key()
         return {"name": key, "teacher": f"{key}/teacher", "student": f"{key}/student-init",
-                "teacher_params": self.report["teacher_params"], "student_params": self.report["student_params"]}
+                "teacher_params": self.report["teacher_params"], "student_params": self.report["student_params"],
+                "teacher_weights": weights_digest(self.teacher_dir),
+                "student_weights": weights_digest(self.student_init_dir)}
 
 
 def _train_stage(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, data: dict[str, list[dict[str, Any]]],
