@@ -2,7 +2,8 @@
 # The prepared GPU check for a session lent a device (see DEVELOPERS.md): GPU-only tests, the
 # harness tests on CUDA, the chunked-loss, generation and performance (`mgsr-bench bench`: GPT-2 1.5B -> 124M,
 # bf16; TRL's GKDTrainer beside it when trl is importable) benchmarks, an FSDP2 training run through
-# fsdp.yaml on one GPU, and the smoke-sized main job; under 8 minutes. Writes logs and records under $OUT.
+# fsdp.yaml on one GPU, a sharded run killed and resumed, and the smoke-sized main job; under 8
+# minutes. Writes logs and records under $OUT.
 # Device call: first run tests/gpu_wheels.sh here (the wheels the image lacks: rouge-score, nltk,
 # TRL and datasets, into .whl/), then carry .whl and run
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -24,6 +25,24 @@ timeout 240 python3 -m mgsr_bench bench --json "$OUT/bench.json" $(python3 -c "i
 timeout 300 accelerate launch --config_file mgsr_bench/launch/accelerate/fsdp.yaml --num_processes 1 \
     -m mgsr_bench train gkd --quick --steps 6 --checkpoint-every 2 --out /tmp/gpu-fsdp > /tmp/fsdp.log 2>&1
 echo "fsdp train exit $?" | tee -a "$LOG"; tail -5 /tmp/fsdp.log | tee -a "$LOG"
+# Kill and resume under FSDP2 on the GPU (sharded checkpoints written and read over NCCL): the same
+# deterministic kd command uninterrupted, then killed once step 4's checkpoint exists and run again
+KD=(accelerate launch --config_file mgsr_bench/launch/accelerate/fsdp.yaml --num_processes 1 -m mgsr_bench
+    train kd --quick --steps 6 --checkpoint-every 2 --deterministic)
+timeout 150 "${KD[@]}" --out /tmp/kd-whole > /tmp/kd.log 2>&1; echo "kd whole exit $?" | tee -a "$LOG"
+setsid "${KD[@]}" --out /tmp/kd-resumed > /tmp/kd-killed.log 2>&1 &
+killed=$!
+for _ in $(seq 300); do [ -f /tmp/kd-resumed/checkpoints/step-0000004.pt ] && break; sleep 0.5; done
+kill -9 -- -"$killed" 2>/dev/null; wait "$killed" 2>/dev/null
+echo "killed with $(ls /tmp/kd-resumed/checkpoints 2>/dev/null | tr '\n' ' ')" | tee -a "$LOG"
+timeout 150 "${KD[@]}" --out /tmp/kd-resumed >> /tmp/kd.log 2>&1; echo "kd resumed exit $?" | tee -a "$LOG"
+grep -a "best validation\|Error" /tmp/kd.log | tail -4 | tee -a "$LOG"
+python3 - <<'PY' 2>&1 | tee -a "$LOG"
+import json
+whole, resumed = (json.load(open(f"/tmp/kd-{n}/training.json"))["training"]["history"] for n in ("whole", "resumed"))
+gap = max(abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(whole, resumed))
+print(f"kd resumed vs whole: {len(resumed)} vs {len(whole)} steps, largest relative loss difference {gap:.2e}")
+PY
 start=$(date +%s)
 python3 -m mgsr_bench run --quick --seeds 10,20 --out /tmp/gpu-quick > /tmp/run.log 2> "$OUT/run.err"
 echo "run --quick exit $? in $(( $(date +%s) - start )) s" | tee -a "$LOG"
