@@ -24,6 +24,37 @@ def test_suite_data_is_deterministic_and_disjoint():
         assert r["prompt"] == build_prompt(r["instruction"], r["input"])
 
 
+_BUILD = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+from pathlib import Path
+from mgsr_bench.models import weights_digest
+from mgsr_bench.suite.build import ModelShape, SuiteConfig, build_suite
+train = {"micro_batch": 32, "lr": 3e-3, "val_metric": "loss", "seed": 0}
+config = SuiteConfig(name="tiny-micro", n_train=800, n_valid=16, n_test=8, vocab_size=300,
+                     teacher=ModelShape(128, 2, 4, 352), student=ModelShape(64, 1, 2, 176),
+                     teacher_train={**train, "steps": 12, "eval_every": 12},
+                     student_init_train={**train, "steps": 4, "eval_every": 4})
+root = Path(sys.argv[2])
+build_suite(config, root)
+print(torch.get_num_threads(), weights_digest(root / "teacher"), weights_digest(root / "student-init"))
+"""
+
+
+def test_a_suite_builds_the_same_models_whatever_the_thread_count(tmp_path):
+    """Built by processes set to 1 and to 3 threads: the same teacher and SFT init, byte for byte
+    (unpinned, these two differ), and each process gets its own thread count back."""
+    import subprocess
+    import sys
+
+    outs = [subprocess.run([sys.executable, "-c", _BUILD, str(n), str(tmp_path / str(n))], capture_output=True,
+                           text=True, timeout=300) for n in (1, 3)]
+    assert all(o.returncode == 0 for o in outs), outs[0].stderr[-3000:] + outs[1].stderr[-3000:]
+    (one, *digests_one), (three, *digests_three) = (o.stdout.split("\n")[-2].split() for o in outs)
+    assert (one, three) == ("1", "3")
+    assert digests_one == digests_three
+
+
 def test_shifted_split_holds_out_phrasings_and_per_family_entities():
     data = generate_suite_data(1200, 60, 120, seed=1)
     train_instructions = {r["instruction"].split(". ")[0] for r in data["train"]}

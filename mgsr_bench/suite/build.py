@@ -32,6 +32,11 @@ from mgsr_bench.suite.tokenizer import train_tokenizer
 # so that caches made by older code are not silently reused.
 SUITE_CODE_VERSION = 1
 SPLITS = ("train", "valid", "test", "shifted")
+# CPU threads the build trains with, whatever the machine: the thread count changes how the matrix
+# products split their sums, so builds with 1 and 2 threads give different teachers; pinned, machines
+# of one kind of CPU build the same suite (a GPU build differs again). Two threads is what the
+# development machine and CI have, so suites built there before the pin are unchanged.
+BUILD_THREADS = 2
 EVAL_SPLITS = ("test", "shifted")
 
 
@@ -155,10 +160,13 @@ def _train_stage(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, da
 
 
 def build_suite(config: SuiteConfig, root: Path) -> None:
-    """Build every artefact of ``config`` into ``root`` (which must not exist yet)."""
+    """Build every artefact of ``config`` into ``root`` (which must not exist yet), on
+    ``BUILD_THREADS`` CPU threads."""
     tmp = root.with_name(f".{root.name}.building-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
     try:
         t0 = time.perf_counter()
         data = generate_suite_data(config.n_train, config.n_valid, config.n_test, config.seed)
@@ -192,6 +200,8 @@ def build_suite(config: SuiteConfig, root: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        torch.set_num_threads(threads)
 
 
 def ensure_suite(config: SuiteConfig = SuiteConfig()) -> Suite:
