@@ -131,8 +131,6 @@ def checkpoints(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-
-
 class Checkpoints:
     """A run's checkpoints in ``folder``: written and read by every process together, whatever the engine.
 

@@ -227,25 +227,27 @@ def plain_model(accelerator: Accelerator, model: PreTrainedModel) -> PreTrainedM
     return _rebuild(model, state).eval()
 
 
-def per_process(value: Any) -> list[Any]:
-    """Every process's ``value``, in process order, on every process (``[value]`` in a single process)."""
+def _processes() -> int:
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def per_process(value: Any) -> list[Any]:
+    """Every process's ``value``, in process order, on every process (``[value]`` in a single process)."""
+    if _processes() == 1:
         return [value]
-    values: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
+    values: list[Any] = [None] * _processes()
+    torch.distributed.all_gather_object(values, value)
     return values
 
 
 def from_main(value: Any) -> Any:
     """The main process's ``value``, on every process (so that all take the same decision)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if _processes() == 1:
         return value
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
 
 
