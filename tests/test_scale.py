@@ -194,3 +194,66 @@ def test_a_lora_student_trains_only_its_adapters_through_the_chunked_loss_and_sa
         torch.testing.assert_close(plain(input_ids=ids).logits, expected)
     with pytest.raises(UserError, match="LoRA target module\\(s\\) c_attn not in the student"):
         apply_lora(tiny_model(len(tokenizer)), LoraSettings(target_modules=("c_attn",)))
+
+
+def test_a_lora_students_checkpoints_and_best_weights_hold_its_adapters_only_and_resume(tmp_path, tokenizer, records,
+                                                                                       monkeypatch):
+    """A checkpoint and the best-weights copy of a LoRA student hold its adapters, not the frozen
+    base (which the same command loads again); a run stopped after the checkpoint of step 2 and run
+    again ends with the uninterrupted run's losses and adapters; restoring puts the adapters back
+    and refuses weights that leave a trainable one out."""
+    pytest.importorskip("peft")
+    from accelerate import Accelerator
+
+    from mgsr_bench.config import train_config
+    from mgsr_bench.data.collate import tokenize_records
+    from mgsr_bench.methods import get_method
+    from mgsr_bench.models.lora import apply_lora
+    from mgsr_bench.models.pairs import LoraSettings
+    from mgsr_bench.train import distributed, loop, train
+
+    def student():
+        return apply_lora(tiny_model(len(tokenizer), seed=1).double(), LoraSettings(r=4, alpha=8, dropout=0.0,
+                                                                                   target_modules=("q_proj", "v_proj")))
+
+    teacher = tiny_model(len(tokenizer), seed=2, hidden=48).double().eval()
+    examples = tokenize_records(records[:64], tokenizer)
+    cfg = train_config({"steps": 4, "micro_batch": 8, "lr": 1e-2, "eval_every": 2, "val_metric": "loss",
+                        "val_size": 8, "mixed_precision": "no", "checkpoint_every": 2})
+
+    def run(model, folder=None):
+        return train(model, teacher, tokenizer, get_method("kd"), examples, records[200:208], examples[:8], cfg,
+                     checkpoint_dir=folder)
+
+    whole_model = student()
+    whole = run(whole_model)
+    save = loop.Checkpoints.save
+
+    def save_then_stop(self, step, *args):
+        save(self, step, *args)
+        raise KeyboardInterrupt  # as if killed right after the checkpoint
+
+    monkeypatch.setattr(loop.Checkpoints, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run(student(), tmp_path)
+    monkeypatch.setattr(loop.Checkpoints, "save", save)
+    saved = torch.load(tmp_path / "step-0000002.pt", weights_only=True)
+    adapters = {n for n, p in whole_model.named_parameters() if p.requires_grad}
+    assert set(saved["student"]) == set(saved["best_state"]) == adapters
+    resumed_model = student()
+    resumed = run(resumed_model, tmp_path)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
+    assert resumed.best_step == whole.best_step
+    got = dict(resumed_model.named_parameters())
+    assert all(torch.equal(got[n], p) for n, p in whole_model.named_parameters())
+
+    accelerator = Accelerator(cpu=True)
+    copy = distributed.snapshot(accelerator, resumed_model)
+    assert set(copy) == adapters
+    with torch.no_grad():
+        for name in adapters:
+            got[name].add_(1.0)
+    distributed.restore(accelerator, resumed_model, copy)
+    assert all(torch.equal(got[n], copy[n]) for n in adapters)
+    with pytest.raises(RuntimeError, match="missing .*lora_"):
+        distributed.restore(accelerator, resumed_model, {n: copy[n] for n in sorted(adapters)[1:]})

@@ -13,8 +13,9 @@ step ``k`` replays the first ``k`` draws.
 
 Where the weights go depends on the engine (:func:`mgsr_bench.train.distributed.engine`):
 
-* one process and DDP: the student's weights, the optimiser and the best validated weights are in
-  the same file;
+* one process and DDP: the student's weights (those that train: a LoRA student's adapters, its
+  base being loaded again by the same command), the optimiser and the best validated weights are
+  in the same file;
 * FSDP2: each process writes its own shards of the student, the optimiser state and the best
   weights with ``torch.distributed.checkpoint`` into the folder ``step-NNNNNNN.parts`` (nothing is
   gathered: a 13B student costs no process more than its share);
@@ -220,8 +221,8 @@ class Checkpoints:
                 os.replace(tmp, parts)
             weights = {"has_best": best_state is not None,  # FSDP2's best shards are in the parts
                        "best_state": None if self.engine == "fsdp" else best_state}
-        elif main:
-            weights = {"student": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+        elif main:  # the weights that train (a LoRA student's base is loaded again by the same command)
+            weights = {"student": distributed.snapshot(self.accelerator, self.model),
                        "optimizer": self.optimizer.state_dict(), "best_state": best_state}
         path = self.folder / f"{stem}.pt"
         if main:
@@ -271,7 +272,7 @@ class Checkpoints:
         if self.parted:
             state["best_state"] = self._load_parts((self.folder / choice).with_suffix(".parts"), state)
         else:
-            self.model.load_state_dict(state["student"])
+            distributed.restore(self.accelerator, self.model, state["student"])
             self.optimizer.load_state_dict(state["optimizer"])
         if self.engine == "zero3" and not self.accelerator.is_main_process:
             state["best_state"] = None  # ZeRO-3 keeps the best weights on the main process only

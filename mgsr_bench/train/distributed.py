@@ -19,9 +19,9 @@ an engine changes what a step must do live here, each named for what it does:
   unchanged (``scale_wrt_gas=False``: the loss is already the micro-batch's share of the global
   token mean);
 * **weights out** (:func:`snapshot`, :func:`restore`, :func:`plain_model`): the best validated
-  weights are kept and restored without gathering under FSDP2 (each process keeps its own
-  shards); under ZeRO-3 they are gathered to the main process; the trained student leaves the
-  harness as an ordinary model on the main process.
+  weights (those that train: a LoRA student's adapters only) are kept and restored without
+  gathering under FSDP2 (each process keeps its own shards); under ZeRO-3 they are gathered to
+  the main process; the trained student leaves the harness as an ordinary model on the main process.
 """
 
 from __future__ import annotations
@@ -184,10 +184,18 @@ def optimizer_step(accelerator: Accelerator, student: torch.nn.Module, optimizer
     return float(norm)
 
 
-def snapshot(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
-    """A CPU copy of the weights to restore later (FSDP2: this process's shards; ZeRO-3: the full
-    weights on the main process, ``None`` elsewhere)."""
+def _frozen(model: torch.nn.Module) -> set[str]:
+    """State-dict names of parameters that do not train (a LoRA student's base model): they never
+    change, so a copy of the weights to restore later leaves them out."""
+    return {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
+def snapshot(accelerator: Accelerator, model: torch.nn.Module, whole: bool = False) -> dict[str, torch.Tensor] | None:
+    """A CPU copy of the weights to restore later: those that train (a LoRA student's adapters
+    only), or every one with ``whole``; FSDP2: this process's shards; ZeRO-3: gathered, on the main
+    process, ``None`` elsewhere."""
     zero3 = engine(accelerator) == "zero3"
+    frozen = set() if whole else _frozen(model)
     with contextlib.ExitStack() as stack:
         if zero3:
             import deepspeed
@@ -195,19 +203,26 @@ def snapshot(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torc
             stack.enter_context(deepspeed.zero.GatheredParameters(_zero3_parameters(model), modifier_rank=None))
         if zero3 and not accelerator.is_main_process:
             return None
-        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k not in frozen}
 
 
 def restore(accelerator: Accelerator, model: torch.nn.Module, state: dict[str, torch.Tensor] | None) -> None:
-    """Load weights taken by :func:`snapshot` (ZeRO-3: the main process's copy, re-partitioned)."""
+    """Load weights taken by :func:`snapshot` (ZeRO-3: the main process's copy, re-partitioned);
+    every weight that trains must be in ``state``."""
+    def load() -> None:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - _frozen(model):
+            raise RuntimeError(f"weights to restore do not fit the model: missing {sorted(set(missing) - _frozen(model))}"
+                               f", unexpected {sorted(unexpected)}")
+
     if engine(accelerator) == "zero3":
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(_zero3_parameters(model), modifier_rank=0):
             if accelerator.is_main_process:
-                model.load_state_dict(state)
+                load()
         return
-    model.load_state_dict(state)
+    load()
 
 
 def plain_model(accelerator: Accelerator, model: PreTrainedModel) -> PreTrainedModel | None:
@@ -221,7 +236,7 @@ def plain_model(accelerator: Accelerator, model: PreTrainedModel) -> PreTrainedM
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     else:
-        state = snapshot(accelerator, model)
+        state = snapshot(accelerator, model, whole=True)
     if not accelerator.is_main_process:
         return None
     return _rebuild(model, state).eval()
