@@ -98,7 +98,8 @@ def test_a_stopped_multi_process_run_resumes_to_the_uninterrupted_result(tmp_pat
     assert stopped == {"stopped_after": 3}
     kept = sorted(p.name for p in folder.iterdir())  # the newest two, each complete; nothing half-written
     parts = ["step-0000002.parts", "step-0000003.parts"] if engine != "ddp" else []
-    assert kept == sorted(["step-0000002.pt", "step-0000003.pt", *parts])
+    best = "best-0000002.parts" if engine == "fsdp" else "best-0000002.pt"  # validated at step 2, written once
+    assert kept == sorted(["step-0000002.pt", "step-0000003.pt", *parts, best])
     resumed = run(tmp_path / "resumed.json", tokenizer_dir, 4, 2, method, engine, dtype, folder)
     assert (whole["steps_trained"], resumed["steps_trained"]) == (4, 1)
     assert resumed["sources"] == whole["sources"] and resumed["tokens"] == whole["tokens"]

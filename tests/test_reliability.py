@@ -63,6 +63,31 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_result(hub_style_pair
     assert refused.returncode == 2 and "holds a finished run" in refused.stderr
 
 
+def test_best_weights_are_written_once_per_best_step_and_pruned_with_the_checkpoints(tmp_path, tokenizer, records):
+    """Validated every 2 steps and checkpointed every 2 of 9, two kept: the folder ends with the
+    checkpoints of steps 6 and 8 and only the best copies they name, each holding the weights that
+    the run's best-so-far had at that step."""
+    from mgsr_bench.config import train_config
+    from mgsr_bench.data.collate import tokenize_records
+    from mgsr_bench.methods import get_method
+    from mgsr_bench.train import train
+
+    examples = tokenize_records(records[:64], tokenizer)
+    cfg = {"steps": 9, "micro_batch": 8, "lr": 5e-3, "eval_every": 2, "val_metric": "loss", "val_size": 8,
+           "checkpoint_every": 2}
+    result = train(tiny_model(len(tokenizer)), tiny_model(len(tokenizer), hidden=48), tokenizer, get_method("kd"),
+                   examples, records[200:208], examples[:8], train_config(cfg), checkpoint_dir=tmp_path)
+
+    def best_at(step):  # the best validated step up to ``step``, from the history
+        evaluated = [h for h in result.history if "val_loss" in h and h["step"] <= step]
+        return min(evaluated, key=lambda h: (h["val_loss"], h["step"]))["step"]
+
+    named = {torch.load(tmp_path / f"step-{s:07d}.pt", weights_only=True)["best"] for s in (6, 8)}
+    assert named == {f"best-{best_at(s):07d}" for s in (6, 8)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["step-0000006.pt", "step-0000008.pt",
+                                                                 *(f"{n}.pt" for n in named)])
+
+
 def test_checkpoints_of_another_run_are_refused(tmp_path, tokenizer, records):
     from mgsr_bench.config import train_config
     from mgsr_bench.data.collate import tokenize_records

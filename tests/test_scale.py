@@ -238,8 +238,9 @@ def test_a_lora_students_checkpoints_and_best_weights_hold_its_adapters_only_and
         run(student(), tmp_path)
     monkeypatch.setattr(loop.Checkpoints, "save", save)
     saved = torch.load(tmp_path / "step-0000002.pt", weights_only=True)
+    best = torch.load(tmp_path / f"{saved['best']}.pt", weights_only=True)
     adapters = {n for n, p in whole_model.named_parameters() if p.requires_grad}
-    assert set(saved["student"]) == set(saved["best_state"]) == adapters
+    assert set(saved["student"]) == set(best) == adapters
     resumed_model = student()
     resumed = run(resumed_model, tmp_path)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]

@@ -14,14 +14,17 @@ step ``k`` replays the first ``k`` draws.
 Where the weights go depends on the engine (:func:`mgsr_bench.train.distributed.engine`):
 
 * one process and DDP: the student's weights (those that train: a LoRA student's adapters, its
-  base being loaded again by the same command), the optimiser and the best validated weights are
-  in the same file;
-* FSDP2: each process writes its own shards of the student, the optimiser state and the best
-  weights with ``torch.distributed.checkpoint`` into the folder ``step-NNNNNNN.parts`` (nothing is
-  gathered: a 13B student costs no process more than its share);
+  base being loaded again by the same command) and the optimiser are in the same file;
+* FSDP2: each process writes its own shards of the student and the optimiser state with
+  ``torch.distributed.checkpoint`` into the folder ``step-NNNNNNN.parts`` (nothing is gathered: a
+  13B student costs no process more than its share);
 * DeepSpeed ZeRO-2/3: the engine's own ``save_checkpoint`` (module and optimiser partitions, one
-  file per process) into ``step-NNNNNNN.parts``; the best weights (whole on the main process)
-  stay in the file.
+  file per process) into ``step-NNNNNNN.parts``.
+
+The best validated weights are written once per best step, as ``best-NNNNNNN.pt`` (the main
+process's copy) or, under FSDP2, ``best-NNNNNNN.parts`` (each process's shards), and each
+checkpoint names the one it goes with; copies older than the one the oldest kept checkpoint names
+are deleted.
 
 The parts are written into a temporary folder that is renamed once every process has finished,
 and the file, written last, marks the checkpoint complete; a run of several processes needs its
@@ -50,6 +53,7 @@ from mgsr_bench.errors import UserError
 from mgsr_bench.train import distributed
 
 PATTERN = re.compile(r"^step-(\d+)\.pt$")
+BEST = re.compile(r"^best-(\d+)(\.pt|\.parts)$")
 
 
 def examples_state(rows: list[Example]) -> list[dict[str, Any]]:
@@ -188,6 +192,11 @@ class Checkpoints:
             for parts in self.folder.glob("step-*.parts"):  # older ones, and any a killed run left behind
                 if parts.name.removesuffix(".parts") not in kept:
                     shutil.rmtree(parts, ignore_errors=True)
+            # best copies older than the one the oldest kept checkpoint names (the best step only grows)
+            oldest = torch.load(found[-self.keep:][0], map_location="cpu", weights_only=True, mmap=True)["best"]
+            for best in self.folder.iterdir():
+                if oldest is not None and (m := BEST.match(best.name)) and int(m.group(1)) < int(oldest[5:]):
+                    shutil.rmtree(best) if best.is_dir() else best.unlink()
         self.accelerator.wait_for_everyone()
         return path
 
@@ -206,44 +215,73 @@ class Checkpoints:
         self._check_every_process_sees_the_folder()
         main = self.accelerator.is_main_process
         ranks = distributed.per_process(mine)
+        best = self._write_best(state["best_step"], best_state)
         if self.parted:
-            tmp, parts = self.folder / f".{stem}.parts.tmp", self.folder / f"{stem}.parts"
-            if main:
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
-            self.accelerator.wait_for_everyone()
-            self._save_parts(tmp, best_state)
-            for f in tmp.rglob("*"):  # each process flushes what it wrote (DeepSpeed writes without fsync)
-                _fsync(f)
-            self.accelerator.wait_for_everyone()
-            if main:
-                shutil.rmtree(parts, ignore_errors=True)
-                os.replace(tmp, parts)
-            weights = {"has_best": best_state is not None,  # FSDP2's best shards are in the parts
-                       "best_state": None if self.engine == "fsdp" else best_state}
+            self._write_parts(self.folder / f"{stem}.parts", self._save_parts)
+            weights: dict[str, Any] = {}
         elif main:  # the weights that train (a LoRA student's base is loaded again by the same command)
             weights = {"student": distributed.snapshot(self.accelerator, self.model),
-                       "optimizer": self.optimizer.state_dict(), "best_state": best_state}
+                       "optimizer": self.optimizer.state_dict()}
         path = self.folder / f"{stem}.pt"
         if main:
-            _write(path, {**state, **weights, "engine": self.engine, "ranks": ranks,
+            _write(path, {**state, **weights, "best": best, "engine": self.engine, "ranks": ranks,
                           "config_hash": self.config_hash})
         return path
 
-    def _save_parts(self, folder: Path, best_state: dict[str, torch.Tensor] | None) -> None:
+    def _write_best(self, step: int, best_state: dict[str, torch.Tensor] | None) -> str | None:
+        """Write the best validated weights once per best step, as ``best-NNNNNNN.pt`` (the main
+        process's copy) or, under FSDP2, ``best-NNNNNNN.parts`` (each process's shards); every
+        checkpoint names the one it goes with. Returns that name (None before the first validation)."""
+        name = f"best-{step:07d}"
+        path = self._best_path(name)
+        # the main process decides for all (under ZeRO-3 only it holds the copy)
+        exists, written = distributed.from_main((best_state is not None, path.exists()))
+        if not exists:
+            return None
+        if written:  # by an earlier checkpoint of this run
+            return name
         if self.engine == "fsdp":
             import torch.distributed.checkpoint as dcp
 
-            dcp.save(self._fsdp_state(best_state), checkpoint_id=folder)
+            self._write_parts(path, lambda folder: dcp.save({"best": best_state}, checkpoint_id=folder))
+        elif self.accelerator.is_main_process:
+            _write(path, best_state)
+        return name
+
+    def _best_path(self, name: str) -> Path:
+        return self.folder / (f"{name}.parts" if self.engine == "fsdp" else f"{name}.pt")
+
+    def _write_parts(self, parts: Path, save: Any) -> None:
+        """``save(folder)`` on every process into a temporary folder, renamed to ``parts`` once all are done."""
+        main = self.accelerator.is_main_process
+        tmp = parts.with_name(f".{parts.name}.tmp")
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        save(tmp)
+        for f in tmp.rglob("*"):  # each process flushes what it wrote (DeepSpeed writes without fsync)
+            _fsync(f)
+        self.accelerator.wait_for_everyone()
+        if main:
+            shutil.rmtree(parts, ignore_errors=True)
+            os.replace(tmp, parts)
+            _fsync(parts.parent)
+
+    def _save_parts(self, folder: Path) -> None:
+        if self.engine == "fsdp":
+            import torch.distributed.checkpoint as dcp
+
+            dcp.save(self._fsdp_state(), checkpoint_id=folder)
         else:
             self._deepspeed().save_checkpoint(str(folder), tag="deepspeed", save_latest=False)
 
-    def _fsdp_state(self, best_state: dict[str, torch.Tensor] | None) -> dict[str, Any]:
-        """This process's shards of the student, its optimiser state and (if any) the best weights."""
+    def _fsdp_state(self) -> dict[str, Any]:
+        """This process's shards of the student and of its optimiser state."""
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         student, optimizer = get_state_dict(self.model, self.optimizer.optimizer)
-        return {"student": student, "optimizer": optimizer, **({"best": best_state} if best_state is not None else {})}
+        return {"student": student, "optimizer": optimizer}
 
     def _deepspeed(self) -> Any:
         return self.accelerator.deepspeed_engine_wrapped.engine
@@ -270,13 +308,25 @@ class Checkpoints:
         # memory-mapped: a process reads only what it uses (not the main process's best weights under ZeRO-3)
         state = torch.load(self.folder / choice, map_location="cpu", weights_only=True, mmap=True)
         if self.parted:
-            state["best_state"] = self._load_parts((self.folder / choice).with_suffix(".parts"), state)
+            self._load_parts((self.folder / choice).with_suffix(".parts"))
         else:
             distributed.restore(self.accelerator, self.model, state["student"])
             self.optimizer.load_state_dict(state["optimizer"])
-        if self.engine == "zero3" and not self.accelerator.is_main_process:
-            state["best_state"] = None  # ZeRO-3 keeps the best weights on the main process only
+        state["best_state"] = self._load_best(state["best"])
         return state, state["ranks"][self.accelerator.process_index]
+
+    def _load_best(self, name: str | None) -> dict[str, torch.Tensor] | None:
+        """The best validated weights a checkpoint names (FSDP2: this process's shards; ZeRO-3: on
+        the main process only)."""
+        if name is None or (self.engine == "zero3" and not self.accelerator.is_main_process):
+            return None
+        if self.engine == "fsdp":
+            import torch.distributed.checkpoint as dcp
+
+            target = {"best": distributed.snapshot(self.accelerator, self.model)}  # this process's shapes
+            dcp.load(target, checkpoint_id=self._best_path(name))
+            return target["best"]
+        return torch.load(self._best_path(name), map_location="cpu", weights_only=True, mmap=True)
 
     def _choose(self) -> str | None:
         """The newest checkpoint's file name, checked to belong to this run; None when there is none."""
@@ -300,6 +350,9 @@ class Checkpoints:
         if self.parted and not parts.is_dir():
             raise UserError(f"{parts} is missing (the shards of {path.name}); delete {path} to resume "
                             "from the one before")
+        if state["best"] is not None and not self._best_path(state["best"]).exists():
+            raise UserError(f"{self._best_path(state['best'])} is missing (the best weights {path.name} names); "
+                            f"delete {path} to resume from the one before")
         if self.engine in ("zero2", "zero3"):  # DeepSpeed would go on without them, with a warning only
             held = len(list((parts / "deepspeed").glob("*zero_pp_rank_*optim_states.pt")))
             if held != self.accelerator.num_processes:
@@ -307,21 +360,19 @@ class Checkpoints:
                                 f"partitions; delete {path} to resume from the one before")
         return path.name
 
-    def _load_parts(self, parts: Path, state: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-        """Load the sharded weights and optimiser state; returns the best weights (FSDP2: this process's shards)."""
+    def _load_parts(self, parts: Path) -> None:
+        """Load the sharded weights and optimiser state."""
         if self.engine != "fsdp":
             loaded, _ = self._deepspeed().load_checkpoint(str(parts), tag="deepspeed", load_optimizer_states=True,
                                                           load_lr_scheduler_states=False)
             if loaded is None:
                 raise UserError(f"DeepSpeed found no checkpoint in {parts}; delete {parts.with_suffix('.pt')} "
                                 "to resume from the one before")
-            return state["best_state"]
+            return
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
-        # templates of this process's shapes, filled in place
-        target = self._fsdp_state(distributed.snapshot(self.accelerator, self.model) if state["has_best"] else None)
+        target = self._fsdp_state()  # templates of this process's shapes, filled in place
         dcp.load(target, checkpoint_id=parts)
         set_state_dict(self.model, self.optimizer.optimizer, model_state_dict=target["student"],
                        optim_state_dict=target["optimizer"])
-        return target.get("best")
