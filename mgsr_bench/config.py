@@ -56,6 +56,9 @@ class TrainConfig:
     keep_checkpoints: int = 2  # how many of the newest checkpoints to keep
     deterministic: bool = False  # deterministic GPU kernels (torch.use_deterministic_algorithms); slower
     shard_teacher: bool = True  # under FSDP or ZeRO-3, shard the frozen teacher too (else whole on every GPU)
+    # how long a process waits for the others at a collective before the run fails (torch's NCCL default
+    # is 10 min: too short while the main process alone writes a 7B student to a slow shared disk)
+    process_timeout_s: int = 7200
 
     def validate(self) -> None:
         """Reject impossible settings before any compute."""
@@ -69,6 +72,8 @@ class TrainConfig:
             raise UserError(f"train.gen_temperature must be > 0, got {self.gen_temperature}")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
             raise UserError("train.checkpoint_every must be >= 0 and train.keep_checkpoints >= 1")
+        if self.process_timeout_s < 1:
+            raise UserError(f"train.process_timeout_s must be >= 1, got {self.process_timeout_s}")
         if self.loss_chunk_size < 0:
             raise UserError(f"train.loss_chunk_size must be >= 0, got {self.loss_chunk_size}")
         if self.lr <= 0:

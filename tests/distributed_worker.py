@@ -63,7 +63,8 @@ def use_engine(name: str) -> None:
 
         class DeepSpeedOnCPU(accelerate.Accelerator):  # accelerate takes cpu=True as "no DeepSpeed": name gloo
             def __init__(self, **kwargs):
-                super().__init__(**{**kwargs, "cpu": False}, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+                handlers = [InitProcessGroupKwargs(backend="gloo", timeout=h.timeout) for h in kwargs.pop("kwargs_handlers")]
+                super().__init__(**{**kwargs, "cpu": False}, kwargs_handlers=handlers)
 
         loop.Accelerator = DeepSpeedOnCPU
 
@@ -98,7 +99,7 @@ def main() -> None:
     teacher = tiny_model(len(tokenizer), seed=2, hidden=48).to(getattr(torch, dtype))
     cfg = train_config({"steps": 4, "micro_batch": micro, "grad_accum": accum, "lr": 5e-3, "eval_every": 2,
                         "val_metric": "loss", "val_size": 16, "mixed_precision": "no", "gen_max_new_tokens": 12,
-                        "checkpoint_every": int(every)})
+                        "checkpoint_every": int(every), "process_timeout_s": 1234})
     name, *options = method.split(",")  # METHOD may carry options: mgsr,init_threshold=1.0
     options = {k: float(v) for k, v in (o.split("=") for o in options)}
     if int(stop):
@@ -123,11 +124,15 @@ def main() -> None:
              else (p.numel(), p.numel())  # or a plain parameter
              for n, p in teacher.named_parameters() if ".layers." in n]
     held, teacher_params = (sum(column) for column in zip(*sizes))
+    timeout = None  # the process group's own timeout (private API: gloo's options)
+    if distributed:
+        group = torch.distributed.distributed_c10d._get_default_group()
+        timeout = group._get_backend(torch.device("cpu")).options._timeout.total_seconds()
     if not distributed or torch.distributed.get_rank() == 0:
         weights = sum(p.double().square().sum().item() for p in result.model.parameters())
         out.write_text(json.dumps({"losses": [h["loss"] for h in result.history], "weights": weights,
                                    "tokens": [h["tokens"] for h in result.history], "best_step": result.best_step,
-                                   "steps_trained": len(trained),
+                                   "steps_trained": len(trained), "timeout_s": timeout,
                                    "sources": [h["source"] for h in result.history],
                                    "teacher_held": held / teacher_params}))
     else:

@@ -62,6 +62,7 @@ def test_two_processes_follow_the_single_process_trajectory(tmp_path, tokenizer_
     assert two["weights"] == pytest.approx(one["weights"], rel=rel)
     sharded_teacher = engine in ("fsdp", "zero3") and method != "sft"  # SFT never places the teacher
     assert two["teacher_held"] == (0.5 if sharded_teacher else 1.0)
+    assert two["timeout_s"] == 1234  # train.process_timeout_s reached the process group
 
 
 @pytest.mark.parametrize("engine,dtype,rel", [("fsdp", "float64", 1e-9), ("zero3", "float32", 1e-5)])

@@ -26,11 +26,13 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
@@ -205,7 +207,8 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     """
     # Several processes on a machine without GPUs: gloo on the CPU (accelerate only picks it when told "cpu").
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision), cpu=multi_cpu)
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision), cpu=multi_cpu,
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.process_timeout_s))])
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:  # cuBLAS needs a fixed workspace for deterministic matrix products
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -221,7 +224,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         raise UserError(f"{len(train_examples)} training examples cannot fill one global batch of "
                         f"{cfg.global_batch * world} (micro_batch x grad_accum x processes); lower train.micro_batch")
     run_hash = config_hash({"train": {k: v for k, v in dataclasses.asdict(cfg).items()
-                                      if k not in ("checkpoint_every", "keep_checkpoints")},
+                                      if k not in ("checkpoint_every", "keep_checkpoints", "process_timeout_s")},
                             "method": method.name, "options": method.options(), "vocab": len(tokenizer),
                             "processes": world,
                             "data": _digest(train_examples),
