@@ -183,7 +183,7 @@ class Checkpoints:
         """Write ``step-NNNNNNN``: the run's ``state`` (the same on every process), each process's
         own ``mine`` (its RNG and source states), the weights and optimiser, and ``best_state``;
         then delete all but the newest ``keep``."""
-        path = self._write(f"step-{step:07d}", state, mine, best_state)
+        path = self._write_checkpoint(f"step-{step:07d}", state, mine, best_state)
         if self.accelerator.is_main_process:
             found = checkpoints(self.folder)
             for old in found[:-self.keep]:
@@ -195,7 +195,7 @@ class Checkpoints:
             # best copies older than the one the oldest kept checkpoint names (the best step only grows)
             oldest = torch.load(found[-self.keep:][0], map_location="cpu", weights_only=True, mmap=True)["best"]
             for best in self.folder.iterdir():
-                if oldest is not None and (m := BEST.match(best.name)) and int(m.group(1)) < int(oldest[5:]):
+                if oldest is not None and (m := BEST.match(best.name)) and int(m.group(1)) < int(oldest.removeprefix("best-")):
                     shutil.rmtree(best) if best.is_dir() else best.unlink()
         self.accelerator.wait_for_everyone()
         return path
@@ -205,13 +205,13 @@ class Checkpoints:
         """The state before a failed step and that step's whole batch (every process's share), as
         ``nonfinite-step-N.pt`` (never resumed; its parts, under sharded engines, in ``.parts``)."""
         shares = distributed.per_process(examples_state(batch))
-        path = self._write(f"nonfinite-step-{step}", {**state, "batch": [e for share in shares for e in share]},
+        path = self._write_checkpoint(f"nonfinite-step-{step}", {**state, "batch": [e for share in shares for e in share]},
                            mine, best_state)
         self.accelerator.wait_for_everyone()
         return path
 
-    def _write(self, stem: str, state: dict[str, Any], mine: dict[str, Any],
-               best_state: dict[str, torch.Tensor] | None) -> Path:
+    def _write_checkpoint(self, stem: str, state: dict[str, Any], mine: dict[str, Any],
+                          best_state: dict[str, torch.Tensor] | None) -> Path:
         self._check_every_process_sees_the_folder()
         main = self.accelerator.is_main_process
         ranks = distributed.per_process(mine)
@@ -235,8 +235,8 @@ class Checkpoints:
         name = f"best-{step:07d}"
         path = self._best_path(name)
         # the main process decides for all (under ZeRO-3 only it holds the copy)
-        exists, written = distributed.from_main((best_state is not None, path.exists()))
-        if not exists:
+        has_best, written = distributed.from_main((best_state is not None, path.exists()))
+        if not has_best:
             return None
         if written:  # by an earlier checkpoint of this run
             return name
