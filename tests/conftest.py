@@ -70,7 +70,8 @@ def torchrun(args: list[str], env: dict[str, str], timeout: float = 600, succeed
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                                "--master_port", str(port), *args],
                               env=env, capture_output=True, text=True, timeout=timeout)
-        killed = "exitcode  : -" in proc.stderr  # torchrun's summary of a worker that died by a signal
+        # torchrun's summary: the first failure a signal (not the SIGTERM it sends the others after a failure)
+        killed = "exitcode  : -" in proc.stderr.rpartition("Root Cause")[2]
         if proc.returncode == 0 or not killed or attempt == 2:
             break
         warnings.warn(f"a torchrun worker was killed by a signal; running again:\n{proc.stderr[-6000:]}")
