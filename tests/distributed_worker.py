@@ -36,7 +36,7 @@ from mgsr_bench.methods import get_method  # noqa: E402
 from mgsr_bench.models import load_tokenizer  # noqa: E402
 from mgsr_bench.suite.tasks import generate_split  # noqa: E402
 from mgsr_bench.train import loop  # noqa: E402
-from mgsr_bench.train.distributed import end_processes  # noqa: E402
+from mgsr_bench.train.distributed import close_processes, end_processes  # noqa: E402
 
 
 def use_engine(name: str) -> None:
@@ -141,4 +141,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:  # on an error too (the refusal tests): never leave the group open at shutdown
+        close_processes()

@@ -614,6 +614,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FloatingPointError as e:  # a diverged run: the message says where its state was saved
         print(f"mgsr-bench: error: {e}", file=sys.stderr)
         return 3
+    finally:  # a process of a launched run ending, perhaps on an error (no import cost for the rest)
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            from mgsr_bench.train.distributed import close_processes
+
+            close_processes()
 
 
 if __name__ == "__main__":

@@ -277,4 +277,20 @@ def end_processes() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+    close_processes()
+
+
+def close_processes() -> None:
+    """Close a gloo process group, if one is open, without waiting for the other processes.
+
+    For the error path: a process that stops on an error must not wait at a barrier the others may
+    never reach, and should not leave its group open (the shutdown abort described in
+    :func:`end_processes`); gloo peers still waiting on it in a collective then fail with a closed
+    connection rather than at the process-group timeout. Only gloo: NCCL's destroy waits for the
+    process's outstanding collectives to finish, which on the error path may be never, so an NCCL
+    group is left to NCCL's own teardown at exit. Nothing to do after :func:`end_processes`.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
         dist.destroy_process_group()
