@@ -258,3 +258,16 @@ def test_a_lora_students_checkpoints_and_best_weights_hold_its_adapters_only_and
     assert all(torch.equal(got[n], copy[n]) for n in adapters)
     with pytest.raises(RuntimeError, match="missing .*lora_"):
         distributed.restore(accelerator, resumed_model, {n: copy[n] for n in sorted(adapters)[1:]})
+
+
+@pytest.mark.parametrize("method", ["kd", "gkd", "distillm", "mgsr"])
+def test_the_benchmark_measures_every_default_method_at_a_small_shape(method):
+    """``mgsr-bench bench``'s per-method run (what each of its fresh processes does), at a few tokens
+    per row: every default method runs through it (MGSR's span extraction needs a real tokenizer)."""
+    from mgsr_bench.benchmarks.bench import run_one
+
+    r = run_one(method, "cpu-small", micro_batch=2, seq_len=8, steps=1, warmup=1)
+    assert r["method"] == method and r["n_teacher"] > r["n_student"] > 0
+    # (the step time itself is a difference of two timed runs: at this size it is noise, maybe below 0)
+    assert r["train_tokens_per_s"] == pytest.approx(16 / r["seconds_per_step"])
+    assert r["generation_tokens_per_s"] > 0 and r["mfu"] is None  # no peak is known for a CPU

@@ -13,9 +13,11 @@ Figures per method: training tokens per second (B x T / step time), generation t
 (one batch of B prompts, measured apart), peak memory (GPU: ``max_memory_allocated``; CPU: peak
 resident memory added by the run), and model FLOP utilisation,
 ``(2 N_teacher + 6 N_student) x tokens / time / peak`` with the device's dense bf16 peak (H100 and
-H200: 989 TFLOP/s; none on CPU). TRL's GKDTrainer (``trl.experimental.gkd``, optional) gets the
-same models, data, batch, beta (0.5) and lambda (1.0, as ``gkd``'s step here), and the ratio of
-step time and of peak memory is printed.
+H200 SXM: 989 TFLOP/s; their PCIe and NVL cards less, see ``PEAK_TFLOPS``; none on CPU). TRL's
+GKDTrainer (``trl.experimental.gkd``, optional) gets the same models, data, batch, beta (0.5) and
+lambda (1.0, as ``gkd``'s step here), with gradient checkpointing off as here (TRL's default is
+on), and the ratio of step time and of peak memory is printed. The JSON file is rewritten after
+each method, so a run cut short keeps what it measured.
 
 Run it alone: another process on the same device distorts every figure.
 """
@@ -35,7 +37,10 @@ SHAPES = {
     "cpu-small": ({"n_embd": 256, "n_layer": 4, "n_head": 4}, {"n_embd": 128, "n_layer": 2, "n_head": 2}),
     "gpt2-xl-gpt2": ({"n_embd": 1600, "n_layer": 48, "n_head": 25}, {"n_embd": 768, "n_layer": 12, "n_head": 12}),
 }
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, per the vendors' data sheets
+# dense bf16 TFLOP/s per the vendors' data sheets, by a substring of torch.cuda.get_device_name(): the
+# first that matches counts, so the PCIe and NVL cards (lower clocks and power) come before their SXM kin
+PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200 NVL", 835.0), ("H200", 989.0),
+               ("A100", 312.0))
 ONLINE = {"gkd": {"lmbda": 1.0}, "distillm": {"init_threshold": 1.0, "capacity": 10 ** 9},
           "mgsr": {"init_threshold": 1.0, "capacity": 10 ** 9}}
 
@@ -46,18 +51,23 @@ def _models(shape: str, device: str, dtype):
 
     t_cfg, s_cfg = SHAPES[shape]
     torch.manual_seed(0)
-    teacher = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=1024, **t_cfg)).to(device=device, dtype=dtype)
-    student = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=1024, **s_cfg)).to(device)
+    with torch.device(device):  # initialised where they run: a 1.5B model's init on the host takes seconds
+        teacher = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=1024, **t_cfg)).to(dtype)
+        student = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=1024, **s_cfg))
     return teacher.eval(), student
 
 
-class _Tokenizer:
-    """What the harness needs of a tokenizer for random-id data."""
+def _tokenizer():
+    """A 50257-token word-level tokenizer for the random-id data: only the ids matter, but the harness
+    (MGSR's span extraction decodes responses) and TRL's trainer want a real tokenizer object."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
 
-    eos_token_id = pad_token_id = 50256
-
-    def __len__(self) -> int:
-        return 50257
+    vocab = {f"t{i}": i for i in range(50257)}
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="t0")))
+    tok.eos_token = tok.pad_token = "t50256"
+    return tok
 
 
 def _rows(n: int, seq_len: int):
@@ -98,9 +108,10 @@ def run_one(method: str, shape: str, micro_batch: int, seq_len: int, steps: int,
     teacher, student = _models(shape, device, dtype)
     n_teacher, n_student = (sum(p.numel() for p in m.parameters()) for m in (teacher, student))
     rows = _rows(micro_batch * (steps + warmup + 1), seq_len)
+    tokenizer = _tokenizer()
     settings = {"micro_batch": micro_batch, "eval_every": 10 ** 6, "val_metric": "loss", "val_size": micro_batch,
                 "gen_max_new_tokens": seq_len // 2, "mixed_precision": "auto"}
-    train(student, teacher, _Tokenizer(), get_method(method, **ONLINE.get(method, {})), rows, [], rows[:micro_batch],
+    train(student, teacher, tokenizer, get_method(method, **ONLINE.get(method, {})), rows, [], rows[:micro_batch],
           train_config({**settings, "steps": 1}), desc="cold start")  # first kernels, allocator growth: untimed
     times = []
     for n in (warmup, warmup + steps):
@@ -108,7 +119,7 @@ def run_one(method: str, shape: str, micro_batch: int, seq_len: int, steps: int,
         if device == "cuda":
             torch.cuda.synchronize()
         began = time.perf_counter()
-        train(student, teacher, _Tokenizer(), get_method(method, **ONLINE.get(method, {})), rows, [],
+        train(student, teacher, tokenizer, get_method(method, **ONLINE.get(method, {})), rows, [],
               rows[:micro_batch], cfg, desc=f"bench {method}")
         if device == "cuda":
             torch.cuda.synchronize()
@@ -125,21 +136,9 @@ def run_one(method: str, shape: str, micro_batch: int, seq_len: int, steps: int,
               "micro_batch": micro_batch, "seq_len": seq_len, "n_teacher": n_teacher, "n_student": n_student,
               "seconds_per_step": step, "train_tokens_per_s": tokens / step, "generation_tokens_per_s": gen_tokens,
               "peak_memory_gib": _peak(device, start_rss)}
-    peak = next((v for k, v in PEAK_TFLOPS.items() if k in result["device"]), None)
+    peak = next((v for k, v in PEAK_TFLOPS if k in result["device"]), None)
     result["mfu"] = ((2 * n_teacher + 6 * n_student) * tokens / step / (peak * 1e12)) if peak else None
     return result
-
-
-def _trl_tokenizer():
-    """A 50257-token word-level tokenizer (ids only matter): TRL's trainer wants a tokenizer object."""
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {f"t{i}": i for i in range(50257)}
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="t0")))
-    tok.eos_token = tok.pad_token = "t50256"
-    return tok
 
 
 def run_trl(shape: str, micro_batch: int, seq_len: int, steps: int, warmup: int) -> dict[str, Any]:
@@ -175,13 +174,16 @@ def run_trl(shape: str, micro_batch: int, seq_len: int, steps: int, warmup: int)
     def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:  # equal lengths: no padding needed
         return {k: torch.tensor([row[k] for row in batch]) for k in batch[0]}
 
+    # gradient_checkpointing off as in the harness (TRL's default is on, which also turns the KV cache
+    # off for its generation): both sides then do the same work per step
     config = GKDConfig(output_dir="/tmp/mgsr-bench-trl", per_device_train_batch_size=micro_batch,
+                       gradient_checkpointing=False,
                        max_steps=steps + warmup, lmbda=1.0, beta=0.5, temperature=1.0,
                        max_new_tokens=seq_len // 2, learning_rate=1e-4, logging_steps=10 ** 6, save_strategy="no",
                        report_to=[], bf16=device == "cuda", dataset_kwargs={"skip_prepare_dataset": True},
                        remove_unused_columns=False)
     trainer = GKDTrainer(model=student, teacher_model=teacher, args=config, train_dataset=data,
-                         data_collator=collate, processing_class=_trl_tokenizer(), callbacks=[Timer()])
+                         data_collator=collate, processing_class=_tokenizer(), callbacks=[Timer()])
     trainer.train()
     step = (times[-1] - times[warmup - 1]) / steps
     return {"method": "trl-gkd", "shape": shape, "seconds_per_step": step,
@@ -210,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         run = run_trl if args.one == "trl-gkd" else (lambda *a: run_one(args.one, *a))
         print("RESULT " + json.dumps(run(shape, args.micro_batch, args.seq_len, args.steps, args.warmup)))
         return 0
-    names = [m.strip() for m in args.methods.split(",") if m.strip()] + (["trl-gkd"] if args.trl else [])
+    from mgsr_bench.data.jsonl import write_atomic
+
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.trl:  # right after gkd, its peer: a run cut short still has the pair
+        names.insert(names.index("gkd") + 1 if "gkd" in names else len(names), "trl-gkd")
     results = []
     for name in names:
         cmd = [sys.executable, "-m", "mgsr_bench.benchmarks.bench", "--one", name, "--shape", shape,
@@ -227,15 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         gen = f", generation {r['generation_tokens_per_s']:.0f} tok/s" if "generation_tokens_per_s" in r else ""
         print(f"{name:10s} {r['seconds_per_step']:.3f} s/step, train {r['train_tokens_per_s']:.0f} tok/s{gen}, "
               f"peak {r['peak_memory_gib']:.2f} GiB{mfu}", flush=True)
+        if args.json:  # after each method: a run cut short still leaves the figures it measured
+            write_atomic(args.json, json.dumps(results, indent=2))
     by_name = {r["method"]: r for r in results}
     if "trl-gkd" in by_name and "gkd" in by_name:
         ours, trl = by_name["gkd"], by_name["trl-gkd"]
         print(f"gkd vs TRL GKDTrainer: step time {ours['seconds_per_step'] / trl['seconds_per_step']:.2f}x, "
               f"peak memory {ours['peak_memory_gib'] / trl['peak_memory_gib']:.2f}x")
-    if args.json:
-        from mgsr_bench.data.jsonl import write_atomic
-
-        write_atomic(args.json, json.dumps(results, indent=2))
     return 0 if len(results) == len(names) else 1
 
 
