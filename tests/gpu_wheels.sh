@@ -3,11 +3,14 @@
 # .git/info/exclude), the packages the GPU check needs that the device image lacks (its Python is
 # 3.12; it has torch, transformers, accelerate, peft, pandas, pyarrow, fsspec, xxhash, absl-py, click,
 # joblib and regex, see /work/.library/device/KINDS.md): rouge-score and nltk for the metrics, and
-# TRL with datasets for the GKDTrainer side of `mgsr-bench bench --trl`. Then carry .whl (see
-# tests/gpu_check.sh for the device command).
+# TRL with datasets for the GKDTrainer side of `mgsr-bench bench --trl`; and a copy of the shared
+# data the GPU tests read into .shared/. Then carry .whl and .shared (see tests/gpu_check.sh for
+# the device command).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+EXCLUDE=$(git rev-parse --git-path info/exclude)  # .git is a file in a linked worktree
+mkdir -p "$(dirname "$EXCLUDE")"
+grep -qx '/.whl/' "$EXCLUDE" 2>/dev/null || echo '/.whl/' >> "$EXCLUDE"
 rm -rf .whl && mkdir .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
@@ -15,3 +18,10 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
 python3 -m pip wheel -q --no-deps -w .whl rouge-score==0.1.2  # an sdist only: its pure-Python wheel is built here
 ls .whl
 du -sh .whl
+# ../shared does not travel to the device: the evaluation sets and the GPT-2 tokenizer the GPU
+# tests and the generation benchmark read go as .shared/ (ignored too; gpu_check.sh points
+# MGSR_BENCH_SHARED at it). Never committed: the project reads ../shared everywhere else.
+grep -qx '/.shared/' "$EXCLUDE" 2>/dev/null || echo '/.shared/' >> "$EXCLUDE"
+rm -rf .shared && mkdir -p .shared/data .shared/tokenizers
+cp -r ../shared/data/instruct .shared/data/ && cp -r ../shared/tokenizers/gpt2 .shared/tokenizers/
+du -sh .shared
