@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one measurement, print JSON
     args = parser.parse_args(argv)
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no CUDA device here: run with --device cpu")
     tokens = args.batch * args.seq
     if args.one:
         path, vocab = args.one.split(":")
@@ -131,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         from mgsr_bench.data.jsonl import write_atomic
 
         write_atomic(args.json, json.dumps(results, indent=2))
-    return 0
+    # the naive path running out of memory is a finding; the chunked one failing is a failure
+    return 1 if any("error" in r for r in results if r["path"] == "chunked") else 0
 
 
 if __name__ == "__main__":

@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from mgsr_bench.data.jsonl import write_atomic
     from mgsr_bench.eval.generate import EvalSettings
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -138,11 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{figures['transformers']['samples_per_s']:7.2f} samples/s "
                   f"({figures['transformers']['tokens_per_s']:7.0f} tok/s) | {ratio:.2f}x", flush=True)
             rows.append({"model": label, "set": name, "n": len(texts), "batch_size": args.batch_size,
-                         "device": device, **{f"{k}": v for k, v in figures.items()}})
-    if args.json:
-        from mgsr_bench.data.jsonl import write_atomic
-
-        write_atomic(args.json, json.dumps(rows, indent=2))
+                         "device": device, **figures})
+            if args.json:  # after each set, so that a run cut short keeps what it measured
+                write_atomic(args.json, json.dumps(rows, indent=2))
     return 0
 
 
