@@ -101,7 +101,7 @@ step resume 120 bash -c resume
 
 step chunked 40 python3 -m mgsr_bench.benchmarks.chunked_loss --device cuda --repeats 3 --json "$OUT/chunked_loss.json"
 if [ -d "${MGSR_BENCH_SHARED:-../shared}/data/instruct" ]; then
-    step generation 45 python3 -m mgsr_bench.benchmarks.generation --model gpt2-124m --limit 16 --json "$OUT/generation.json"
+    step generation 60 python3 -m mgsr_bench.benchmarks.generation --model gpt2-124m --limit 16 --json "$OUT/generation.json"
 else
     echo "== generation: skipped, no shared data (run tests/gpu_wheels.sh and carry .shared)" | tee -a "$LOG"
 fi
