@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+import transformers
+from packaging.version import Version
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mgsr_bench.errors import UserError
@@ -45,13 +47,18 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False) ->
     return tok
 
 
+# ``from_pretrained``'s dtype argument: ``dtype`` since transformers 4.56 (``torch_dtype``, its old
+# name, is deprecated there), ``torch_dtype`` before
+_DTYPE_ARGUMENT = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
 def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32,
                trust_remote_code: bool = False) -> PreTrainedModel:
     """A causal LM from a local folder or a Hub name; code shipped with a Hub model runs only when
     the user asked for it (``--trust-remote-code``). Weights load through safetensors where present."""
     try:
         with quiet_hub():
-            return AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype,
+            return AutoModelForCausalLM.from_pretrained(str(name_or_path), **{_DTYPE_ARGUMENT: dtype},
                                                         trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}") from None

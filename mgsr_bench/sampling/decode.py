@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
 from mgsr_bench.data.collate import left_pad
@@ -80,6 +80,8 @@ def _decode(model: PreTrainedModel, prompts: list[list[int]], eos_id: int, pad_i
     steps: list[tuple[list[int], torch.Tensor]] = []  # (original rows, their logits) per step, when kept
     out = model(input_ids=ids, attention_mask=attn, position_ids=_positions(attn), use_cache=True, logits_to_keep=1)
     cache = out.get("cache", None) or out.get("past_key_values", None)  # the name depends on the version
+    if isinstance(cache, tuple):  # transformers 4.x returns some models' caches in the legacy tuple form
+        cache = DynamicCache.from_legacy_cache(cache)
     seqs = ids  # full rows, prompt padding included, for the n-gram ban (as generate sees them)
     for step in range(max_new_tokens):
         logits = out.logits[:, -1, :vocab_size].float()
