@@ -133,3 +133,21 @@ def test_a_checkpoint_folder_that_some_process_cannot_see_is_refused(tmp_path, t
     assert stopped.returncode == 0 and (tmp_path / "disk-0" / "step-0000002.pt").is_file()
     proc = worker(tmp_path / "d.json", str(tmp_path / "disk-{rank}"), every=0)
     assert proc.returncode != 0 and blind in proc.stderr and not (tmp_path / "d.json").exists()
+
+
+def test_fsdp_on_an_accelerate_known_to_fail_is_refused_in_one_line(monkeypatch):
+    """Measured: accelerate 1.12-1.14 fail inside prepare under FSDP2 (torch 2.13); the launch is
+    refused before any model loads, other engines are left alone."""
+    import accelerate
+
+    from mgsr_bench.errors import UserError
+    from mgsr_bench.train.distributed import check_fsdp_accelerate
+
+    monkeypatch.setattr(accelerate, "__version__", "1.14.0")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` exports for fsdp.yaml
+    with pytest.raises(UserError, match=r"^FSDP2 training needs accelerate >= 1\.15 \(found 1\.14\.0.*pip install -U"):
+        check_fsdp_accelerate()
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    check_fsdp_accelerate()  # DDP, ZeRO, one process: no such requirement
+    monkeypatch.setattr(accelerate, "__version__", "1.15.0")
+    check_fsdp_accelerate(True)

@@ -173,8 +173,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mgsr_bench.models import check_same_vocabulary, check_vocabulary_fits, load_model, load_tokenizer
     from mgsr_bench.pipeline import save_model_atomic, train_student
     from mgsr_bench.suite.build import ensure_suite
-    from mgsr_bench.train.distributed import end_processes
+    from mgsr_bench.train.distributed import check_fsdp_accelerate, end_processes
 
+    check_fsdp_accelerate()  # before a model loads: a 13B teacher takes minutes
     recipe = load_recipe(args.recipe)
     out = Path(args.out or f"runs/train-{recipe.name}")
     if (out / "training.json").exists():

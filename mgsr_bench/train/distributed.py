@@ -27,20 +27,42 @@ an engine changes what a step must do live here, each named for what it does:
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Iterator
 
+import accelerate
 import torch
 from accelerate import Accelerator
+from packaging.version import Version
 from accelerate.utils import DistributedType
 from transformers import PreTrainedModel
 
 from mgsr_bench.errors import UserError
 
 
+# The oldest accelerate the FSDP2 path passes its tests with (torch 2.13): 1.12-1.14 fail in
+# ``prepare`` (a DTensor mixed with a plain tensor, then tied embeddings in two FSDP groups), 1.6
+# refuses FULL_STATE_DICT and 1.0 has no FSDP2. DDP and ZeRO-2/3 pass from 1.12, one process from 1.0.
+FSDP2_ACCELERATE = "1.15"
+
+
+def check_fsdp_accelerate(fsdp: bool | None = None) -> None:
+    """Refuse FSDP on an accelerate its path is known to fail with, in one line, before any work.
+
+    ``fsdp`` defaults to what ``accelerate launch`` exported (``ACCELERATE_USE_FSDP``), so that the
+    check runs before the ``Accelerator`` is built (older versions fail inside its constructor)."""
+    if fsdp is None:
+        fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+    if fsdp and Version(accelerate.__version__) < Version(FSDP2_ACCELERATE):
+        raise UserError(f"FSDP2 training needs accelerate >= {FSDP2_ACCELERATE} (found {accelerate.__version__}, "
+                        f"on which sharding the models fails): pip install -U 'accelerate>={FSDP2_ACCELERATE}'")
+
+
 def engine(accelerator: Accelerator) -> str:
     """``single``, ``ddp`` (also multi-CPU gloo), ``fsdp`` (FSDP2), ``zero2`` (ZeRO 0-2) or ``zero3``."""
     kind = accelerator.distributed_type
     if kind == DistributedType.FSDP:
+        check_fsdp_accelerate(True)
         if not accelerator.is_fsdp2:
             raise UserError("FSDP1 is not supported: set fsdp_version: 2 in the accelerate config "
                             "(mgsr_bench/launch/accelerate/fsdp.yaml)")

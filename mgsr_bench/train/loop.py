@@ -207,6 +207,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     """
     # Several processes on a machine without GPUs: gloo on the CPU (accelerate only picks it when told "cpu").
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    distributed.check_fsdp_accelerate()
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision), cpu=multi_cpu,
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.process_timeout_s))])
     torch.manual_seed(cfg.seed)
