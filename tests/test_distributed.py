@@ -136,8 +136,8 @@ def test_a_checkpoint_folder_that_some_process_cannot_see_is_refused(tmp_path, t
 
 
 def test_fsdp_on_an_accelerate_known_to_fail_is_refused_in_one_line(monkeypatch):
-    """Measured: accelerate 1.12-1.14 fail inside prepare under FSDP2 (torch 2.13); the launch is
-    refused before any model loads, other engines are left alone."""
+    """Measured: under FSDP2 the first step fails with accelerate 1.12-1.14 (torch 2.13); the launch
+    is refused before any model loads, other engines are left alone."""
     import accelerate
 
     from mgsr_bench.errors import UserError

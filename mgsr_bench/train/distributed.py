@@ -33,16 +33,17 @@ from typing import Any, Iterator
 import accelerate
 import torch
 from accelerate import Accelerator
-from packaging.version import Version
 from accelerate.utils import DistributedType
+from packaging.version import Version
 from transformers import PreTrainedModel
 
 from mgsr_bench.errors import UserError
 
 
-# The oldest accelerate the FSDP2 path passes its tests with (torch 2.13): 1.12-1.14 fail in
-# ``prepare`` (a DTensor mixed with a plain tensor, then tied embeddings in two FSDP groups), 1.6
-# refuses FULL_STATE_DICT and 1.0 has no FSDP2. DDP and ZeRO-2/3 pass from 1.12, one process from 1.0.
+# The oldest accelerate the FSDP2 path passes its tests with (torch 2.13): with 1.10-1.13 the first
+# step fails in the chunked loss (the head's weight still a DTensor beside plain hidden states), with
+# 1.14 in the first forward (tied embeddings in two FSDP groups); 1.6 refuses FULL_STATE_DICT and 1.0
+# has no FSDP2. DDP and ZeRO-2/3 pass with 1.12, one process with 1.0.
 FSDP2_ACCELERATE = "1.15"
 
 
@@ -55,7 +56,7 @@ def check_fsdp_accelerate(fsdp: bool | None = None) -> None:
         fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
     if fsdp and Version(accelerate.__version__) < Version(FSDP2_ACCELERATE):
         raise UserError(f"FSDP2 training needs accelerate >= {FSDP2_ACCELERATE} (found {accelerate.__version__}, "
-                        f"on which sharding the models fails): pip install -U 'accelerate>={FSDP2_ACCELERATE}'")
+                        f"on which the first FSDP2 step fails): pip install -U 'accelerate>={FSDP2_ACCELERATE}'")
 
 
 def engine(accelerator: Accelerator) -> str:
