@@ -218,8 +218,11 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     if kind in distributed.SHARDED and hasattr(student, "peft_config"):
         raise UserError("a LoRA student trains under DDP or ZeRO-2 (its adapter is small): launch with "
                         "ddp.yaml or zero2.yaml, or train the full student")
-    if cfg.gradient_checkpointing:
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.gradient_checkpointing:  # named activation checkpointing in recent transformers (the old name is deprecated)
+        if hasattr(student, "activation_checkpointing_enable"):
+            student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     rank, world = accelerator.process_index, accelerator.num_processes
     if len(train_examples) < cfg.global_batch * world:
         raise UserError(f"{len(train_examples)} training examples cannot fill one global batch of "
