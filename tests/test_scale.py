@@ -141,6 +141,31 @@ def test_sharding_splits_the_teacher_and_sampling_gathers_the_sampling_models():
     assert Sampling.of_method("seqkd") == Sampling(teacher=True)
 
 
+def test_deepspeed_plans_its_own_fp32_copy_and_zero3_plans_full_logits():
+    """DeepSpeed holds the module in the compute dtype beside its partitioned fp32 master copy; ZeRO-3
+    frees the heads' weights after each forward, so the harness takes the full-logits path there
+    and the plan counts every response row and the whole logits instead of one chunk."""
+    from mgsr_bench.train.memory_plan import Shape, plan_memory
+
+    teacher = Shape(params=7_000_000_000, layers=28, hidden=3584, heads=28, kv_dim=512, vocab=152064)
+    student = Shape(params=1_500_000_000, layers=28, hidden=1536, heads=12, kv_dim=256, vocab=151936)
+    fsdp = plan_memory(teacher, student, gpus=4, strategy="fsdp", micro_batch=8)
+    zero2 = plan_memory(teacher, student, gpus=4, strategy="zero2", micro_batch=8)
+    zero3 = plan_memory(teacher, student, gpus=4, strategy="zero3", micro_batch=8)
+    assert fsdp.terms["student weights (float32)"] == pytest.approx(4 * 1.5e9 / 4 / 2 ** 30)
+    assert zero2.terms["student weights (bfloat16)"] == pytest.approx(2 * 1.5e9 / 2 ** 30)
+    assert zero3.terms["student weights (bfloat16)"] == pytest.approx(2 * 1.5e9 / 4 / 2 ** 30)
+    for plan in (zero2, zero3):
+        assert plan.terms["student fp32 master weights (DeepSpeed's)"] == pytest.approx(4 * 1.5e9 / 4 / 2 ** 30)
+    assert "student fp32 master weights (DeepSpeed's)" not in fsdp.terms
+    rows = 8 * 512 // 2
+    assert fsdp.terms["loss chunk (logits, fp32)"] == pytest.approx(6 * 1024 * 152064 * 4 / 2 ** 30)
+    assert zero3.terms["loss on all response rows (fp32)"] == pytest.approx(6 * rows * 152064 * 4 / 2 ** 30)
+    assert zero3.terms["full logits (student + teacher)"] == pytest.approx(2 * 8 * 512 * 152064 * 2 / 2 ** 30)
+    unchunked = plan_memory(teacher, student, gpus=4, strategy="fsdp", micro_batch=8, loss_chunk=0)
+    assert "loss chunk (logits, fp32)" not in unchunked.terms and "full logits (student + teacher)" in unchunked.terms
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "mgsr_bench", *args], capture_output=True, text=True, cwd=ROOT)
 
@@ -151,6 +176,12 @@ def test_plan_cli_says_what_fits_and_what_to_change():
     tight = _cli("plan", "tiny", "--gpu-mem", "0.2", "--micro-batch", "64")
     assert tight.returncode == 1 and "does NOT fit" in tight.stdout
     assert "turn on gradient checkpointing" in tight.stdout and "lower train.micro_batch (now 64)" in tight.stdout
+    lora = _cli("plan", "open-llama-7b-open-llama-3b", "--strategy", "fsdp")
+    assert lora.returncode == 2 and lora.stdout == "" and lora.stderr.strip().splitlines() == [
+        "mgsr-bench: error: open-llama-7b-open-llama-3b trains a LoRA student, which the harness runs under ddp "
+        "or zero2 (its adapter is small): plan it with --strategy ddp or zero2"]
+    squeezed = _cli("plan", "open-llama-7b-open-llama-3b", "--gpu-mem", "10")
+    assert squeezed.returncode == 1 and "--strategy fsdp" not in squeezed.stdout and "train a LoRA" not in squeezed.stdout
     listed = _cli("list", "pairs")
     assert "open-llama-7b-open-llama-3b" in listed.stdout and "lora" in listed.stdout
 

@@ -158,11 +158,23 @@ def gathered(*models: torch.nn.Module | None) -> Iterator[list[torch.nn.Module |
 
 
 def _generation_copy(model: PreTrainedModel) -> PreTrainedModel:
-    """An ordinary copy of a ZeRO-3 model (gathered once), on its device, in the model's mode."""
+    """An ordinary copy of a ZeRO-3 model, on its device, in the model's mode.
+
+    Gathered one module at a time, so that beside the copy only that module's whole weights are
+    ever held (gathering them all at once would hold the model twice); a weight shared by two
+    modules (tied embeddings) is gathered and copied once.
+    """
     import deepspeed
 
-    with deepspeed.zero.GatheredParameters(_zero3_parameters(model), modifier_rank=None):
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    copies: dict[int, torch.Tensor] = {}
+    state: dict[str, torch.Tensor] = {}
+    for prefix, module in model.named_modules():
+        own = [(name, p) for name, p in module.named_parameters(recurse=False) if id(p) not in copies]
+        with deepspeed.zero.GatheredParameters([p for _, p in own], modifier_rank=None):
+            copies.update({id(p): p.detach().clone() for _, p in own})
+        for name, p in module.named_parameters(recurse=False, remove_duplicate=False):
+            state[f"{prefix}.{name}" if prefix else name] = copies[id(p)]
+    state.update({k: v.detach().clone() for k, v in model.state_dict().items() if k not in state})  # buffers
     return _rebuild(model, state).train(model.training)
 
 

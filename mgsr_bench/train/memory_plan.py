@@ -6,7 +6,9 @@ weights are read). The rest follows the harness as it runs:
 * student, full fine-tune: fp32 master weights, fp32 gradients and AdamW's two fp32 moments,
   16 bytes per parameter (mixed precision computes in bf16 under autocast); with LoRA the frozen
   base is held in fp32 too (the harness loads students in fp32) and only the adapter carries the
-  gradients and optimizer state;
+  gradients and optimizer state. DeepSpeed (``zero2``, ``zero3``) casts the module itself to the
+  compute dtype and keeps its own fp32 copy of the weights beside it (the optimizer's, partitioned),
+  so those 16 bytes are partitioned and the module's weights come on top;
 * teacher: frozen, in the pair's dtype; replicated under ``ddp`` and ``zero2``, sharded / N under
   ``fsdp`` and ``zero3`` (``train.shard_teacher``, on by default);
 * sharding: ``ddp`` none; ``zero2`` gradients and optimizer state / N; ``fsdp`` and ``zero3``
@@ -16,7 +18,9 @@ weights are read). The rest follows the harness as it runs:
   ``s b h (34 + 5 a s / h)`` bytes in 16-bit; with gradient checkpointing, each layer's input
   ``2 s b h`` plus one layer recomputed;
 * the loss chunk: about six ``chunk x V`` fp32 tensors (student and teacher logits, softmaxes,
-  gradient), as the chunked-loss benchmark measured;
+  gradient), as the chunked-loss benchmark measured; with full logits (``loss_chunk=0``, and always
+  under ``zero3``, whose freed head weights the chunked loss cannot read) the chunk is every
+  response row, and the student's and teacher's whole ``(batch, seq, V)`` logits come on top;
 * generation, from the method's sources (:class:`Sampling`): the sampling model's KV cache for
   the rank's whole step batch (``micro_batch x grad_accum`` rows: samples are drawn for the step
   at once) of ``s`` tokens; under ``fsdp`` and ``zero3`` the sampling models' whole weights,
@@ -31,6 +35,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mgsr_bench.errors import UserError
 
 GIB = 1024 ** 3
 STRATEGIES = ("ddp", "zero2", "fsdp", "zero3")
@@ -108,7 +114,6 @@ def model_config(name: str) -> Any:
     from transformers import AutoConfig
 
     from mgsr_bench.config import read_yaml
-    from mgsr_bench.errors import UserError
     from mgsr_bench.models.loading import quiet_hub
 
     with quiet_hub():
@@ -147,6 +152,9 @@ def plan_pair(pair: Any, **overrides: Any) -> Plan:
                 "overhead_gib": CPU_OVERHEAD_GIB if pair.accelerate == "cpu" else OVERHEAD_GIB}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if pair.finetune == "lora":
+        if settings["strategy"] in ("fsdp", "zero3"):
+            raise UserError(f"{pair.name} trains a LoRA student, which the harness runs under ddp or zero2 "
+                            "(its adapter is small): plan it with --strategy ddp or zero2")
         settings["lora_params"] = lora_parameters(configs[1], pair.lora.target_modules, pair.lora.r)
     return plan_memory(shape_of(configs[0]), shape_of(configs[1]), **settings)
 
@@ -187,17 +195,21 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
     n = gpus
-    wbytes = DTYPE_BYTES[dtype]
-    act_scale = DTYPE_BYTES[compute_dtype] / 2  # the formula counts 16-bit activations
+    wbytes, cbytes = DTYPE_BYTES[dtype], DTYPE_BYTES[compute_dtype]
+    act_scale = cbytes / 2  # the formula counts 16-bit activations
     shard_weights = strategy in ("fsdp", "zero3")
     shard_states = strategy != "ddp"
+    deepspeed = strategy in ("zero2", "zero3")
+    module_bytes, module_dtype = (cbytes, compute_dtype) if deepspeed else (4, "float32")
     terms: dict[str, float] = {}
     if lora_params is None:
-        terms["student weights (fp32)"] = 4 * student.params / (n if shard_weights else 1) / GIB
+        terms[f"student weights ({module_dtype})"] = module_bytes * student.params / (n if shard_weights else 1) / GIB
+        if deepspeed:
+            terms["student fp32 master weights (DeepSpeed's)"] = 4 * student.params / n / GIB
         terms["student gradients (fp32)"] = 4 * student.params / (n if shard_states else 1) / GIB
         terms["AdamW state (fp32 x 2)"] = 8 * student.params / (n if shard_states else 1) / GIB
     else:
-        terms["student weights (frozen, fp32)"] = 4 * student.params / (n if shard_weights else 1) / GIB
+        terms[f"student weights (frozen, {module_dtype})"] = module_bytes * student.params / GIB
         terms["LoRA weights + grads + AdamW"] = 16 * lora_params / GIB
     teacher_shards = n if shard_weights and shard_teacher else 1
     terms[f"teacher weights (frozen, {'sharded' if teacher_shards > 1 else 'replicated'})"] = \
@@ -210,9 +222,14 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
         activations = student.layers * per_layer
     terms["student activations" + (" (checkpointed)" if gradient_checkpointing else "")] = activations / GIB
     terms["teacher forward (one layer, no grad)"] = s * b * teacher.hidden * 20 * act_scale / GIB
-    # response tokens are at most half of the sequence in the protocol (256 of 512)
-    terms["loss chunk (logits, fp32)"] = 6 * min(loss_chunk, s * b // 2) * max(student.vocab, teacher.vocab) * 4 / GIB
-    rows, cbytes = b * grad_accum, DTYPE_BYTES[compute_dtype]
+    vocab = max(student.vocab, teacher.vocab)
+    responses = s * b // 2  # response tokens are at most half of the sequence in the protocol (256 of 512)
+    if loss_chunk == 0 or strategy == "zero3":  # the harness's full-logits path
+        terms["full logits (student + teacher)"] = 2 * b * s * vocab * cbytes / GIB
+        terms["loss on all response rows (fp32)"] = 6 * responses * vocab * 4 / GIB
+    else:
+        terms["loss chunk (logits, fp32)"] = 6 * min(loss_chunk, responses) * vocab * 4 / GIB
+    rows = b * grad_accum
     samplers = [m for m, used in ((student, sampling.student), (teacher, sampling.teacher)) if used]
     if samplers:  # one sampling model at a time: the larger cache counts
         terms["generation KV cache"] = max(2 * m.layers * rows * s * m.kv_dim * cbytes for m in samplers) / GIB
@@ -237,9 +254,9 @@ def _advice(plan: Plan, strategy: str, checkpointing: bool, micro_batch: int, lo
         out.append("turn on gradient checkpointing (train.gradient_checkpointing: true)")
     if micro_batch > 1:
         out.append(f"lower train.micro_batch (now {micro_batch}) and raise train.grad_accum to keep the global batch")
-    if strategy in ("ddp", "zero2"):
-        out.append("shard the student's weights too: --strategy fsdp or zero3")
-    if not lora:
+    if not lora:  # a LoRA student runs under ddp or zero2 only, where more GPUs shard almost nothing
+        if strategy in ("ddp", "zero2"):
+            out.append("shard the student's weights too: --strategy fsdp or zero3")
         out.append("train a LoRA adapter instead of the full student (finetune: lora)")
-    out.append("add GPUs (--gpus) when sharding (fsdp and zero3 shard the teacher too)")
+        out.append("add GPUs (--gpus) when sharding (fsdp and zero3 shard the teacher too)")
     return out
