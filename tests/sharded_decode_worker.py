@@ -20,12 +20,16 @@ from mgsr_bench.train.distributed import end_processes, gathered
 PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
 
 
+# the collective torch's FSDP2 all-gathers with: all_gather_single in recent torch, all_gather_into_tensor before
+ALL_GATHER = "all_gather_single" if hasattr(dist, "all_gather_single") else "all_gather_into_tensor"
+
+
 class CountingAllGather:
-    """Counts FSDP2's all-gathers (``dist.all_gather_single`` in torch's FSDP2 collectives)."""
+    """Counts FSDP2's all-gathers."""
 
     def __init__(self) -> None:
         self.calls = 0
-        self.original = dist.all_gather_single
+        self.original = getattr(dist, ALL_GATHER)
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
@@ -46,7 +50,7 @@ def main() -> None:
         fully_shard(layer)
     fully_shard(model)
     counter = CountingAllGather()
-    dist.all_gather_single = counter
+    setattr(dist, ALL_GATHER, counter)
     sharded = decode(model, PROMPTS, 3, 0, 8, greedy=True, keep_logits=True)  # the same lengths on every rank
     per_layer_calls, counter.calls = counter.calls, 0
     with gathered(model):

@@ -119,6 +119,15 @@ def _fsdp_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
+def _param_groups(module: torch.nn.Module) -> list[Any]:
+    """FSDP2's parameter groups of one FSDP module: a list in recent torch (one module may own several
+    groups), a single optional group before (torch 2.8 and older)."""
+    state = module._get_fsdp_state()
+    if hasattr(state, "_fsdp_param_groups"):
+        return list(state._fsdp_param_groups)
+    return [state._fsdp_param_group] if state._fsdp_param_group is not None else []
+
+
 def _zero3_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if hasattr(p, "ds_id")]
 
@@ -141,15 +150,17 @@ def gathered(*models: torch.nn.Module | None) -> Iterator[list[torch.nn.Module |
             for root in models:  # the root's lazy initialisation fixes its own reshard setting: run it first
                 if root is not None and units[id(root)]:
                     root._get_fsdp_state()._lazy_init()
-            # FSDP2 keeps the per-group setting in ``post_forward_mesh_info`` (None: keep unsharded)
-            saved = [[g.post_forward_mesh_info for g in f._get_fsdp_state()._fsdp_param_groups] for f in fsdp]
+            # FSDP2 keeps the per-group setting in ``post_forward_mesh_info`` (None: keep unsharded);
+            # set there directly, as the public setter (torch 2.8+) does after the lazy initialisation
+            saved = [[g.post_forward_mesh_info for g in _param_groups(f)] for f in fsdp]
             for f in fsdp:
-                f.set_reshard_after_forward(False, recurse=False)
+                for group in _param_groups(f):
+                    group.post_forward_mesh_info = None
                 f.unshard()
 
             def restore_fsdp() -> None:
                 for f, infos in zip(fsdp, saved):
-                    for group, info in zip(f._get_fsdp_state()._fsdp_param_groups, infos):
+                    for group, info in zip(_param_groups(f), infos):
                         group.post_forward_mesh_info = info
                     f.reshard()
 
