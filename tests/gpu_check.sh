@@ -17,7 +17,7 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1 MGSR_BENCH_CACHE=/tmp/mgsr-cache TOKENIZERS_PARALLELISM=false
 [ -d .shared ] && export MGSR_BENCH_SHARED="$PWD/.shared"  # ../shared does not travel to the device
-OUT=${OUT:-/tmp/gpu-check}
+export OUT=${OUT:-/tmp/gpu-check}  # the steps run in shells of their own
 mkdir -p "$OUT"
 LOG="$OUT/check.log"  # every text log in one file: at most 8 files come back from $OUT
 DEADLINE=$(( $(date +%s) + ${GPU_CHECK_SECONDS:-420} ))
@@ -46,9 +46,11 @@ echo "shared data: ${MGSR_BENCH_SHARED:-not carried}" | tee -a "$LOG"
 step bench 200 python3 -m mgsr_bench bench --steps 3 --warmup 1 --json "$OUT/bench.json" \
     $(python3 -c "import trl" 2>/dev/null && echo --trl)
 
-# the planner's estimate at bench's shapes and settings, to set beside bench.json's measured peaks
+# the planner's estimate at bench's shapes and settings, term by term, then beside bench.json's
+# measured peaks (the plan's runtime allowance covers the CUDA context, which neither peak counts)
 step plan 40 bash -c 'for m in kd gkd distillm mgsr; do echo "-- $m"
-    python3 -m mgsr_bench plan gpt2-xl-gpt2 --micro-batch 8 --seq-len 512 --no-checkpointing --method $m; done'
+    python3 -m mgsr_bench plan gpt2-xl-gpt2 --micro-batch 8 --seq-len 512 --no-checkpointing --method $m; done
+    python3 tests/plan_vs_peak.py "$OUT/bench.json"'
 
 # the CPU-only two-process gloo test of test_decode is left out: it measures nothing on a GPU
 step tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_train.py tests/test_chunked.py \
@@ -67,8 +69,9 @@ step fsdp 90 accelerate launch --config_file mgsr_bench/launch/accelerate/fsdp.y
 descendants() { local p; for p in $(pgrep -P "$1"); do descendants "$p"; echo "$p"; done; }
 alive() { [ -n "$(ps -o stat= -p "$1" 2>/dev/null | grep -v Z)" ]; }
 resume() {
-    local end=$(( $(date +%s) + STEP_LIMIT - 5 )) killed="" pids p
-    trap '[ -n "$killed" ] && kill -9 $(descendants "$killed") "$killed" 2>/dev/null' EXIT TERM
+    local end=$(( $(date +%s) + STEP_LIMIT - 5 )) killed="" pids p left
+    trap '[ -n "$killed" ] && kill -9 $(descendants "$killed") "$killed" 2>/dev/null' EXIT
+    trap 'exit 143' TERM  # stop here (the EXIT trap then kills the tree), not in the next run
     local kd=(accelerate launch --config_file mgsr_bench/launch/accelerate/fsdp.yaml --num_processes 1 -m mgsr_bench
               train kd --quick --steps 12 --checkpoint-every 2 --deterministic)
     rm -rf /tmp/kd-whole /tmp/kd-resumed
@@ -85,7 +88,9 @@ resume() {
     if [ -f /tmp/kd-resumed/training.json ] || [ ! -f /tmp/kd-resumed/checkpoints/step-0000004.pt ]; then
         echo "RESUME CHECK INVALID: the run finished before the kill, or never wrote step 4's checkpoint"; return 1
     fi
-    timeout $(( end - $(date +%s) )) "${kd[@]}" --out /tmp/kd-resumed || { echo "RESUME CHECK: kd resumed failed"; return 1; }
+    left=$(( end - $(date +%s) ))  # timeout 0 would mean no limit at all
+    (( left > 0 )) || { echo "RESUME CHECK: no time left for the resumed run"; return 1; }
+    timeout "$left" "${kd[@]}" --out /tmp/kd-resumed || { echo "RESUME CHECK: kd resumed failed"; return 1; }
     python3 - <<'PY'
 import json, sys
 whole, resumed = (json.load(open(f"/tmp/kd-{n}/training.json"))["training"]["history"] for n in ("whole", "resumed"))

@@ -10,8 +10,8 @@ peak is its own) for ``--warmup`` untimed and ``--steps`` timed optimiser steps 
 rows; on-policy methods sample on every step (lambda = 1), generating ``seq_len / 2`` tokens.
 
 Figures per method: training tokens per second (B x T / step time), generation tokens per second
-(one batch of B prompts, measured apart), peak memory (GPU: ``max_memory_allocated``; CPU: peak
-resident memory added by the run), and model FLOP utilisation,
+(one batch of B prompts, measured apart), peak memory (GPU: ``max_memory_allocated``, and ``max_memory_reserved`` beside it; CPU:
+peak resident memory added by the run), and model FLOP utilisation,
 ``(2 N_teacher + 6 N_student) x tokens / time / peak`` with the device's dense bf16 peak (H100 and
 H200 SXM: 989 TFLOP/s; their PCIe and NVL cards less, see ``PEAK_TFLOPS``; none on CPU). TRL's
 GKDTrainer (``trl.experimental.gkd``, optional) gets the same models, data, batch, beta (0.5) and
@@ -81,14 +81,17 @@ def _rows(n: int, seq_len: int):
                     torch.randint(0, 50256, (half,), generator=gen).tolist()) for _ in range(n)]
 
 
-def _peak(device: str, start_rss: int) -> float:
+def _peaks(device: str, start_rss: int) -> dict[str, float]:
+    """Peak memory in GiB; on GPUs also the allocator's peak reservation (allocated plus its cached,
+    fragmented blocks: nearer what the planner's allowance covers, less the CUDA context)."""
     import resource
 
     import torch
 
     if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2 ** 30
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start_rss) / 2 ** 30
+        return {"peak_memory_gib": torch.cuda.max_memory_allocated() / 2 ** 30,
+                "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2 ** 30}
+    return {"peak_memory_gib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start_rss) / 2 ** 30}
 
 
 def run_one(method: str, shape: str, micro_batch: int, seq_len: int, steps: int, warmup: int) -> dict[str, Any]:
@@ -135,7 +138,7 @@ def run_one(method: str, shape: str, micro_batch: int, seq_len: int, steps: int,
     result = {"method": method, "shape": shape, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "micro_batch": micro_batch, "seq_len": seq_len, "n_teacher": n_teacher, "n_student": n_student,
               "seconds_per_step": step, "train_tokens_per_s": tokens / step, "generation_tokens_per_s": gen_tokens,
-              "peak_memory_gib": _peak(device, start_rss)}
+              **_peaks(device, start_rss)}
     peak = next((v for k, v in PEAK_TFLOPS if k in result["device"]), None)
     result["mfu"] = ((2 * n_teacher + 6 * n_student) * tokens / step / (peak * 1e12)) if peak else None
     return result
@@ -187,7 +190,7 @@ def run_trl(shape: str, micro_batch: int, seq_len: int, steps: int, warmup: int)
     trainer.train()
     step = (times[-1] - times[warmup - 1]) / steps
     return {"method": "trl-gkd", "shape": shape, "seconds_per_step": step,
-            "train_tokens_per_s": micro_batch * seq_len / step, "peak_memory_gib": _peak(device, start_rss)}
+            "train_tokens_per_s": micro_batch * seq_len / step, **_peaks(device, start_rss)}
 
 
 def main(argv: list[str] | None = None) -> int:
