@@ -181,7 +181,8 @@ def test_plan_cli_says_what_fits_and_what_to_change():
         "mgsr-bench: error: open-llama-7b-open-llama-3b trains a LoRA student, which the harness runs under ddp "
         "or zero2 (its adapter is small): plan it with --strategy ddp or zero2"]
     squeezed = _cli("plan", "open-llama-7b-open-llama-3b", "--gpu-mem", "10")
-    assert squeezed.returncode == 1 and "--strategy fsdp" not in squeezed.stdout and "train a LoRA" not in squeezed.stdout
+    assert squeezed.returncode == 1
+    assert "--strategy fsdp" not in squeezed.stdout and "train a LoRA" not in squeezed.stdout
     listed = _cli("list", "pairs")
     assert "open-llama-7b-open-llama-3b" in listed.stdout and "lora" in listed.stdout
 

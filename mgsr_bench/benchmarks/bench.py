@@ -10,9 +10,9 @@ peak is its own) for ``--warmup`` untimed and ``--steps`` timed optimiser steps 
 rows; on-policy methods sample on every step (lambda = 1), generating ``seq_len / 2`` tokens.
 
 Figures per method: training tokens per second (B x T / step time), generation tokens per second
-(one batch of B prompts, measured apart), peak memory (GPU: ``max_memory_allocated``, and ``max_memory_reserved`` beside it; CPU:
-peak resident memory added by the run), and model FLOP utilisation,
-``(2 N_teacher + 6 N_student) x tokens / time / peak`` with the device's dense bf16 peak (H100 and
+(one batch of B prompts, measured apart), peak memory (GPU: ``max_memory_allocated``, and
+``max_memory_reserved`` beside it; CPU: peak resident memory added by the run), and model FLOP
+utilisation, ``(2 N_teacher + 6 N_student) x tokens / time / peak`` with the device's dense bf16 peak (H100 and
 H200 SXM: 989 TFLOP/s; their PCIe and NVL cards less, see ``PEAK_TFLOPS``; none on CPU). TRL's
 GKDTrainer (``trl.experimental.gkd``, optional) gets the same models, data, batch, beta (0.5) and
 lambda (1.0, as ``gkd``'s step here), with gradient checkpointing off as here (TRL's default is
