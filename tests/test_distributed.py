@@ -151,3 +151,40 @@ def test_fsdp_on_an_accelerate_known_to_fail_is_refused_in_one_line(monkeypatch)
     check_fsdp_accelerate()  # DDP, ZeRO, one process: no such requirement
     monkeypatch.setattr(accelerate, "__version__", "1.15.0")
     check_fsdp_accelerate(True)
+
+
+def test_the_zero3_generation_copy_gathers_one_module_at_a_time_and_tied_weights_once(monkeypatch):
+    """The unsharded generation copy under ZeRO-3 asks DeepSpeed for one module's own weights per
+    gather (never the whole model at once, which would hold it twice), gathers a tied weight once,
+    and gives an independent model with the same weights, buffers and outputs."""
+    deepspeed = pytest.importorskip("deepspeed", reason="the ZeRO-3 copy needs the deepspeed extra")
+    import contextlib
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from mgsr_bench.train.distributed import _generation_copy
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2, n_positions=32)).eval()
+    owner = {id(p): name for name, m in model.named_modules() for p in m.parameters(recurse=False)}
+    gathers: list[list[int]] = []
+
+    @contextlib.contextmanager
+    def recording(params, modifier_rank=None):
+        gathers.append([id(p) for p in params])
+        yield
+
+    monkeypatch.setattr(deepspeed.zero, "GatheredParameters", recording)
+    copy = _generation_copy(model)
+    asked = [i for g in gathers for i in g]
+    assert len(asked) == len(set(asked)) == len(list(model.parameters()))  # every weight once, the tied one too
+    assert all(len({owner[i] for i in g}) == 1 for g in gathers if g)  # one module per gather
+    assert max(len(g) for g in gathers) <= 2  # a linear layer's weight and bias
+    assert copy is not model and not copy.training
+    assert copy.lm_head.weight is copy.transformer.wte.weight  # still tied
+    ours, theirs = copy.state_dict(), model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(copy.parameters(), model.parameters()))
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert torch.equal(copy(ids).logits, model(ids).logits)
