@@ -3,14 +3,18 @@ distributed tests run it in two processes (``torchrun --nproc_per_node 2``, gloo
 process with the same global batch.
 
     python tests/distributed_worker.py OUT.json TOKENIZER_DIR MICRO_BATCH GRAD_ACCUM METHOD [ENGINE [DTYPE
-        [CHECKPOINTS [STOP_AFTER [EVERY]]]]]
+        [CHECKPOINTS [STOP_AFTER [EVERY [MODELS [SHARD_TEACHER]]]]]]]
 
 METHOD is a method name, optionally with float options: ``mgsr,init_threshold=1.0``. DTYPE is
 ``float64`` (default) or ``float32`` (DeepSpeed's ZeRO-3 refuses float64). With CHECKPOINTS (a
 folder; ``{rank}`` in it is replaced by the process's rank, as if each saw its own disk) the run
 checkpoints there every EVERY steps (default 1; 0: none) and resumes from it; with STOP_AFTER it stops,
 every process together, once the checkpoint of that step is written (OUT then says
-``{"stopped_after": STOP_AFTER}``), as a run killed there would.
+``{"stopped_after": STOP_AFTER}``), as a run killed there would. With MODELS (a folder holding
+``student`` and ``teacher`` checkpoints) the models load from there as ``mgsr-bench train`` loads
+them: without their weights on the processes that receive them from rank 0
+(:func:`~mgsr_bench.train.distributed.weights_from_main`). SHARD_TEACHER ``0`` sets
+``train.shard_teacher: false``.
 
 ENGINE: ``ddp`` (default), ``fsdp`` or ``zero2`` / ``zero3``. accelerate runs FSDP only on
 accelerators (on CPU it falls back to DDP), so for ``fsdp`` this worker sets an FSDP2 plugin on the
@@ -33,10 +37,10 @@ from conftest import tiny_model  # noqa: E402
 from mgsr_bench.config import train_config  # noqa: E402
 from mgsr_bench.data.collate import tokenize_records  # noqa: E402
 from mgsr_bench.methods import get_method  # noqa: E402
-from mgsr_bench.models import load_tokenizer  # noqa: E402
+from mgsr_bench.models import load_model, load_tokenizer  # noqa: E402
 from mgsr_bench.suite.tasks import generate_split  # noqa: E402
 from mgsr_bench.train import loop  # noqa: E402
-from mgsr_bench.train.distributed import close_processes, end_processes  # noqa: E402
+from mgsr_bench.train.distributed import close_processes, end_processes, weights_from_main  # noqa: E402
 
 
 def use_engine(name: str) -> None:
@@ -88,18 +92,29 @@ def stop_after(step: int) -> None:
 
 def main() -> None:
     out, tok_dir, micro, accum, method = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-    engine, dtype, checkpoints, stop, every = (sys.argv[6:] + ["ddp", "float64", "", "0", "1"][len(sys.argv[6:]):])[:5]
+    defaults = ["ddp", "float64", "", "0", "1", "", "1"]
+    engine, dtype, checkpoints, stop, every, models, shard = (sys.argv[6:] + defaults[len(sys.argv[6:]):])[:7]
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         use_engine(engine)
     torch.set_num_threads(1)
     records = generate_split(240, seed=123)
     tokenizer = load_tokenizer(tok_dir)
-    student = tiny_model(len(tokenizer), seed=1).to(getattr(torch, dtype))
-    teacher = tiny_model(len(tokenizer), seed=2, hidden=48).to(getattr(torch, dtype))
+    if models:
+        read = not weights_from_main()
+        student, teacher = (load_model(Path(models) / role, getattr(torch, dtype), weights=read)
+                            for role in ("student", "teacher"))
+        # accelerate's own FSDP plugin (which this variable asks for) refuses the CPU: use_engine sets one
+        os.environ.pop("ACCELERATE_USE_FSDP", None)
+    else:
+        student = tiny_model(len(tokenizer), seed=1).to(getattr(torch, dtype))
+        teacher = tiny_model(len(tokenizer), seed=2, hidden=48).to(getattr(torch, dtype))
+    # whether this process's student came with the weights (those of the models the tests save)
+    saved = tiny_model(len(tokenizer), seed=1).lm_head.weight.to(student.dtype)
+    as_saved = bool(torch.equal(student.lm_head.weight, saved))
     cfg = train_config({"steps": 4, "micro_batch": micro, "grad_accum": accum, "lr": 5e-3, "eval_every": 2,
                         "val_metric": "loss", "val_size": 16, "mixed_precision": "no", "gen_max_new_tokens": 12,
-                        "checkpoint_every": int(every), "process_timeout_s": 1234})
+                        "checkpoint_every": int(every), "process_timeout_s": 1234, "shard_teacher": shard == "1"})
     name, *options = method.split(",")  # METHOD may carry options: mgsr,init_threshold=1.0
     options = {k: float(v) for k, v in (o.split("=") for o in options)}
     if int(stop):
@@ -124,17 +139,19 @@ def main() -> None:
              else (p.numel(), p.numel())  # or a plain parameter
              for n, p in teacher.named_parameters() if ".layers." in n]
     held, teacher_params = (sum(column) for column in zip(*sizes))
-    timeout = None  # the process group's own timeout (private API: gloo's options)
+    timeout, loaded = None, [as_saved]  # the process group's own timeout (private API: gloo's options)
     if distributed:
         group = torch.distributed.distributed_c10d._get_default_group()
         timeout = group._get_backend(torch.device("cpu")).options._timeout.total_seconds()
+        loaded = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(loaded, as_saved)
     if not distributed or torch.distributed.get_rank() == 0:
         weights = sum(p.double().square().sum().item() for p in result.model.parameters())
         out.write_text(json.dumps({"losses": [h["loss"] for h in result.history], "weights": weights,
                                    "tokens": [h["tokens"] for h in result.history], "best_step": result.best_step,
                                    "steps_trained": len(trained), "timeout_s": timeout,
                                    "sources": [h["source"] for h in result.history],
-                                   "teacher_held": held / teacher_params}))
+                                   "teacher_held": held / teacher_params, "loaded_weights": loaded}))
     else:
         assert result.model is None or result.model is student
     end_processes()

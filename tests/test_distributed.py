@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import torchrun
 
@@ -25,15 +26,17 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", 
 
 
 def run(out: Path, tokenizer_dir: Path, micro: int, accum: int, method: str, engine: str = "single",
-        dtype: str = "float64", checkpoints: Path | None = None, stop_after: int = 0) -> dict:
+        dtype: str = "float64", checkpoints: Path | None = None, stop_after: int = 0, models: Path | None = None,
+        shard_teacher: bool = True, env: dict[str, str] | None = None) -> dict:
     """The worker's results: in one process for ``single``, else in two (torchrun)."""
     args = [str(WORKER), str(out), str(tokenizer_dir), str(micro), str(accum), method, engine, dtype,
-            str(checkpoints or ""), str(stop_after)]
+            str(checkpoints or ""), str(stop_after), "1", str(models or ""), "1" if shard_teacher else "0"]
+    env = {**ENV, **(env or {})}
     if engine == "single":
-        proc = subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-12000:]
     else:
-        torchrun(args, ENV)
+        torchrun(args, env)
     return json.loads(out.read_text())
 
 
@@ -63,6 +66,29 @@ def test_two_processes_follow_the_single_process_trajectory(tmp_path, tokenizer_
     sharded_teacher = engine in ("fsdp", "zero3") and method != "sft"  # SFT never places the teacher
     assert two["teacher_held"] == (0.5 if sharded_teacher else 1.0)
     assert two["timeout_s"] == 1234  # train.process_timeout_s reached the process group
+
+
+@pytest.mark.parametrize("shard_teacher", [True, False])
+def test_fsdp_rank0_loading_reads_the_weights_on_rank_0_only_and_trains_as_one_process(tmp_path, tokenizer_dir,
+                                                                                      tokenizer, shard_teacher):
+    """Under FSDP with ``fsdp_cpu_ram_efficient_loading`` (the environment ``accelerate launch``
+    exports for fsdp.yaml) rank 1 builds both models without reading a weight, receives them from
+    rank 0 (while sharding them, or whole for a teacher kept unsharded), and the run follows the
+    one-process trajectory."""
+    from conftest import tiny_model
+
+    vocab = len(tokenizer)
+    models = tmp_path / "models"
+    for role, model in (("student", tiny_model(vocab, seed=1)), ("teacher", tiny_model(vocab, seed=2, hidden=48))):
+        model.to(torch.float64).save_pretrained(models / role)
+    one = run(tmp_path / "one.json", tokenizer_dir, 8, 2, "kd", "single", models=models)
+    two = run(tmp_path / "two.json", tokenizer_dir, 4, 2, "kd", "fsdp", models=models, shard_teacher=shard_teacher,
+              env={"ACCELERATE_USE_FSDP": "true", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"})
+    assert one["loaded_weights"] == [True]
+    assert two["loaded_weights"] == [True, False]  # rank 1 read none
+    assert two["teacher_held"] == (0.5 if shard_teacher else 1.0)
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-9)
+    assert two["weights"] == pytest.approx(one["weights"], rel=1e-9)
 
 
 @pytest.mark.parametrize("engine,dtype,rel", [("fsdp", "float64", 1e-9), ("zero3", "float32", 1e-5)])

@@ -187,6 +187,44 @@ def test_plan_cli_says_what_fits_and_what_to_change():
     assert "open-llama-7b-open-llama-3b" in listed.stdout and "lora" in listed.stdout
 
 
+def _anonymous_bytes() -> int:
+    """This process's resident anonymous memory now (Linux): its own copies, not the page cache
+    that memory-mapped checkpoints (shared by the processes of a machine) count as."""
+    import re
+
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"RssAnon:\s+(\d+) kB", status).group(1)) * 1024
+
+
+def test_a_model_built_without_its_weights_has_the_checkpoints_structure_and_takes_no_memory(tmp_path):
+    """``load_model(weights=False)`` (the processes that receive weights from rank 0 under FSDP):
+    the same parameters, dtypes, tied embeddings and computed buffers as the loaded model, none of
+    its weights read, and no memory for them, where loading copies them: a 16-bit checkpoint (as
+    Hub checkpoints are) loaded as an fp32 student, 128 MB here."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mgsr_bench.models import load_model
+
+    config = LlamaConfig(vocab_size=16000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
+                         num_attention_heads=8, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    size = 4 * sum(p.numel() for p in model.parameters())
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "model")
+    del model
+    before = _anonymous_bytes()
+    empty = load_model(tmp_path / "model", torch.float32, weights=False)
+    grown_empty = _anonymous_bytes() - before
+    loaded = load_model(tmp_path / "model", torch.float32)
+    grown_loaded = _anonymous_bytes() - before - grown_empty
+    assert grown_empty < 0.1 * size < 0.8 * size < grown_loaded, (grown_empty, grown_loaded, size)
+    shapes = {k: (v.shape, v.dtype) for k, v in loaded.state_dict().items()}
+    assert {k: (v.shape, v.dtype) for k, v in empty.state_dict().items()} == shapes
+    assert empty.lm_head.weight is empty.model.embed_tokens.weight
+    assert not torch.equal(empty.lm_head.weight, loaded.lm_head.weight)  # nothing was read
+    assert all(torch.equal(b, dict(loaded.named_buffers())[k]) for k, b in empty.named_buffers())
+    assert not empty.training and not loaded.training
+
+
 def test_a_lora_student_trains_only_its_adapters_through_the_chunked_loss_and_saves_merged(tmp_path, tokenizer,
                                                                                              records):
     pytest.importorskip("peft")

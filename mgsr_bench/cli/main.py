@@ -173,9 +173,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mgsr_bench.models import check_same_vocabulary, check_vocabulary_fits, load_model, load_tokenizer
     from mgsr_bench.pipeline import save_model_atomic, train_student
     from mgsr_bench.suite.build import ensure_suite
-    from mgsr_bench.train.distributed import check_fsdp_accelerate, end_processes
+    from mgsr_bench.train.distributed import check_fsdp_accelerate, end_processes, weights_from_main
 
     check_fsdp_accelerate()  # before a model loads: a 13B teacher takes minutes
+    read = not weights_from_main()  # under FSDP's rank-0 loading only rank 0 reads the weights
     recipe = load_recipe(args.recipe)
     out = Path(args.out or f"runs/train-{recipe.name}")
     if (out / "training.json").exists():
@@ -202,8 +203,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         tokenizer, student_tok = load_tokenizer(args.teacher, trust), load_tokenizer(args.student, trust)
         check_same_vocabulary(tokenizer, student_tok)
         teacher_dtype = getattr(torch, pair.dtype) if pair is not None else torch.float32
-        teacher = load_model(args.teacher, teacher_dtype, trust)
-        student = load_model(args.student, trust_remote_code=trust)
+        teacher = load_model(args.teacher, teacher_dtype, trust, weights=read)
+        student = load_model(args.student, trust_remote_code=trust, weights=read)
         check_vocabulary_fits(teacher, tokenizer, "teacher")
         check_vocabulary_fits(student, tokenizer, "student")
         _prepare_out(out)
@@ -212,7 +213,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         suite = ensure_suite(_suite_config(args.quick))
         defaults = suite.config.method_train
         tokenizer = load_tokenizer(suite.tokenizer_dir)
-        teacher, student = load_model(suite.teacher_dir), load_model(suite.student_init_dir)
+        teacher, student = load_model(suite.teacher_dir, weights=read), load_model(suite.student_init_dir, weights=read)
         train_records, valid_records = suite.split("train"), suite.split("valid")
     if pair is not None:
         defaults = {**defaults, "micro_batch": pair.micro_batch, "grad_accum": pair.grad_accum,

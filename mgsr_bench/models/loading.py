@@ -16,7 +16,12 @@ from typing import Iterator
 import torch
 import transformers
 from packaging.version import Version
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+try:  # transformers 5
+    from transformers.initialization import no_init_weights
+except ImportError:  # transformers 4
+    from transformers.modeling_utils import no_init_weights
 
 from mgsr_bench.errors import UserError
 
@@ -53,15 +58,29 @@ _DTYPE_ARGUMENT = "dtype" if Version(transformers.__version__) >= Version("4.56"
 
 
 def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32,
-               trust_remote_code: bool = False) -> PreTrainedModel:
+               trust_remote_code: bool = False, weights: bool = True) -> PreTrainedModel:
     """A causal LM from a local folder or a Hub name; code shipped with a Hub model runs only when
-    the user asked for it (``--trust-remote-code``). Weights load through safetensors where present."""
+    the user asked for it (``--trust-remote-code``). Weights load through safetensors where present.
+
+    With ``weights=False`` no weight is read: the architecture is built from the checkpoint's
+    config with its weights allocated but never written (no initialisation), so they take no host
+    memory until something writes them; buffers computed by the modules themselves (rotary
+    frequencies) are real. For the processes that receive every weight from the main process
+    (FSDP's rank-0 loading, :func:`mgsr_bench.train.distributed.weights_from_main`).
+    """
     try:
         with quiet_hub():
-            return AutoModelForCausalLM.from_pretrained(str(name_or_path), **{_DTYPE_ARGUMENT: dtype},
-                                                        trust_remote_code=trust_remote_code)
+            if weights:
+                return AutoModelForCausalLM.from_pretrained(str(name_or_path), **{_DTYPE_ARGUMENT: dtype},
+                                                            trust_remote_code=trust_remote_code)
+            config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}") from None
+    with no_init_weights():  # which also skips the tying of the embeddings: tied below
+        model = AutoModelForCausalLM.from_config(config, **{_DTYPE_ARGUMENT: dtype},
+                                                 trust_remote_code=trust_remote_code)
+    model.tie_weights()
+    return model.eval()  # as from_pretrained returns it
 
 
 def check_same_vocabulary(teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase) -> None:

@@ -8,6 +8,9 @@ an engine changes what a step must do live here, each named for what it does:
   (``fsdp2_prepare_model``, the function ``accelerator.prepare`` uses for the student), and under
   ZeRO-3 it becomes a DeepSpeed inference engine with stage-3 partitioning, so a 13B teacher costs
   each GPU ``1/N`` of its weights;
+* **loading** (:func:`weights_from_main`, :func:`broadcast_from_main`): under FSDP's rank-0
+  loading only rank 0 reads the checkpoints; the other processes build the models without
+  weights and receive them from rank 0, so a machine's host memory holds each model once;
 * **generation** (:func:`gathered`): on-policy samples, teacher samples and SCRG's passes run with
   every parameter of the sharded models gathered once for the whole sampling call. Per-layer
   gathering (the ordinary sharded forward) costs one all-gather per layer per decoded token, and
@@ -53,10 +56,52 @@ def check_fsdp_accelerate(fsdp: bool | None = None) -> None:
     ``fsdp`` defaults to what ``accelerate launch`` exported (``ACCELERATE_USE_FSDP``), so that the
     check runs before the ``Accelerator`` is built (older versions fail inside its constructor)."""
     if fsdp is None:
-        fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+        fsdp = _env_flag("ACCELERATE_USE_FSDP")
     if fsdp and Version(accelerate.__version__) < Version(FSDP2_ACCELERATE):
         raise UserError(f"FSDP2 training needs accelerate >= {FSDP2_ACCELERATE} (found {accelerate.__version__}, "
                         f"on which the first FSDP2 step fails): pip install -U 'accelerate>={FSDP2_ACCELERATE}'")
+
+
+def _env_flag(name: str) -> bool:
+    """A true/false setting that ``accelerate launch`` exported from its config."""
+    return os.environ.get(name, "false").lower() in ("1", "true")
+
+
+def weights_from_main() -> bool:
+    """Whether this process leaves reading the weights to the main process: a process other than
+    rank 0 of an FSDP launch with ``fsdp_cpu_ram_efficient_loading`` (as ``accelerate launch``
+    exports it). Such a process builds its models without weights (``load_model(weights=False)``)
+    and receives them from rank 0 while they are sharded (:func:`rank0_loading`), so a machine's
+    host memory holds each model whole once, not once per process."""
+    return (_env_flag("ACCELERATE_USE_FSDP") and _env_flag("FSDP_CPU_RAM_EFFICIENT_LOADING")
+            and int(os.environ.get("RANK", "0")) != 0)
+
+
+def rank0_loading(accelerator: Accelerator) -> bool:
+    """Whether the processes other than rank 0 hold models built without weights
+    (:func:`weights_from_main`): FSDP with ``cpu_ram_efficient_loading``, under which
+    ``fsdp2_prepare_model`` broadcasts rank 0's parameters and persistent buffers as it shards."""
+    return (accelerator.distributed_type == DistributedType.FSDP
+            and accelerator.state.fsdp_plugin.cpu_ram_efficient_loading)
+
+
+def broadcast_from_main(model: torch.nn.Module, accelerator: Accelerator, parameters: bool) -> None:
+    """Overwrite this process's buffers (and, with ``parameters``, its parameters) with rank 0's, in place.
+
+    Under :func:`rank0_loading` FSDP's preparation broadcasts what it shards, but each process keeps
+    its own non-persistent buffers (rotary frequencies, masks: built by the modules, unless a model
+    computes them only in its weight initialisation), and a teacher left unsharded is not prepared
+    by FSDP at all. Each tensor travels on the accelerator's device (NCCL sends no CPU tensors).
+    """
+    import torch.distributed as dist
+
+    tensors = [*model.parameters(), *model.buffers()] if parameters else list(model.buffers())
+    for t in tensors:
+        data = t.data
+        moved = data.to(accelerator.device)
+        dist.broadcast(moved, src=0)
+        if moved is not data:
+            data.copy_(moved)
 
 
 def engine(accelerator: Accelerator) -> str:
@@ -96,10 +141,15 @@ def prepare_teacher(teacher: PreTrainedModel, accelerator: Accelerator, shard: b
     teacher = teacher.eval().requires_grad_(False)
     kind = engine(accelerator)
     if not shard or kind not in SHARDED:
-        return teacher.to(accelerator.device)
+        teacher = teacher.to(accelerator.device)
+        if rank0_loading(accelerator):  # the other processes built it without weights
+            broadcast_from_main(teacher, accelerator, parameters=True)
+        return teacher
     if kind == "fsdp":
         from accelerate.utils import fsdp2_prepare_model
 
+        if rank0_loading(accelerator):
+            broadcast_from_main(teacher, accelerator, parameters=False)
         return fsdp2_prepare_model(accelerator, teacher)
     import deepspeed
 

@@ -240,6 +240,8 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     # The scheduler is stepped by hand once per optimiser step; accelerate's prepared scheduler
     # would step once per process and run the schedule `world` times too fast.
     distributed.configure_deepspeed(accelerator, cfg.micro_batch, cfg.grad_accum, cfg.max_grad_norm)
+    if distributed.rank0_loading(accelerator):  # FSDP's preparation broadcasts the parameters themselves
+        distributed.broadcast_from_main(student, accelerator, parameters=False)
     student, optimizer = accelerator.prepare(student, optimizer)
     model = accelerator.unwrap_model(student)  # what generation, validation and saving use
     checkpoints = (Checkpoints(checkpoint_dir, run_hash, accelerator, model, optimizer, cfg.keep_checkpoints,
