@@ -203,12 +203,12 @@ def test_a_model_built_without_its_weights_has_the_checkpoints_structure_and_tak
     Hub checkpoints are) loaded as an fp32 student, 128 MB here."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mgsr_bench.models import load_model
+    from mgsr_bench.models import count_parameters, load_model
 
     config = LlamaConfig(vocab_size=16000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
                          num_attention_heads=8, tie_word_embeddings=True)
     model = LlamaForCausalLM(config)
-    size = 4 * sum(p.numel() for p in model.parameters())
+    size = 4 * count_parameters(model)
     model.to(torch.bfloat16).save_pretrained(tmp_path / "model")
     del model
     before = _anonymous_bytes()
