@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mgsr_bench.config import Recipe, TrainConfig, config_hash, train_config
@@ -81,19 +82,20 @@ def finished(record_path: Path, config: dict[str, Any], settings: EvalSettings, 
 def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedModel | None,
                   tokenizer: PreTrainedTokenizerBase, train_records: list[dict[str, Any]],
                   valid_records: list[dict[str, Any]], train_defaults: dict[str, Any] | None = None,
-                  train_overrides: dict[str, Any] | None = None, checkpoint_dir: Path | None = None
-                  ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, PreTrainedModel | None]:
+                  train_overrides: dict[str, Any] | None = None, checkpoint_dir: Path | None = None,
+                  accelerator: Accelerator | None = None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, PreTrainedModel | None]:
     """Train ``student`` with ``recipe``; returns (resolved config, training summary, method state, trained
     student: ``None`` on the processes other than the main one of a run that sharded the student's weights).
 
     Training settings resolve as: ``TrainConfig`` defaults < ``train_defaults`` (the suite's)
     < the recipe's ``train`` block < ``train_overrides`` (the command line). With
-    ``checkpoint_dir`` the run checkpoints there and resumes from it (see :func:`train`).
+    ``checkpoint_dir`` the run checkpoints there and resumes from it (see :func:`train`), whose
+    ``Accelerator`` ``accelerator`` is, when the caller built it before loading the models.
     """
     cfg, method, config = resolve_recipe(recipe, train_defaults, train_overrides)
     result = train(student, teacher, tokenizer, method, tokenize_records(train_records, tokenizer), valid_records,
                    tokenize_records(valid_records, tokenizer), cfg, desc=f"train {recipe.name}",
-                   checkpoint_dir=checkpoint_dir)
+                   checkpoint_dir=checkpoint_dir, accelerator=accelerator)
     summary = {"best_step": result.best_step, "best_val": result.best_score, "wall_time_s": result.wall_time_s,
                "seconds_per_step": result.seconds_per_step, "history": result.history}
     return config, summary, result.method_state, result.model

@@ -12,8 +12,9 @@ checkpoints there every EVERY steps (default 1; 0: none) and resumes from it; wi
 every process together, once the checkpoint of that step is written (OUT then says
 ``{"stopped_after": STOP_AFTER}``), as a run killed there would. With MODELS (a folder holding
 ``student`` and ``teacher`` checkpoints) the models load from there as ``mgsr-bench train`` loads
-them: without their weights on the processes that receive them from rank 0
-(:func:`~mgsr_bench.train.distributed.weights_from_main`). SHARD_TEACHER ``0`` sets
+them (:func:`~mgsr_bench.train.distributed.load_models`): under FSDP's rank-0 loading without
+their weights on the processes that receive them from rank 0, under ZeRO-3 with
+``ACCELERATE_DEEPSPEED_ZERO3_INIT=true`` partitioned as they load. SHARD_TEACHER ``0`` sets
 ``train.shard_teacher: false``.
 
 ENGINE: ``ddp`` (default), ``fsdp`` or ``zero2`` / ``zero3``. accelerate runs FSDP only on
@@ -24,6 +25,7 @@ For DeepSpeed the worker sets the environment ``accelerate launch`` sets for a Z
 DeepSpeed's CPU accelerator (``DS_ACCELERATOR=cpu``).
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -37,10 +39,11 @@ from conftest import tiny_model  # noqa: E402
 from mgsr_bench.config import train_config  # noqa: E402
 from mgsr_bench.data.collate import tokenize_records  # noqa: E402
 from mgsr_bench.methods import get_method  # noqa: E402
-from mgsr_bench.models import load_model, load_tokenizer  # noqa: E402
+from mgsr_bench.models import load_tokenizer  # noqa: E402
 from mgsr_bench.suite.tasks import generate_split  # noqa: E402
 from mgsr_bench.train import loop  # noqa: E402
-from mgsr_bench.train.distributed import close_processes, end_processes, weights_from_main  # noqa: E402
+from mgsr_bench.train.distributed import (close_processes, deepspeed_launch, end_processes,  # noqa: E402
+                                          load_models)
 
 
 def use_engine(name: str) -> None:
@@ -73,6 +76,25 @@ def use_engine(name: str) -> None:
         loop.Accelerator = DeepSpeedOnCPU
 
 
+def held_share(model: torch.nn.Module, named) -> float:
+    """The share of ``model``'s parameters whose names pass ``named`` that this process holds."""
+    sizes = [(p.ds_tensor.numel(), p.ds_numel) if hasattr(p, "ds_numel")  # (held, whole): ZeRO-3,
+             else (p.to_local().numel(), p.numel()) if hasattr(p, "to_local")  # FSDP2's DTensor,
+             else (p.numel(), p.numel())  # or a plain parameter
+             for n, p in model.named_parameters() if named(n)]
+    held, whole = (sum(column) for column in zip(*sizes))
+    return held / whole
+
+
+def gathered_weights(weight: torch.Tensor):
+    """The whole ``weight`` inside the block, also where ZeRO-3 partitioned it."""
+    if not hasattr(weight, "ds_id"):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([weight], modifier_rank=None)
+
+
 class Stopped(Exception):
     pass
 
@@ -100,21 +122,26 @@ def main() -> None:
     torch.set_num_threads(1)
     records = generate_split(240, seed=123)
     tokenizer = load_tokenizer(tok_dir)
-    if models:
-        read = not weights_from_main()
-        student, teacher = (load_model(Path(models) / role, getattr(torch, dtype), weights=read)
-                            for role in ("student", "teacher"))
+    cfg = train_config({"steps": 4, "micro_batch": micro, "grad_accum": accum, "lr": 5e-3, "eval_every": 2,
+                        "val_metric": "loss", "val_size": 16, "mixed_precision": "no", "gen_max_new_tokens": 12,
+                        "checkpoint_every": int(every), "process_timeout_s": 1234, "shard_teacher": shard == "1"})
+    accelerator = None
+    if models:  # as mgsr-bench train loads them, the accelerator first under DeepSpeed
+        accelerator = loop.make_accelerator(cfg) if deepspeed_launch() else None
+        teacher, student = load_models(Path(models) / "teacher", Path(models) / "student", accelerator,
+                                       shard_teacher=cfg.shard_teacher, teacher_dtype=getattr(torch, dtype),
+                                       student_dtype=getattr(torch, dtype))
         # accelerate's own FSDP plugin (which this variable asks for) refuses the CPU: use_engine sets one
         os.environ.pop("ACCELERATE_USE_FSDP", None)
     else:
         student = tiny_model(len(tokenizer), seed=1).to(getattr(torch, dtype))
         teacher = tiny_model(len(tokenizer), seed=2, hidden=48).to(getattr(torch, dtype))
+    # the share of each model's weights this process holds as it enters training (1/N: partitioned at load)
+    held_at_load = {role: held_share(model, lambda n: True) for role, model in (("student", student), ("teacher", teacher))}
     # whether this process's student came with the weights (those of the models the tests save)
     saved = tiny_model(len(tokenizer), seed=1).lm_head.weight.to(student.dtype)
-    as_saved = bool(torch.equal(student.lm_head.weight, saved))
-    cfg = train_config({"steps": 4, "micro_batch": micro, "grad_accum": accum, "lr": 5e-3, "eval_every": 2,
-                        "val_metric": "loss", "val_size": 16, "mixed_precision": "no", "gen_max_new_tokens": 12,
-                        "checkpoint_every": int(every), "process_timeout_s": 1234, "shard_teacher": shard == "1"})
+    with gathered_weights(student.lm_head.weight):
+        as_saved = bool(torch.equal(student.lm_head.weight, saved))
     name, *options = method.split(",")  # METHOD may carry options: mgsr,init_threshold=1.0
     options = {k: float(v) for k, v in (o.split("=") for o in options)}
     if int(stop):
@@ -127,18 +154,14 @@ def main() -> None:
                             tokenize_records(records[:200], tokenizer), records[200:],
                             tokenize_records(records[200:], tokenizer), cfg,
                             checkpoint_dir=Path(checkpoints.format(rank=os.environ.get("RANK", "0")))
-                            if checkpoints else None)
+                            if checkpoints else None, accelerator=accelerator)
     except Stopped:
         if not distributed or torch.distributed.get_rank() == 0:
             out.write_text(json.dumps({"stopped_after": int(stop)}))
         end_processes()
         return
     # the share of the teacher's transformer-layer weights this process holds (1/N when sharded)
-    sizes = [(p.ds_tensor.numel(), p.ds_numel) if hasattr(p, "ds_numel")  # (held, whole): ZeRO-3,
-             else (p.to_local().numel(), p.numel()) if hasattr(p, "to_local")  # FSDP2's DTensor,
-             else (p.numel(), p.numel())  # or a plain parameter
-             for n, p in teacher.named_parameters() if ".layers." in n]
-    held, teacher_params = (sum(column) for column in zip(*sizes))
+    teacher_held = held_share(teacher, lambda n: ".layers." in n)
     timeout, loaded = None, [as_saved]  # the process group's own timeout (private API: gloo's options)
     if distributed:
         group = torch.distributed.distributed_c10d._get_default_group()
@@ -151,7 +174,8 @@ def main() -> None:
                                    "tokens": [h["tokens"] for h in result.history], "best_step": result.best_step,
                                    "steps_trained": len(trained), "timeout_s": timeout,
                                    "sources": [h["source"] for h in result.history],
-                                   "teacher_held": held / teacher_params, "loaded_weights": loaded}))
+                                   "teacher_held": teacher_held, "loaded_weights": loaded,
+                                   "held_at_load": held_at_load}))
     else:
         assert result.model is None or result.model is student
     end_processes()

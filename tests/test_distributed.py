@@ -91,6 +91,33 @@ def test_fsdp_rank0_loading_reads_the_weights_on_rank_0_only_and_trains_as_one_p
     assert two["weights"] == pytest.approx(one["weights"], rel=1e-9)
 
 
+@pytest.mark.parametrize("init_flag,shard_teacher", [(True, True), (True, False), (False, True)])
+def test_zero3_init_flag_partitions_the_models_as_they_load_and_trains_as_one_process(tmp_path, tokenizer_dir,
+                                                                                      tokenizer, init_flag,
+                                                                                      shard_teacher):
+    """Under ZeRO-3 with ``zero3_init_flag`` (zero3.yaml) each of two processes holds half of the
+    student's weights, and of a sharded teacher's, as soon as they are loaded: no process builds
+    either whole. A teacher kept whole loads whole, and with the flag off both load whole (as in a
+    single process). Either way the run follows the one-process trajectory."""
+    needs_deepspeed("zero3")
+    from conftest import tiny_model
+
+    vocab = len(tokenizer)
+    models = tmp_path / "models"
+    for role, model in (("student", tiny_model(vocab, seed=1)), ("teacher", tiny_model(vocab, seed=2, hidden=48))):
+        model.save_pretrained(models / role)
+    one = run(tmp_path / "one.json", tokenizer_dir, 8, 2, "kd", "single", "float32", models=models)
+    two = run(tmp_path / "two.json", tokenizer_dir, 4, 2, "kd", "zero3", "float32", models=models,
+              shard_teacher=shard_teacher, env={"ACCELERATE_DEEPSPEED_ZERO3_INIT": str(init_flag).lower()})
+    assert one["held_at_load"] == {"student": 1.0, "teacher": 1.0}
+    assert two["held_at_load"] == {"student": 0.5 if init_flag else 1.0,
+                                   "teacher": 0.5 if init_flag and shard_teacher else 1.0}
+    assert two["loaded_weights"] == [True, True]  # the partitions hold the checkpoint's weights
+    assert two["teacher_held"] == (0.5 if shard_teacher else 1.0)
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-5)
+    assert two["weights"] == pytest.approx(one["weights"], rel=1e-5)
+
+
 @pytest.mark.parametrize("engine,dtype,rel", [("fsdp", "float64", 1e-9), ("zero3", "float32", 1e-5)])
 def test_on_policy_mgsr_with_sharded_models_matches_ddp(tmp_path, tokenizer_dir, engine, dtype, rel):
     """MGSR sampling from the student at every step, SCRG revising with the teacher: with the

@@ -170,13 +170,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from mgsr_bench.config import load_recipe
     from mgsr_bench.data.jsonl import read_records, write_atomic
-    from mgsr_bench.models import check_same_vocabulary, check_vocabulary_fits, load_model, load_tokenizer
-    from mgsr_bench.pipeline import save_model_atomic, train_student
+    from mgsr_bench.models import check_same_vocabulary, check_vocabulary_fits, load_tokenizer
+    from mgsr_bench.pipeline import resolve_recipe, save_model_atomic, train_student
     from mgsr_bench.suite.build import ensure_suite
-    from mgsr_bench.train.distributed import check_fsdp_accelerate, end_processes, weights_from_main
+    from mgsr_bench.train.distributed import check_fsdp_accelerate, deepspeed_launch, end_processes, load_models
+    from mgsr_bench.train.loop import make_accelerator
 
     check_fsdp_accelerate()  # before a model loads: a 13B teacher takes minutes
-    read = not weights_from_main()  # under FSDP's rank-0 loading only rank 0 reads the weights
     recipe = load_recipe(args.recipe)
     out = Path(args.out or f"runs/train-{recipe.name}")
     if (out / "training.json").exists():
@@ -197,38 +197,43 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError("--teacher, --student (or --pair), --train-data and --valid-data go together "
                         "(or none: the tiny suite)")
     defaults: dict[str, Any] = {}
+    trust = args.trust_remote_code
     if all(custom):
         train_records, valid_records = read_records(args.train_data), read_records(args.valid_data)
-        trust = args.trust_remote_code
         tokenizer, student_tok = load_tokenizer(args.teacher, trust), load_tokenizer(args.student, trust)
         check_same_vocabulary(tokenizer, student_tok)
-        teacher_dtype = getattr(torch, pair.dtype) if pair is not None else torch.float32
-        teacher = load_model(args.teacher, teacher_dtype, trust, weights=read)
-        student = load_model(args.student, trust_remote_code=trust, weights=read)
-        check_vocabulary_fits(teacher, tokenizer, "teacher")
-        check_vocabulary_fits(student, tokenizer, "student")
-        _prepare_out(out)
+        teacher_path, student_path = args.teacher, args.student
     else:
         _prepare_out(out)
         suite = ensure_suite(_suite_config(args.quick))
         defaults = suite.config.method_train
         tokenizer = load_tokenizer(suite.tokenizer_dir)
-        teacher, student = load_model(suite.teacher_dir, weights=read), load_model(suite.student_init_dir, weights=read)
+        teacher_path, student_path = suite.teacher_dir, suite.student_init_dir
         train_records, valid_records = suite.split("train"), suite.split("valid")
     if pair is not None:
         defaults = {**defaults, "micro_batch": pair.micro_batch, "grad_accum": pair.grad_accum,
                     "gradient_checkpointing": pair.gradient_checkpointing}
-        if pair.finetune == "lora":
-            from mgsr_bench.models.lora import apply_lora
-
-            student = apply_lora(student, pair.lora)
     overrides: dict[str, Any] = {"steps": args.steps} if args.steps is not None else {}
     if args.deterministic:
         overrides["deterministic"] = True
     overrides["checkpoint_every"] = args.checkpoint_every if args.checkpoint_every is not None else 100
+    cfg = resolve_recipe(recipe, defaults, overrides)[0]
+    # under DeepSpeed the engine comes up first: ZeRO-3's zero3_init_flag partitions the models as they load
+    accelerator = make_accelerator(cfg) if deepspeed_launch() else None
+    teacher_dtype = getattr(torch, pair.dtype) if pair is not None and all(custom) else torch.float32
+    teacher, student = load_models(teacher_path, student_path, accelerator, shard_teacher=cfg.shard_teacher,
+                                   teacher_dtype=teacher_dtype, trust_remote_code=trust)
+    if all(custom):
+        check_vocabulary_fits(teacher, tokenizer, "teacher")
+        check_vocabulary_fits(student, tokenizer, "student")
+        _prepare_out(out)
+    if pair is not None and pair.finetune == "lora":
+        from mgsr_bench.models.lora import apply_lora
+
+        student = apply_lora(student, pair.lora)
     config, summary, method_state, student = train_student(recipe, student, teacher, tokenizer, train_records,
                                                            valid_records, defaults, overrides,
-                                                           checkpoint_dir=out / "checkpoints")
+                                                           checkpoint_dir=out / "checkpoints", accelerator=accelerator)
     if _is_main_process():  # under torchrun / accelerate launch the main process writes the results
         if pair is not None:
             config["pair"] = pair.name

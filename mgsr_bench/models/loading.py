@@ -95,15 +95,27 @@ def check_same_vocabulary(teacher: PreTrainedTokenizerBase, student: PreTrainedT
 def check_vocabulary_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, role: str) -> None:
     """A model may pad its embedding matrix beyond the tokenizer (Qwen2.5: 151936 vs 152064 rows;
     logits are then cut to the tokenizer's length), but never have fewer rows than it has tokens."""
-    rows = model.get_input_embeddings().weight.shape[0]
+    rows = whole_shape(model.get_input_embeddings().weight)[0]
     if rows < len(tokenizer):
         raise UserError(f"{role} has {rows} embedding rows for a tokenizer of {len(tokenizer)} tokens; "
                         "resize its embeddings or use the tokenizer it was trained with")
 
 
+def whole_shape(tensor: torch.Tensor) -> torch.Size:
+    """A weight's shape; for a parameter DeepSpeed's ZeRO-3 partitioned as it loaded (which this
+    process holds only a slice of, its own shape being empty), the whole parameter's (``ds_shape``)."""
+    return getattr(tensor, "ds_shape", tensor.shape)
+
+
 def count_parameters(model: torch.nn.Module) -> int:
-    """Number of parameters (tied weights counted once)."""
-    return sum(p.numel() for p in model.parameters())
+    """Number of parameters (tied weights counted once; partitioned ones whole)."""
+    return sum(whole_shape(p).numel() for p in model.parameters())
+
+
+def weight_shapes(model: torch.nn.Module) -> dict[str, list[int]]:
+    """Every state-dict entry's whole shape (:func:`whole_shape`), by name: a model's architecture as a
+    run's fingerprint records it, the same whether or not its weights were partitioned."""
+    return {k: list(whole_shape(v)) for k, v in model.state_dict(keep_vars=True).items()}
 
 
 def weights_digest(folder: Path) -> str:

@@ -8,9 +8,10 @@ an engine changes what a step must do live here, each named for what it does:
   (``fsdp2_prepare_model``, the function ``accelerator.prepare`` uses for the student), and under
   ZeRO-3 it becomes a DeepSpeed inference engine with stage-3 partitioning, so a 13B teacher costs
   each GPU ``1/N`` of its weights;
-* **loading** (:func:`weights_from_main`, :func:`broadcast_from_main`): under FSDP's rank-0
-  loading only rank 0 reads the checkpoints; the other processes build the models without
-  weights and receive them from rank 0, so a machine's host memory holds each model once;
+* **loading** (:func:`load_models`): under FSDP's rank-0 loading only rank 0 reads the
+  checkpoints; the other processes build the models without weights and receive them from rank 0
+  (:func:`broadcast_from_main`), so a machine's host memory holds each model once. Under ZeRO-3
+  with ``zero3_init_flag`` the models are partitioned as they load, so no process ever holds one whole;
 * **generation** (:func:`gathered`): on-policy samples, teacher samples and SCRG's passes run with
   every parameter of the sharded models gathered once for the whole sampling call. Per-layer
   gathering (the ordinary sharded forward) costs one all-gather per layer per decoded token, and
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Any, Iterator
 
 import accelerate
@@ -75,6 +77,65 @@ def weights_from_main() -> bool:
     host memory holds each model whole once, not once per process."""
     return (_env_flag("ACCELERATE_USE_FSDP") and _env_flag("FSDP_CPU_RAM_EFFICIENT_LOADING")
             and int(os.environ.get("RANK", "0")) != 0)
+
+
+def deepspeed_launch() -> bool:
+    """Whether ``accelerate launch`` started this process with a DeepSpeed config: the caller then
+    builds the ``Accelerator`` before loading the models, which ZeRO-3's ``zero3_init_flag`` needs
+    (:func:`partitioned_loading`)."""
+    return _env_flag("ACCELERATE_USE_DEEPSPEED")
+
+
+@contextlib.contextmanager
+def partitioned_loading(accelerator: Accelerator | None, partition: bool) -> Iterator[None]:
+    """Models loaded inside the block are partitioned as they load when ``partition`` and the
+    accelerator runs ZeRO-3 with ``zero3_init_flag``; otherwise they load whole.
+
+    Partitioned loading is transformers' own: once accelerate has registered the DeepSpeed config
+    (as it builds the ``Accelerator``), ``from_pretrained`` builds the model inside
+    ``deepspeed.zero.Init`` (each process allocates only its ``1/N`` slice of every weight) and fills
+    the slices from the checkpoint one module at a time. accelerate registers the config whatever
+    ``zero3_init_flag`` says (1.15), so a model to load whole (the flag off, a teacher kept whole)
+    loads with the registration lifted for the block.
+    """
+    if accelerator is None or engine(accelerator) != "zero3":
+        yield
+        return
+    plugin = accelerator.state.deepspeed_plugin
+    if partition and plugin.zero3_init_flag:
+        yield
+        return
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    registered = getattr(plugin, "dschf", None)
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if registered is not None:
+            set_hf_deepspeed_config(registered)
+
+
+def load_models(teacher: str | Path, student: str | Path, accelerator: Accelerator | None, *,
+                shard_teacher: bool, teacher_dtype: torch.dtype = torch.float32,
+                student_dtype: torch.dtype = torch.float32,
+                trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedModel]:
+    """The teacher and the student, loaded as this launch's engine wants them.
+
+    FSDP with ``fsdp_cpu_ram_efficient_loading``: only rank 0 reads the weights, the other
+    processes build the models without them (:func:`weights_from_main`). ZeRO-3 with
+    ``zero3_init_flag`` and ``accelerator`` already built: both models partitioned as they load,
+    the teacher only if it is to be sharded (``shard_teacher``; a teacher kept whole loads whole).
+    Otherwise every process reads both whole, as a single process does.
+    """
+    from mgsr_bench.models import load_model
+
+    read = not weights_from_main()
+    with partitioned_loading(accelerator, shard_teacher):
+        teacher_model = load_model(teacher, teacher_dtype, trust_remote_code, weights=read)
+    with partitioned_loading(accelerator, True):
+        student_model = load_model(student, student_dtype, trust_remote_code, weights=read)
+    return teacher_model, student_model
 
 
 def rank0_loading(accelerator: Accelerator) -> bool:

@@ -44,6 +44,7 @@ from mgsr_bench.eval.metrics import corpus_scores
 from mgsr_bench.losses.chunked import chunked_linear_loss
 from mgsr_bench.methods import Method
 from mgsr_bench.models.heads import last_hidden_states, output_head
+from mgsr_bench.models.loading import count_parameters, weight_shapes
 from mgsr_bench.methods.builtin import SFT
 from mgsr_bench.sampling import BatchSource
 from mgsr_bench.train import distributed
@@ -70,6 +71,17 @@ def resolve_mixed_precision(setting: str) -> str:
     if setting != "auto":
         return setting
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """This process's ``Accelerator`` for a run with ``cfg``: the engine ``accelerate launch`` chose,
+    and, for several processes on a machine without GPUs, gloo on the CPU (accelerate only picks it
+    when told "cpu"). :func:`train` builds it unless given one: a caller builds it first where the
+    engine must be up before the models load (ZeRO-3's partitioned loading)."""
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    distributed.check_fsdp_accelerate()
+    return Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision), cpu=multi_cpu,
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.process_timeout_s))])
 
 
 def global_batches(examples: list[Example], batch_size: int, seed: int) -> Iterator[list[Example]]:
@@ -192,7 +204,7 @@ def _digest(examples: list[Example]) -> str:
 def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase,
           method: Method, train_examples: list[Example], valid: list[dict[str, Any]],
           valid_examples: list[Example], cfg: TrainConfig, desc: str = "train",
-          checkpoint_dir: Path | None = None) -> TrainResult:
+          checkpoint_dir: Path | None = None, accelerator: Accelerator | None = None) -> TrainResult:
     """Train ``student`` with ``method``; on return it holds the best validated weights, and
     ``result.model`` is the trained student as an ordinary model (the same object, unless the engine
     sharded its weights: then a gathered copy on the main process).
@@ -205,11 +217,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     with ``checkpoint_dir``, the weights and optimiser from before that step and the offending
     batch saved.
     """
-    # Several processes on a machine without GPUs: gloo on the CPU (accelerate only picks it when told "cpu").
-    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    distributed.check_fsdp_accelerate()
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision), cpu=multi_cpu,
-                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.process_timeout_s))])
+    accelerator = accelerator or make_accelerator(cfg)
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:  # cuBLAS needs a fixed workspace for deterministic matrix products
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -232,8 +240,8 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
                             "method": method.name, "options": method.options(), "vocab": len(tokenizer),
                             "processes": world,
                             "data": _digest(train_examples),
-                            "student": {k: list(v.shape) for k, v in student.state_dict().items()},
-                            "teacher": sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0})
+                            "student": weight_shapes(student),
+                            "teacher": count_parameters(teacher) if teacher is not None else 0})
     trainable = (p for p in student.parameters() if p.requires_grad)  # a LoRA student: the adapters only
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
