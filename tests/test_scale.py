@@ -1,6 +1,7 @@
 """Issue 7 on CPU: the pair registry, the memory planner against measured peaks, LoRA students."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -185,6 +186,25 @@ def test_plan_cli_says_what_fits_and_what_to_change():
     assert "--strategy fsdp" not in squeezed.stdout and "train a LoRA" not in squeezed.stdout
     listed = _cli("list", "pairs")
     assert "open-llama-7b-open-llama-3b" in listed.stdout and "lora" in listed.stdout
+
+
+@pytest.mark.parametrize("launch", [{"ACCELERATE_USE_FSDP": "true"},
+                                    {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}])
+def test_a_lora_pair_under_a_sharding_launch_is_refused_before_anything_loads(tmp_path, launch):
+    """The environment ``accelerate launch`` exports for fsdp.yaml or zero3.yaml: a LoRA pair stops
+    in one line before its tokenizer or a model loads (the Hub is out of reach here: any loading
+    would fail differently) and before the output folder is made."""
+    out = tmp_path / "run"
+    for split in ("t", "v"):
+        (tmp_path / f"{split}.jsonl").write_text(json.dumps({"instruction": "Add 2 and 3.", "input": "",
+                                                             "output": "5"}) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "mgsr_bench", "train", "kd", "--pair", "open-llama-7b-open-llama-3b",
+                           "--train-data", str(tmp_path / "t.jsonl"), "--valid-data", str(tmp_path / "v.jsonl"),
+                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env={**os.environ, **launch})
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "mgsr-bench: error: a LoRA student trains under DDP or ZeRO-2 (its adapter is small): launch with "
+        "ddp.yaml or zero2.yaml, or train the full student"]
+    assert not out.exists()
 
 
 def _anonymous_bytes() -> int:

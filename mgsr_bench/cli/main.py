@@ -173,7 +173,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mgsr_bench.models import check_same_vocabulary, check_vocabulary_fits, load_tokenizer
     from mgsr_bench.pipeline import resolve_recipe, save_model_atomic, train_student
     from mgsr_bench.suite.build import ensure_suite
-    from mgsr_bench.train.distributed import check_fsdp_accelerate, deepspeed_launch, end_processes, load_models
+    from mgsr_bench.train.distributed import (check_fsdp_accelerate, check_lora_launch, deepspeed_launch,
+                                              end_processes, load_models)
     from mgsr_bench.train.loop import make_accelerator
 
     check_fsdp_accelerate()  # before a model loads: a 13B teacher takes minutes
@@ -190,6 +191,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.teacher or args.student:
             raise UserError("--pair names the teacher and student: drop --teacher/--student")
         pair = get_pair(args.pair)
+        if pair.finetune == "lora":
+            check_lora_launch()
         if pair.teacher != "tiny":
             args.teacher, args.student = pair.teacher, pair.student
     custom = [args.teacher, args.student, args.train_data, args.valid_data]

@@ -79,6 +79,19 @@ def weights_from_main() -> bool:
             and int(os.environ.get("RANK", "0")) != 0)
 
 
+LORA_ENGINES = ("a LoRA student trains under DDP or ZeRO-2 (its adapter is small): launch with "
+                "ddp.yaml or zero2.yaml, or train the full student")
+
+
+def check_lora_launch() -> None:
+    """Refuse a LoRA student under a launch that shards the student (FSDP, or ZeRO-3 named in the
+    accelerate config), in one line, before any model loads. (A stage set only inside a DeepSpeed
+    config file is caught by :func:`mgsr_bench.train.loop.train`, after loading.)"""
+    if _env_flag("ACCELERATE_USE_FSDP") or (deepspeed_launch()
+                                            and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"):
+        raise UserError(LORA_ENGINES)
+
+
 def deepspeed_launch() -> bool:
     """Whether ``accelerate launch`` started this process with a DeepSpeed config: the caller then
     builds the ``Accelerator`` before loading the models, which ZeRO-3's ``zero3_init_flag`` needs

@@ -224,8 +224,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         torch.use_deterministic_algorithms(True)
     kind = distributed.engine(accelerator)
     if kind in distributed.SHARDED and hasattr(student, "peft_config"):
-        raise UserError("a LoRA student trains under DDP or ZeRO-2 (its adapter is small): launch with "
-                        "ddp.yaml or zero2.yaml, or train the full student")
+        raise UserError(distributed.LORA_ENGINES)
     if cfg.gradient_checkpointing:  # named activation checkpointing in recent transformers (the old name is deprecated)
         if hasattr(student, "activation_checkpointing_enable"):
             student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
