@@ -83,7 +83,8 @@ def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedM
                   tokenizer: PreTrainedTokenizerBase, train_records: list[dict[str, Any]],
                   valid_records: list[dict[str, Any]], train_defaults: dict[str, Any] | None = None,
                   train_overrides: dict[str, Any] | None = None, checkpoint_dir: Path | None = None,
-                  accelerator: Accelerator | None = None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, PreTrainedModel | None]:
+                  accelerator: Accelerator | None = None
+                  ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, PreTrainedModel | None]:
     """Train ``student`` with ``recipe``; returns (resolved config, training summary, method state, trained
     student: ``None`` on the processes other than the main one of a run that sharded the student's weights).
 

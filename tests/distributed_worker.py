@@ -3,7 +3,7 @@ distributed tests run it in two processes (``torchrun --nproc_per_node 2``, gloo
 process with the same global batch.
 
     python tests/distributed_worker.py OUT.json TOKENIZER_DIR MICRO_BATCH GRAD_ACCUM METHOD [ENGINE [DTYPE
-        [CHECKPOINTS [STOP_AFTER [EVERY [MODELS [SHARD_TEACHER]]]]]]]
+        [CHECKPOINTS [STOP_AFTER [EVERY [MODELS [SHARD_TEACHER [TEACHER_DTYPE]]]]]]]]
 
 METHOD is a method name, optionally with float options: ``mgsr,init_threshold=1.0``. DTYPE is
 ``float64`` (default) or ``float32`` (DeepSpeed's ZeRO-3 refuses float64). With CHECKPOINTS (a
@@ -15,7 +15,7 @@ every process together, once the checkpoint of that step is written (OUT then sa
 them (:func:`~mgsr_bench.train.distributed.load_models`): under FSDP's rank-0 loading without
 their weights on the processes that receive them from rank 0, under ZeRO-3 with
 ``ACCELERATE_DEEPSPEED_ZERO3_INIT=true`` partitioned as they load. SHARD_TEACHER ``0`` sets
-``train.shard_teacher: false``.
+``train.shard_teacher: false``; TEACHER_DTYPE (default DTYPE) is the dtype the teacher loads in from MODELS.
 
 ENGINE: ``ddp`` (default), ``fsdp`` or ``zero2`` / ``zero3``. accelerate runs FSDP only on
 accelerators (on CPU it falls back to DDP), so for ``fsdp`` this worker sets an FSDP2 plugin on the
@@ -114,8 +114,9 @@ def stop_after(step: int) -> None:
 
 def main() -> None:
     out, tok_dir, micro, accum, method = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-    defaults = ["ddp", "float64", "", "0", "1", "", "1"]
-    engine, dtype, checkpoints, stop, every, models, shard = (sys.argv[6:] + defaults[len(sys.argv[6:]):])[:7]
+    defaults = ["ddp", "float64", "", "0", "1", "", "1", ""]
+    engine, dtype, checkpoints, stop, every, models, shard, teacher_dtype = (
+        sys.argv[6:] + defaults[len(sys.argv[6:]):])[:8]
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         use_engine(engine)
@@ -129,7 +130,8 @@ def main() -> None:
     if models:  # as mgsr-bench train loads them, the accelerator first under DeepSpeed
         accelerator = loop.make_accelerator(cfg) if deepspeed_launch() else None
         teacher, student = load_models(Path(models) / "teacher", Path(models) / "student", accelerator,
-                                       shard_teacher=cfg.shard_teacher, teacher_dtype=getattr(torch, dtype),
+                                       shard_teacher=cfg.shard_teacher,
+                                       teacher_dtype=getattr(torch, teacher_dtype or dtype),
                                        student_dtype=getattr(torch, dtype))
         # accelerate's own FSDP plugin (which this variable asks for) refuses the CPU: use_engine sets one
         os.environ.pop("ACCELERATE_USE_FSDP", None)
@@ -138,6 +140,8 @@ def main() -> None:
         teacher = tiny_model(len(tokenizer), seed=2, hidden=48).to(getattr(torch, dtype))
     # the share of each model's weights this process holds as it enters training (1/N: partitioned at load)
     held_at_load = {role: held_share(model, lambda n: True) for role, model in (("student", student), ("teacher", teacher))}
+    weight = next(teacher.parameters())
+    teacher_weights_dtype = str(getattr(weight, "ds_tensor", weight).dtype)  # a partition's own dtype
     # whether this process's student came with the weights (those of the models the tests save)
     saved = tiny_model(len(tokenizer), seed=1).lm_head.weight.to(student.dtype)
     with gathered_weights(student.lm_head.weight):
@@ -175,7 +179,7 @@ def main() -> None:
                                    "steps_trained": len(trained), "timeout_s": timeout,
                                    "sources": [h["source"] for h in result.history],
                                    "teacher_held": teacher_held, "loaded_weights": loaded,
-                                   "held_at_load": held_at_load}))
+                                   "held_at_load": held_at_load, "teacher_dtype": teacher_weights_dtype}))
     else:
         assert result.model is None or result.model is student
     end_processes()

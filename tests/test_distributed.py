@@ -27,10 +27,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", 
 
 def run(out: Path, tokenizer_dir: Path, micro: int, accum: int, method: str, engine: str = "single",
         dtype: str = "float64", checkpoints: Path | None = None, stop_after: int = 0, models: Path | None = None,
-        shard_teacher: bool = True, env: dict[str, str] | None = None) -> dict:
+        shard_teacher: bool = True, env: dict[str, str] | None = None, teacher_dtype: str = "") -> dict:
     """The worker's results: in one process for ``single``, else in two (torchrun)."""
     args = [str(WORKER), str(out), str(tokenizer_dir), str(micro), str(accum), method, engine, dtype,
-            str(checkpoints or ""), str(stop_after), "1", str(models or ""), "1" if shard_teacher else "0"]
+            str(checkpoints or ""), str(stop_after), "1", str(models or ""), "1" if shard_teacher else "0", teacher_dtype]
     env = {**ENV, **(env or {})}
     if engine == "single":
         proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=600)
@@ -91,14 +91,17 @@ def test_fsdp_rank0_loading_reads_the_weights_on_rank_0_only_and_trains_as_one_p
     assert two["weights"] == pytest.approx(one["weights"], rel=1e-9)
 
 
-@pytest.mark.parametrize("init_flag,shard_teacher", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("init_flag,shard_teacher,teacher_dtype", [
+    (True, True, "float32"), (True, False, "float32"), (False, True, "float32"), (True, True, "bfloat16")])
 def test_zero3_init_flag_partitions_the_models_as_they_load_and_trains_as_one_process(tmp_path, tokenizer_dir,
                                                                                       tokenizer, init_flag,
-                                                                                      shard_teacher):
+                                                                                      shard_teacher, teacher_dtype):
     """Under ZeRO-3 with ``zero3_init_flag`` (zero3.yaml) each of two processes holds half of the
     student's weights, and of a sharded teacher's, as soon as they are loaded: no process builds
     either whole. A teacher kept whole loads whole, and with the flag off both load whole (as in a
-    single process). Either way the run follows the one-process trajectory."""
+    single process). A bf16 teacher (a pair's dtype) is partitioned in bf16 although the engine
+    runs in fp32 (``zero.Init`` would cast it to the config's precision). Either way the run follows
+    the one-process trajectory."""
     needs_deepspeed("zero3")
     from conftest import tiny_model
 
@@ -106,9 +109,12 @@ def test_zero3_init_flag_partitions_the_models_as_they_load_and_trains_as_one_pr
     models = tmp_path / "models"
     for role, model in (("student", tiny_model(vocab, seed=1)), ("teacher", tiny_model(vocab, seed=2, hidden=48))):
         model.save_pretrained(models / role)
-    one = run(tmp_path / "one.json", tokenizer_dir, 8, 2, "kd", "single", "float32", models=models)
+    one = run(tmp_path / "one.json", tokenizer_dir, 8, 2, "kd", "single", "float32", models=models,
+              teacher_dtype=teacher_dtype)
     two = run(tmp_path / "two.json", tokenizer_dir, 4, 2, "kd", "zero3", "float32", models=models,
-              shard_teacher=shard_teacher, env={"ACCELERATE_DEEPSPEED_ZERO3_INIT": str(init_flag).lower()})
+              shard_teacher=shard_teacher, env={"ACCELERATE_DEEPSPEED_ZERO3_INIT": str(init_flag).lower()},
+              teacher_dtype=teacher_dtype)
+    assert one["teacher_dtype"] == two["teacher_dtype"] == f"torch.{teacher_dtype}"
     assert one["held_at_load"] == {"student": 1.0, "teacher": 1.0}
     assert two["held_at_load"] == {"student": 0.5 if init_flag else 1.0,
                                    "teacher": 0.5 if init_flag and shard_teacher else 1.0}

@@ -194,6 +194,13 @@ def test_a_lora_pair_under_a_sharding_launch_is_refused_before_anything_loads(tm
     """The environment ``accelerate launch`` exports for fsdp.yaml or zero3.yaml: a LoRA pair stops
     in one line before its tokenizer or a model loads (the Hub is out of reach here: any loading
     would fail differently) and before the output folder is made."""
+    import accelerate
+    from packaging.version import Version
+
+    from mgsr_bench.train.distributed import FSDP2_ACCELERATE
+
+    if "ACCELERATE_USE_FSDP" in launch and Version(accelerate.__version__) < Version(FSDP2_ACCELERATE):
+        pytest.skip(f"below accelerate {FSDP2_ACCELERATE} train refuses any FSDP launch first")
     out = tmp_path / "run"
     for split in ("t", "v"):
         (tmp_path / f"{split}.jsonl").write_text(json.dumps({"instruction": "Add 2 and 3.", "input": "",

@@ -11,7 +11,8 @@ an engine changes what a step must do live here, each named for what it does:
 * **loading** (:func:`load_models`): under FSDP's rank-0 loading only rank 0 reads the
   checkpoints; the other processes build the models without weights and receive them from rank 0
   (:func:`broadcast_from_main`), so a machine's host memory holds each model once. Under ZeRO-3
-  with ``zero3_init_flag`` the models are partitioned as they load, so no process ever holds one whole;
+  with ``zero3_init_flag`` the models are partitioned as they load, so no process ever holds one
+  whole (a teacher kept whole excepted);
 * **generation** (:func:`gathered`): on-policy samples, teacher samples and SCRG's passes run with
   every parameter of the sharded models gathered once for the whole sampling call. Per-layer
   gathering (the ordinary sharded forward) costs one all-gather per layer per decoded token, and
@@ -100,31 +101,46 @@ def deepspeed_launch() -> bool:
 
 
 @contextlib.contextmanager
-def partitioned_loading(accelerator: Accelerator | None, partition: bool) -> Iterator[None]:
+def partitioned_loading(accelerator: Accelerator | None, partition: bool,
+                        dtype: torch.dtype | None = None) -> Iterator[None]:
     """Models loaded inside the block are partitioned as they load when ``partition`` and the
     accelerator runs ZeRO-3 with ``zero3_init_flag``; otherwise they load whole.
 
     Partitioned loading is transformers' own: once accelerate has registered the DeepSpeed config
     (as it builds the ``Accelerator``), ``from_pretrained`` builds the model inside
     ``deepspeed.zero.Init`` (each process allocates only its ``1/N`` slice of every weight) and fills
-    the slices from the checkpoint one module at a time. accelerate registers the config whatever
-    ``zero3_init_flag`` says (1.15), so a model to load whole (the flag off, a teacher kept whole)
-    loads with the registration lifted for the block.
+    the slices from the checkpoint one module at a time. ``zero.Init`` casts the slices to the
+    config's precision (bf16/fp16 if enabled, else fp32), not to the dtype asked of
+    ``from_pretrained``: with ``dtype`` the block registers a copy of the config whose precision is
+    ``dtype`` (a bf16 teacher stays bf16 beside an fp32 student). accelerate registers the config
+    whatever ``zero3_init_flag`` says (1.12, 1.15), so a model to load whole (the flag off, a
+    teacher kept whole) loads with the registration lifted for the block. Either way the
+    accelerator's own registration is back when the block ends.
     """
     if accelerator is None or engine(accelerator) != "zero3":
         yield
         return
+    import copy
+
+    from transformers.integrations.deepspeed import (HfDeepSpeedConfig, set_hf_deepspeed_config,
+                                                     unset_hf_deepspeed_config)
+
     plugin = accelerator.state.deepspeed_plugin
-    if partition and plugin.zero3_init_flag:
+    registered = getattr(plugin, "dschf", None)
+    partition = partition and bool(plugin.zero3_init_flag)
+    if partition and (dtype is None or registered is None):
         yield
         return
-    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
-
-    registered = getattr(plugin, "dschf", None)
     unset_hf_deepspeed_config()
+    if partition:  # the accelerator's config at ``dtype``'s precision, registered for the block
+        config = copy.deepcopy(registered.config)
+        for key, precision in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+            config[key] = {**config.get(key, {}), "enabled": dtype == precision}
+        at_dtype = HfDeepSpeedConfig(config)  # noqa: F841 (registered while it lives)
     try:
         yield
     finally:
+        unset_hf_deepspeed_config()
         if registered is not None:
             set_hf_deepspeed_config(registered)
 
@@ -138,13 +154,15 @@ def load_models(teacher: str | Path, student: str | Path, accelerator: Accelerat
     FSDP with ``fsdp_cpu_ram_efficient_loading``: only rank 0 reads the weights, the other
     processes build the models without them (:func:`weights_from_main`). ZeRO-3 with
     ``zero3_init_flag`` and ``accelerator`` already built: both models partitioned as they load,
-    the teacher only if it is to be sharded (``shard_teacher``; a teacher kept whole loads whole).
-    Otherwise every process reads both whole, as a single process does.
+    the teacher only if it is to be sharded (``shard_teacher``; a teacher kept whole loads whole),
+    the teacher in ``teacher_dtype`` and the student in the engine's precision (DeepSpeed's bf16 or
+    fp16 when enabled, which it would cast the student to anyway). Otherwise every process reads
+    both whole, as a single process does.
     """
     from mgsr_bench.models import load_model
 
     read = not weights_from_main()
-    with partitioned_loading(accelerator, shard_teacher):
+    with partitioned_loading(accelerator, shard_teacher, teacher_dtype):
         teacher_model = load_model(teacher, teacher_dtype, trust_remote_code, weights=read)
     with partitioned_loading(accelerator, True):
         student_model = load_model(student, student_dtype, trust_remote_code, weights=read)
