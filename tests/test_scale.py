@@ -188,12 +188,20 @@ def test_plan_cli_says_what_fits_and_what_to_change():
     assert "open-llama-7b-open-llama-3b" in listed.stdout and "lora" in listed.stdout
 
 
-@pytest.mark.parametrize("launch", [{"ACCELERATE_USE_FSDP": "true"},
-                                    {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}])
-def test_a_lora_pair_under_a_sharding_launch_is_refused_before_anything_loads(tmp_path, launch):
-    """The environment ``accelerate launch`` exports for fsdp.yaml or zero3.yaml: a LoRA pair stops
-    in one line before its tokenizer or a model loads (the Hub is out of reach here: any loading
-    would fail differently) and before the output folder is made."""
+ZERO3_FILE = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto"}
+
+
+@pytest.mark.parametrize("launch, ds_file", [
+    ({"ACCELERATE_USE_FSDP": "true"}, None),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, None),
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, json.dumps(ZERO3_FILE)),  # the stage only in deepspeed_config_file
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "{not json"),
+], ids=["fsdp", "zero3", "zero3-in-config-file", "unreadable-config-file"])
+def test_a_lora_pair_under_a_sharding_launch_is_refused_before_anything_loads(tmp_path, launch, ds_file):
+    """The environment ``accelerate launch`` exports for fsdp.yaml or zero3.yaml, or for an
+    accelerate config whose ``deepspeed_config_file`` asks for stage 3: a LoRA pair stops in one line
+    before its tokenizer or a model loads (the Hub is out of reach here: any loading would fail
+    differently) and before the output folder is made; a config file that is not JSON is named."""
     import accelerate
     from packaging.version import Version
 
@@ -201,6 +209,9 @@ def test_a_lora_pair_under_a_sharding_launch_is_refused_before_anything_loads(tm
 
     if "ACCELERATE_USE_FSDP" in launch and Version(accelerate.__version__) < Version(FSDP2_ACCELERATE):
         pytest.skip(f"below accelerate {FSDP2_ACCELERATE} train refuses any FSDP launch first")
+    if ds_file is not None:
+        (tmp_path / "ds.json").write_text(ds_file)
+        launch = {**launch, "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(tmp_path / "ds.json")}
     out = tmp_path / "run"
     for split in ("t", "v"):
         (tmp_path / f"{split}.jsonl").write_text(json.dumps({"instruction": "Add 2 and 3.", "input": "",
@@ -208,10 +219,40 @@ def test_a_lora_pair_under_a_sharding_launch_is_refused_before_anything_loads(tm
     proc = subprocess.run([sys.executable, "-m", "mgsr_bench", "train", "kd", "--pair", "open-llama-7b-open-llama-3b",
                            "--train-data", str(tmp_path / "t.jsonl"), "--valid-data", str(tmp_path / "v.jsonl"),
                            "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env={**os.environ, **launch})
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "mgsr-bench: error: a LoRA student trains under DDP or ZeRO-2 (its adapter is small): launch with "
-        "ddp.yaml or zero2.yaml, or train the full student"]
+    expected = ("a LoRA student trains under DDP or ZeRO-2 (its adapter is small): launch with ddp.yaml or "
+                "zero2.yaml, or train the full student") if ds_file != "{not json" else (
+        f"the DeepSpeed config file {tmp_path / 'ds.json'} (deepspeed_config_file in the accelerate config) is "
+        "not readable JSON (JSONDecodeError): fix the file or the path")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"mgsr-bench: error: {expected}"]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("env, stage", [
+    ({}, None),  # not a DeepSpeed launch
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, 2),  # accelerate's default stage
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, 3),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "file": {"stage": 2}}, 2),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "file": {"stage": "auto"}}, 3),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "file": {}}, 2),
+])
+def test_the_launched_zero_stage_is_read_as_accelerate_reads_it(tmp_path, monkeypatch, env, stage):
+    """The stage the early LoRA refusal sees agrees with the one accelerate's DeepSpeed plugin ends
+    up with: the file's, where it names one, else the exported one, else 2."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    from mgsr_bench.train.distributed import launched_zero_stage
+
+    for name in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE", "ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    env = dict(env)
+    if "file" in env:
+        (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": env.pop("file")}))
+        env["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = str(tmp_path / "ds.json")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert launched_zero_stage() == stage
+    if stage is not None:
+        assert DeepSpeedPlugin().zero_stage == stage
 
 
 def _anonymous_bytes() -> int:

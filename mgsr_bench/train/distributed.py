@@ -40,6 +40,7 @@ import accelerate
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
+from accelerate.utils.deepspeed import HfDeepSpeedConfig
 from packaging.version import Version
 from transformers import PreTrainedModel
 
@@ -86,11 +87,29 @@ LORA_ENGINES = ("a LoRA student trains under DDP or ZeRO-2 (its adapter is small
 
 def check_lora_launch() -> None:
     """Refuse a LoRA student under a launch that shards the student (FSDP, or ZeRO-3 named in the
-    accelerate config), in one line, before any model loads. (A stage set only inside a DeepSpeed
-    config file is caught by :func:`mgsr_bench.train.loop.train`, after loading.)"""
-    if _env_flag("ACCELERATE_USE_FSDP") or (deepspeed_launch()
-                                            and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"):
+    accelerate config or in the DeepSpeed config file it points to), in one line, before any model
+    loads. (:func:`mgsr_bench.train.loop.train` refuses it again from the engine itself.)"""
+    if _env_flag("ACCELERATE_USE_FSDP") or launched_zero_stage() == 3:
         raise UserError(LORA_ENGINES)
+
+
+def launched_zero_stage() -> int | None:
+    """The ZeRO stage a DeepSpeed launch asks for, read as accelerate reads it, before the engine
+    exists: the DeepSpeed config file's ``zero_optimization.stage`` when the accelerate config names
+    a ``deepspeed_config_file`` (the file wins over the accelerate config), else the accelerate
+    config's ``zero_stage`` (accelerate's default 2 when neither says); None outside DeepSpeed."""
+    if not deepspeed_launch():
+        return None
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+    if path != "none":
+        try:  # accelerate's HfDeepSpeedConfig reads the file only (transformers' would register it)
+            stage = HfDeepSpeedConfig(path).get_value("zero_optimization.stage")
+        except (OSError, ValueError, AttributeError) as err:  # bad JSON; JSON that is not an object
+            raise UserError(f"the DeepSpeed config file {path} (deepspeed_config_file in the accelerate config) "
+                            f"is not readable JSON ({type(err).__name__}): fix the file or the path") from None
+        if stage is not None and stage != "auto":
+            return int(stage)
+    return int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", 2))
 
 
 def deepspeed_launch() -> bool:
