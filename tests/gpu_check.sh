@@ -2,11 +2,12 @@
 # The prepared GPU check for a session lent a device (see DEVELOPERS.md), most important first:
 # the performance benchmark (`mgsr-bench bench`: GPT-2 1.5B -> 124M in bf16, TRL's GKDTrainer beside
 # gkd when trl imports) and the memory planner at its shapes, the GPU-only tests and the harness
-# tests on CUDA, an FSDP2 training run through fsdp.yaml on one GPU, a sharded run killed and
-# resumed, the chunked-loss and generation benchmarks, and the smoke-sized main job. Every step has its own time limit and the whole check a
+# tests on CUDA, FSDP2 and ZeRO-3 training runs through fsdp.yaml and zero3.yaml on one GPU, a
+# sharded run killed and resumed, the chunked-loss and generation benchmarks, and the smoke-sized
+# main job. Every step has its own time limit and the whole check a
 # deadline (GPU_CHECK_SECONDS, default 420): a step that would start too late is skipped and says
 # so. GPU_CHECK_STEPS (default: all) names the steps to run, for a rerun of a few:
-# bench plan tests fsdp resume chunked generation run.
+# bench plan tests fsdp zero3 resume chunked generation run.
 # Logs and figures go under $OUT as they are written, so a check cut short keeps what it measured.
 #
 # Device call: first, here, `bash tests/gpu_wheels.sh` (the wheels the image lacks into .whl/, and
@@ -21,7 +22,7 @@ export OUT=${OUT:-/tmp/gpu-check}  # the steps run in shells of their own
 mkdir -p "$OUT"
 LOG="$OUT/check.log"  # every text log in one file: at most 8 files come back from $OUT
 DEADLINE=$(( $(date +%s) + ${GPU_CHECK_SECONDS:-420} ))
-STEPS=" ${GPU_CHECK_STEPS:-bench plan tests fsdp resume chunked generation run} "
+STEPS=" ${GPU_CHECK_STEPS:-bench plan tests fsdp zero3 resume chunked generation run} "
 
 # step NAME SECONDS COMMAND...: run COMMAND, its output appended to the log as it comes, within
 # SECONDS and the deadline; skipped when not selected or when under 20 s would be left for it
@@ -40,6 +41,7 @@ step() {
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$LOG"
 python3 -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__)" 2>&1 | tee -a "$LOG"
 python3 -c "import rouge_score, trl, datasets; print('trl', trl.__version__, 'datasets', datasets.__version__)" 2>&1 | tail -1 | tee -a "$LOG"
+python3 -c "import deepspeed; print('deepspeed', deepspeed.__version__)" 2>&1 | tail -1 | tee -a "$LOG"
 echo "shared data: ${MGSR_BENCH_SHARED:-not carried}" | tee -a "$LOG"
 
 # 3 timed steps after 1 warm-up per method, each method in its own process; bench.json after each
@@ -61,6 +63,12 @@ step tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/t
 rm -rf /tmp/gpu-fsdp /tmp/gpu-quick  # a rerun on a warm machine starts afresh (train refuses a finished --out)
 step fsdp 90 accelerate launch --config_file mgsr_bench/launch/accelerate/fsdp.yaml --num_processes 1 \
     -m mgsr_bench train gkd --quick --steps 6 --checkpoint-every 2 --out /tmp/gpu-fsdp
+
+# ZeRO-3 through the shipped config on the one GPU (DeepSpeed carried as a wheel; NCCL, bf16, the
+# models partitioned as they load, on-policy samples from the unsharded generation copy)
+rm -rf /tmp/gpu-zero3
+step zero3 90 accelerate launch --config_file mgsr_bench/launch/accelerate/zero3.yaml --num_processes 1 \
+    -m mgsr_bench train gkd --quick --steps 6 --checkpoint-every 2 --out /tmp/gpu-zero3
 
 # Kill and resume under FSDP2 on the GPU (sharded checkpoints written and read over NCCL): the same
 # deterministic kd command uninterrupted, then killed (every process of it) once step 4's checkpoint

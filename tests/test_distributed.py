@@ -247,3 +247,43 @@ def test_the_zero3_generation_copy_gathers_one_module_at_a_time_and_tied_weights
     assert all(a.data_ptr() != b.data_ptr() for a, b in zip(copy.parameters(), model.parameters()))
     ids = torch.tensor([[1, 2, 3, 4]])
     assert torch.equal(copy(ids).logits, model(ids).logits)
+
+
+SUITE_UNDER_LAUNCH = '''
+import json, os, sys
+from pathlib import Path
+from mgsr_bench.models import weights_digest
+from mgsr_bench.suite.build import ensure_suite, suite_config_from_dict
+suite = ensure_suite(suite_config_from_dict(json.loads(sys.argv[1])))
+digests = {part: weights_digest(suite.root / part) for part in ("teacher", "student-init")}
+Path(sys.argv[2], f"rank{os.environ['RANK']}.json").write_text(json.dumps(digests))
+'''
+
+
+def test_a_suite_built_under_a_launch_is_the_single_process_build(tmp_path, monkeypatch):
+    """Two processes started as ``accelerate launch`` starts them for zero3.yaml (mixed precision
+    off), the suite not built yet: the machine's first process builds it once, in a process of its
+    own without the launch's settings, and both processes get the suite a single process builds, to
+    the bit (built on ZeRO-3 the saved weights were empty partitions, and every process built)."""
+    pytest.importorskip("deepspeed", reason="the launch under test is a DeepSpeed one")
+    import dataclasses
+
+    from mgsr_bench.models import weights_digest
+    from mgsr_bench.suite.build import ModelShape, SuiteConfig, ensure_suite
+
+    small = {"steps": 4, "micro_batch": 8, "lr": 3e-3, "eval_every": 4, "val_metric": "loss", "seed": 0}
+    config = SuiteConfig(name="tiny-launch-test", n_train=200, n_valid=16, n_test=8, vocab_size=300,
+                         teacher=ModelShape(32, 1, 2, 64), student=ModelShape(16, 1, 2, 32),
+                         teacher_train=small, student_init_train=small)
+    monkeypatch.setenv("MGSR_BENCH_CACHE", str(tmp_path / "plain"))
+    plain = ensure_suite(config)
+    expected = {part: weights_digest(plain.root / part) for part in ("teacher", "student-init")}
+    script = tmp_path / "suite_under_launch.py"
+    script.write_text(SUITE_UNDER_LAUNCH)
+    launch = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
+              "ACCELERATE_DEEPSPEED_ZERO3_INIT": "true", "ACCELERATE_MIXED_PRECISION": "no",
+              "MGSR_BENCH_CACHE": str(tmp_path / "launched")}
+    proc = torchrun([str(script), json.dumps(dataclasses.asdict(config)), str(tmp_path)], {**ENV, **launch})
+    assert (proc.stdout + proc.stderr).count("building suite tiny-launch-test") == 1
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == expected

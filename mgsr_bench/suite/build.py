@@ -4,7 +4,10 @@ Everything is derived from a :class:`SuiteConfig` and cached under
 ``$MGSR_BENCH_CACHE`` (default ``~/.cache/mgsr-bench``) in a folder named by the config's hash, so
 a second run reuses the trained teacher and a changed config builds a new suite. A build happens
 in a temporary folder renamed into place when complete: a killed build leaves nothing that looks
-finished.
+finished. The suite is a single-process artefact: a process started by a launcher (``accelerate
+launch``, torchrun) builds it in a process of its own with the launch's settings removed, since the
+build's training would otherwise run on the launched engine (ZeRO-3 would leave the saved weights
+as empty partitions, bf16 would change the teacher).
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
@@ -205,14 +210,57 @@ def build_suite(config: SuiteConfig, root: Path) -> None:
 
 
 def ensure_suite(config: SuiteConfig = SuiteConfig()) -> Suite:
-    """Return the cached suite for ``config``, building it first when it is missing."""
+    """Return the cached suite for ``config``, building it first when it is missing (outside the
+    launch when this process was started by a launcher)."""
     root = cache_root() / config.key()
     if not (root / "suite.json").is_file():
-        build_suite(config, root)
+        if launch_variables(os.environ):
+            _build_outside_launch(config, root)
+        else:
+            build_suite(config, root)
     meta = json.loads((root / "suite.json").read_text())
     return Suite(root=root, config=config, report=meta["report"])
+
+
+# What launchers export to the processes they start: accelerate's settings (engine, mixed precision,
+# DeepSpeed and FSDP options) and torch.distributed's rendezvous.
+_DISTRIBUTED_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                          "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launch_variables(env: Mapping[str, str]) -> list[str]:
+    """The names in ``env`` that a launcher set and that would change how the build trains."""
+    return sorted(k for k in env if k.startswith(("ACCELERATE_", "TORCHELASTIC_")) or k in _DISTRIBUTED_VARIABLES)
+
+
+def _build_outside_launch(config: SuiteConfig, root: Path) -> None:
+    """Under a launcher: the machine's first process (``LOCAL_RANK`` 0) builds the suite in a child
+    process without the launch's variables, exactly as a single-process run would; the machine's
+    other processes wait for it (a launcher ends them all if the build fails). Interrupted with
+    Ctrl-C the build stops with the run; a launch killed with SIGTERM leaves it to finish on its own
+    (into place, as ever, only when complete)."""
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+        print(f"[mgsr-bench] waiting for this machine's first process to build suite {config.key()}", flush=True)
+        while not (root / "suite.json").is_file():
+            time.sleep(1.0)
+        return
+    env = {k: v for k, v in os.environ.items() if k not in launch_variables(os.environ)}
+    proc = subprocess.run([sys.executable, "-m", "mgsr_bench.suite.build", json.dumps(dataclasses.asdict(config))],
+                          env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"building suite {config.key()} in a process of its own failed (exit {proc.returncode}); "
+                           "its error is above")
+
+
+def suite_config_from_dict(d: dict[str, Any]) -> SuiteConfig:
+    """The inverse of ``dataclasses.asdict`` for a :class:`SuiteConfig` (its suite.json ``config``)."""
+    return SuiteConfig(**{**d, "teacher": ModelShape(**d["teacher"]), "student": ModelShape(**d["student"])})
 
 
 def load_suite_models(suite: Suite) -> tuple[PreTrainedTokenizerBase, LlamaForCausalLM]:
     """The suite's tokenizer and teacher (load the student from ``suite.student_init_dir`` per run)."""
     return load_tokenizer(suite.tokenizer_dir), load_model(suite.teacher_dir)
+
+
+if __name__ == "__main__":  # the child process of _build_outside_launch: python -m mgsr_bench.suite.build CONFIG_JSON
+    ensure_suite(suite_config_from_dict(json.loads(sys.argv[1])))
