@@ -58,11 +58,13 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     assert not out.exists() and not (tmp_path / "cache").exists()
 
 
-def test_run_on_several_processes_and_plan_with_an_unknown_method_are_refused_in_one_line(tmp_path):
+def test_run_or_eval_on_several_processes_and_plan_with_an_unknown_method_are_refused_in_one_line(tmp_path):
     out = tmp_path / "out"
     several = _cli("run", "--out", str(out), env={"WORLD_SIZE": "2", "MGSR_BENCH_CACHE": str(tmp_path / "cache")})
+    evals = _cli("eval", "m", "--out", str(out), env={"WORLD_SIZE": "2", "MGSR_BENCH_CACHE": str(tmp_path / "cache")})
     unknown = _cli("plan", "tiny", "--method", "mgsx")
     for proc, message in ((several, "run is the single-process tiny-suite job; launch `train` on several"),
+                          (evals, "eval runs in one process (under a launcher every process would evaluate"),
                           (unknown, "unknown method 'mgsx' (did you mean 'mgsr'?)")):
         assert proc.returncode == 2 and message in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1

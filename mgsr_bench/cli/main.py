@@ -261,6 +261,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mgsr_bench.pipeline import evaluate_and_record
     from mgsr_bench.suite.build import EVAL_SPLITS, ensure_suite
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("eval runs in one process (under a launcher every process would evaluate every model "
+                        "again): run `mgsr-bench eval ...` without accelerate launch or torchrun")
     if args.data:
         datasets = {}
         for spec in args.data:
