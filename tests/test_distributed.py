@@ -194,22 +194,31 @@ def test_a_checkpoint_folder_that_some_process_cannot_see_is_refused(tmp_path, t
     assert proc.returncode != 0 and blind in proc.stderr and not (tmp_path / "d.json").exists()
 
 
-def test_fsdp_on_an_accelerate_known_to_fail_is_refused_in_one_line(monkeypatch):
-    """Measured: under FSDP2 the first step fails with accelerate 1.12-1.14 (torch 2.13); the launch
-    is refused before any model loads, other engines are left alone."""
+def test_fsdp_on_an_accelerate_known_to_fail_or_without_an_accelerator_is_refused_in_one_line(monkeypatch):
+    """Measured: under FSDP2 the first step fails with accelerate 1.12-1.14 (torch 2.13); and on a
+    machine without an accelerator accelerate ignores the FSDP setting (plain data parallel, rank 1
+    training the models it built without weights: a NaN loss at step 1 through the CLI). Either
+    launch is refused before any model loads; other engines are left alone."""
     import accelerate
 
     from mgsr_bench.errors import UserError
+    from mgsr_bench.train import distributed
     from mgsr_bench.train.distributed import check_fsdp_accelerate
 
-    monkeypatch.setattr(accelerate, "__version__", "1.14.0")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` exports for fsdp.yaml
+    monkeypatch.setattr(distributed, "_accelerator_available", lambda: False)
+    with pytest.raises(UserError, match=r"^this launch asks for FSDP, which accelerate runs only on GPUs .*ddp\.yaml$"):
+        check_fsdp_accelerate()
+    monkeypatch.setattr(distributed, "_accelerator_available", lambda: True)
+    check_fsdp_accelerate()
+    monkeypatch.setattr(accelerate, "__version__", "1.14.0")
     with pytest.raises(UserError, match=r"^FSDP2 training needs accelerate >= 1\.15 \(found 1\.14\.0.*pip install -U"):
         check_fsdp_accelerate()
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    monkeypatch.setattr(distributed, "_accelerator_available", lambda: False)
     check_fsdp_accelerate()  # DDP, ZeRO, one process: no such requirement
     monkeypatch.setattr(accelerate, "__version__", "1.15.0")
-    check_fsdp_accelerate(True)
+    check_fsdp_accelerate(True)  # the engine itself (tests set an FSDP2 plugin on the CPU)
 
 
 def test_the_zero3_generation_copy_gathers_one_module_at_a_time_and_tied_weights_once(monkeypatch):

@@ -189,6 +189,8 @@ def test_plan_cli_says_what_fits_and_what_to_change():
 
 
 ZERO3_FILE = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto"}
+AS_IF_ON_A_GPU = ("import sys, torch; torch.accelerator.is_available = lambda: True; "
+                  "from mgsr_bench.cli.main import main; sys.exit(main(sys.argv[1:]))")
 
 
 @pytest.mark.parametrize("launch, ds_file", [
@@ -216,7 +218,8 @@ def test_a_lora_pair_under_a_sharding_launch_is_refused_before_anything_loads(tm
     for split in ("t", "v"):
         (tmp_path / f"{split}.jsonl").write_text(json.dumps({"instruction": "Add 2 and 3.", "input": "",
                                                              "output": "5"}) + "\n")
-    proc = subprocess.run([sys.executable, "-m", "mgsr_bench", "train", "kd", "--pair", "open-llama-7b-open-llama-3b",
+    # as on a GPU machine (FSDP without an accelerator is refused first): nothing here reaches a device
+    proc = subprocess.run([sys.executable, "-c", AS_IF_ON_A_GPU, "train", "kd", "--pair", "open-llama-7b-open-llama-3b",
                            "--train-data", str(tmp_path / "t.jsonl"), "--valid-data", str(tmp_path / "v.jsonl"),
                            "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env={**os.environ, **launch})
     expected = ("a LoRA student trains under DDP or ZeRO-2 (its adapter is small): launch with ddp.yaml or "
@@ -225,6 +228,22 @@ def test_a_lora_pair_under_a_sharding_launch_is_refused_before_anything_loads(tm
         "not readable JSON (JSONDecodeError): fix the file or the path")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"mgsr-bench: error: {expected}"]
     assert not out.exists()
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="a machine with an accelerator runs FSDP")
+def test_an_fsdp_launch_without_an_accelerator_is_refused_before_anything_loads(tmp_path):
+    """What ``accelerate launch`` exports for fsdp.yaml, on this CPU machine: one line, before the
+    suite or a model loads, nothing written (accelerate would have run plain data parallel, rank 1
+    on models built without weights: NaN at step 1)."""
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    proc = subprocess.run([sys.executable, "-m", "mgsr_bench", "train", "kd", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "ACCELERATE_USE_FSDP": "true", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true",
+                               "MGSR_BENCH_CACHE": str(cache)})
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "mgsr-bench: error: this launch asks for FSDP, which accelerate runs only on GPUs (or other accelerators) "
+        "and this machine has none: on the CPU launch with ddp.yaml"]
+    assert not out.exists() and not cache.exists()
 
 
 @pytest.mark.parametrize("env, stage", [

@@ -58,12 +58,23 @@ def check_fsdp_accelerate(fsdp: bool | None = None) -> None:
     """Refuse FSDP on an accelerate its path is known to fail with, in one line, before any work.
 
     ``fsdp`` defaults to what ``accelerate launch`` exported (``ACCELERATE_USE_FSDP``), so that the
-    check runs before the ``Accelerator`` is built (older versions fail inside its constructor)."""
+    check runs before the ``Accelerator`` is built (older versions fail inside its constructor).
+    Such a launch on a machine without an accelerator is refused too: accelerate then ignores the
+    FSDP setting and runs plain data parallel, while the processes other than rank 0 would have
+    built their models without weights for FSDP to fill (:func:`weights_from_main`)."""
     if fsdp is None:
         fsdp = _env_flag("ACCELERATE_USE_FSDP")
+        if fsdp and not _accelerator_available():
+            raise UserError("this launch asks for FSDP, which accelerate runs only on GPUs (or other accelerators) "
+                            "and this machine has none: on the CPU launch with ddp.yaml")
     if fsdp and Version(accelerate.__version__) < Version(FSDP2_ACCELERATE):
         raise UserError(f"FSDP2 training needs accelerate >= {FSDP2_ACCELERATE} (found {accelerate.__version__}, "
                         f"on which the first FSDP2 step fails): pip install -U 'accelerate>={FSDP2_ACCELERATE}'")
+
+
+def _accelerator_available() -> bool:
+    """Whether torch sees a GPU or another accelerator, on which accelerate can run FSDP."""
+    return torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
 
 
 def _env_flag(name: str) -> bool:
