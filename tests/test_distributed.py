@@ -296,3 +296,52 @@ def test_a_suite_built_under_a_launch_is_the_single_process_build(tmp_path, monk
     assert (proc.stdout + proc.stderr).count("building suite tiny-launch-test") == 1
     for rank in (0, 1):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == expected
+
+
+def test_a_lora_student_under_ddp_and_zero2_follows_the_single_process_trajectory(tmp_path, tokenizer, records):
+    """``mgsr-bench train --pair`` with a LoRA pair, launched by ``accelerate launch`` on two
+    processes with ddp.yaml and zero2.yaml (micro-batch 4 x 2 accumulation), against one process
+    with 4 x 4: the same losses (float32) and the same merged student. Before the adapters were
+    drawn from the run's seed, each engine started from other adapters (1e-3 apart by step 3)."""
+    pytest.importorskip("peft", reason="a LoRA pair needs the lora extra")
+    pytest.importorskip("deepspeed", reason="zero2.yaml needs the deepspeed extra")
+    import socket
+
+    from safetensors.torch import load_file
+
+    from conftest import tiny_model
+    from mgsr_bench.data.jsonl import write_records
+
+    for name, hidden in (("teacher", 48), ("student", 32)):
+        tiny_model(len(tokenizer), seed=hidden, hidden=hidden).save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    write_records(tmp_path / "train.jsonl", records[:160])
+    write_records(tmp_path / "valid.jsonl", records[160:176])
+    pair = (f"  teacher: {tmp_path / 'teacher'}\n  student: {tmp_path / 'student'}\n  dtype: float32\n"
+            "  finetune: lora\n  lora: {r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}\n"
+            "  micro_batch: 4\n")
+    (tmp_path / "pairs.yaml").write_text(f"lora-one:\n{pair}  grad_accum: 4\nlora-two:\n{pair}  grad_accum: 2\n")
+    env = {**ENV, "MGSR_BENCH_PAIRS": str(tmp_path / "pairs.yaml")}
+    common = ["train", "kd", "--train-data", str(tmp_path / "train.jsonl"),
+              "--valid-data", str(tmp_path / "valid.jsonl"), "--steps", "4", "--checkpoint-every", "0"]
+
+    def train(out: str, pair: str, launch: list[str]) -> tuple[list[float], dict]:
+        proc = subprocess.run([*launch, "-m", "mgsr_bench", *common, "--pair", pair, "--out", str(tmp_path / out)],
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+        history = json.loads((tmp_path / out / "training.json").read_text())["training"]["history"]
+        return [h["loss"] for h in history], load_file(tmp_path / out / "model" / "model.safetensors")
+
+    one_losses, one_weights = train("one", "lora-one", [sys.executable])
+    for engine in ("ddp", "zero2"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        configs = Path(__file__).resolve().parents[1] / "mgsr_bench" / "launch" / "accelerate"
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(configs / f"{engine}.yaml"),
+                  "--num_processes", "2", "--main_process_port", str(port), "--mixed_precision", "no"]
+        losses, weights = train(engine, "lora-two", launch)
+        assert losses == pytest.approx(one_losses, rel=1e-5), engine
+        assert weights.keys() == one_weights.keys() and not any("lora" in k for k in weights)
+        for name, w in weights.items():
+            torch.testing.assert_close(w, one_weights[name], rtol=1e-5, atol=1e-6, msg=f"{engine}: {name}")

@@ -326,7 +326,8 @@ def test_a_lora_student_trains_only_its_adapters_through_the_chunked_loss_and_sa
     from mgsr_bench.train.loop import micro_batch_loss
 
     student = apply_lora(tiny_model(len(tokenizer), seed=1).double(), LoraSettings(r=4, alpha=8, dropout=0.0,
-                                                                                  target_modules=("q_proj", "v_proj")))
+                                                                                  target_modules=("q_proj", "v_proj")),
+                         seed=0)
     teacher = tiny_model(len(tokenizer), seed=2, hidden=48).double().eval()
     trainable = [n for n, p in student.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
@@ -350,7 +351,27 @@ def test_a_lora_student_trains_only_its_adapters_through_the_chunked_loss_and_sa
     with torch.no_grad():
         torch.testing.assert_close(plain(input_ids=ids).logits, expected)
     with pytest.raises(UserError, match="LoRA target module\\(s\\) c_attn not in the student"):
-        apply_lora(tiny_model(len(tokenizer)), LoraSettings(target_modules=("c_attn",)))
+        apply_lora(tiny_model(len(tokenizer)), LoraSettings(target_modules=("c_attn",)), seed=0)
+
+
+def test_lora_adapters_start_from_the_run_seed_and_leave_the_global_generator_alone(tokenizer):
+    """The same seed gives the same adapters whatever drew from torch's generator before (the
+    engine's set-up, loading), another seed others, and the generator is left as it was."""
+    pytest.importorskip("peft")
+    from mgsr_bench.models.lora import apply_lora
+    from mgsr_bench.models.pairs import LoraSettings
+
+    def adapters(seed: int, drawn: int) -> dict[str, torch.Tensor]:
+        base = tiny_model(len(tokenizer), seed=1)  # (which seeds the generator itself)
+        torch.rand(drawn)
+        state = torch.get_rng_state()
+        model = apply_lora(base, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj",)), seed=seed)
+        assert torch.equal(torch.get_rng_state(), state)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+
+    first, after_draws, other = adapters(1, 0), adapters(1, 1000), adapters(2, 0)
+    assert first and all(torch.equal(first[n], after_draws[n]) for n in first)
+    assert not any(torch.equal(first[n], other[n]) for n in first)
 
 
 def test_a_lora_students_checkpoints_and_best_weights_hold_its_adapters_only_and_resume(tmp_path, tokenizer, records,
@@ -371,7 +392,8 @@ def test_a_lora_students_checkpoints_and_best_weights_hold_its_adapters_only_and
 
     def student():
         return apply_lora(tiny_model(len(tokenizer), seed=1).double(), LoraSettings(r=4, alpha=8, dropout=0.0,
-                                                                                   target_modules=("q_proj", "v_proj")))
+                                                                                   target_modules=("q_proj", "v_proj")),
+                          seed=0)
 
     teacher = tiny_model(len(tokenizer), seed=2, hidden=48).double().eval()
     examples = tokenize_records(records[:64], tokenizer)

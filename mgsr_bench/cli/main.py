@@ -233,7 +233,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if pair is not None and pair.finetune == "lora":
         from mgsr_bench.models.lora import apply_lora
 
-        student = apply_lora(student, pair.lora)
+        student = apply_lora(student, pair.lora, cfg.seed)
     config, summary, method_state, student = train_student(recipe, student, teacher, tokenizer, train_records,
                                                            valid_records, defaults, overrides,
                                                            checkpoint_dir=out / "checkpoints", accelerator=accelerator)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import torch
 from transformers import PreTrainedModel
 
 from mgsr_bench.errors import UserError
 from mgsr_bench.models.pairs import LoraSettings
 
 
-def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedModel:
-    """The model with LoRA adapters on ``settings.target_modules``; only the adapters train."""
+def apply_lora(model: PreTrainedModel, settings: LoraSettings, seed: int) -> PreTrainedModel:
+    """The model with LoRA adapters on ``settings.target_modules``; only the adapters train.
+
+    The adapters' initial weights (peft's random ``lora_A``) are drawn from ``seed``, the run's
+    training seed, leaving torch's global generator as it was: peft draws them from that generator,
+    whose state depends on what ran before (the engine being set up, loading), so unseeded the same
+    command started from other adapters under DDP, ZeRO-2 and one process."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
@@ -21,7 +27,9 @@ def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedMode
                         f"{', '.join(sorted(n for n in names if n.endswith('proj'))[:8]) or 'no *_proj layers'}")
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, config)
 
 
 def merged(model: PreTrainedModel) -> PreTrainedModel:
