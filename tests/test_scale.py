@@ -189,8 +189,8 @@ def test_plan_cli_says_what_fits_and_what_to_change():
 
 
 ZERO3_FILE = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto"}
-AS_IF_ON_A_GPU = ("import sys, torch; torch.accelerator.is_available = lambda: True; "
-                  "from mgsr_bench.cli.main import main; sys.exit(main(sys.argv[1:]))")
+AS_IF_ON_A_GPU = ("import sys; from mgsr_bench.train import distributed; distributed._accelerator_available = "
+                  "lambda: True; from mgsr_bench.cli.main import main; sys.exit(main(sys.argv[1:]))")
 
 
 @pytest.mark.parametrize("launch, ds_file", [
@@ -230,7 +230,7 @@ def test_a_lora_pair_under_a_sharding_launch_is_refused_before_anything_loads(tm
     assert not out.exists()
 
 
-@pytest.mark.skipif(torch.accelerator.is_available(), reason="a machine with an accelerator runs FSDP")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with a GPU runs FSDP")
 def test_an_fsdp_launch_without_an_accelerator_is_refused_before_anything_loads(tmp_path):
     """What ``accelerate launch`` exports for fsdp.yaml, on this CPU machine: one line, before the
     suite or a model loads, nothing written (accelerate would have run plain data parallel, rank 1

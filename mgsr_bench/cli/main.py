@@ -86,6 +86,12 @@ def _eval_settings(args: argparse.Namespace, suite_config=None):
     return settings
 
 
+def _refuse_several_processes(message: str) -> None:
+    """The commands that run in one process stop, with ``message``, when launched on several."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(message)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Build or reuse the tiny suite, train each recipe's student, evaluate all, print the leaderboard."""
     from mgsr_bench.data.jsonl import write_atomic
@@ -95,9 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mgsr_bench.results.publish import write_leaderboard
     from mgsr_bench.suite.build import EVAL_SPLITS, ensure_suite, load_suite_models
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("run is the single-process tiny-suite job; launch `train` on several processes instead "
-                        "(accelerate launch -m mgsr_bench train ..., docs/scale.md)")
+    _refuse_several_processes("run is the single-process tiny-suite job; launch `train` on several processes "
+                              "instead (accelerate launch -m mgsr_bench train ..., docs/scale.md)")
     suite_config = _suite_config(args.quick)
     recipes = _apply_sets(_load_recipes(args.methods), args.set)
     settings = _eval_settings(args, suite_config)
@@ -261,9 +266,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mgsr_bench.pipeline import evaluate_and_record
     from mgsr_bench.suite.build import EVAL_SPLITS, ensure_suite
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("eval runs in one process (under a launcher every process would evaluate every model "
-                        "again): run `mgsr-bench eval ...` without accelerate launch or torchrun")
+    _refuse_several_processes("eval runs in one process (under a launcher every process would evaluate every "
+                              "model again): run `mgsr-bench eval ...` without accelerate launch or torchrun")
     if args.data:
         datasets = {}
         for spec in args.data:

@@ -74,7 +74,8 @@ def check_fsdp_accelerate(fsdp: bool | None = None) -> None:
 
 def _accelerator_available() -> bool:
     """Whether torch sees a GPU or another accelerator, on which accelerate can run FSDP."""
-    return torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    accelerators = getattr(torch, "accelerator", None)  # torch.accelerator.is_available: recent torch only
+    return accelerators.is_available() if hasattr(accelerators, "is_available") else torch.cuda.is_available()
 
 
 def _env_flag(name: str) -> bool:
