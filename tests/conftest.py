@@ -51,6 +51,15 @@ def teacher(tokenizer):
     return tiny_model(len(tokenizer), seed=2, hidden=48).eval()
 
 
+def free_port() -> int:
+    """A loopback port free now, for a rendezvous, instead of a fixed one another run may hold."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def torchrun(args: list[str], env: dict[str, str], timeout: float = 600, succeed: bool = True):
     """``python -m torch.distributed.run --nproc_per_node 2 ARGS`` on a free port, once more if a worker
     was killed by a signal; the first attempt's log is kept as a warning, and a failure that repeats,
@@ -58,17 +67,13 @@ def torchrun(args: list[str], env: dict[str, str], timeout: float = 600, succeed
     finished process is returned instead, for tests of runs that must fail). (Workers that exited
     with their process group open aborted at shutdown about once in 30 runs; they now end with
     ``end_processes``, and the retry stays for aborts outside the project's code.)"""
-    import socket
     import subprocess
     import sys
     import warnings
 
     for attempt in (1, 2):
-        with socket.socket() as s:  # a port free now, instead of a fixed one another run may hold
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                               "--master_port", str(port), *args],
+                               "--master_port", str(free_port()), *args],
                               env=env, capture_output=True, text=True, timeout=timeout)
         # torchrun's summary: the first failure a signal (not the SIGTERM it sends the others after a failure)
         killed = "exitcode  : -" in proc.stderr.rpartition("Root Cause")[2]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import torchrun
+from conftest import free_port, torchrun
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 # on the CPU even where a GPU is visible (two processes cannot share one GPU under NCCL)
@@ -305,8 +305,6 @@ def test_a_lora_student_under_ddp_and_zero2_follows_the_single_process_trajector
     drawn from the run's seed, each engine started from other adapters (1e-3 apart by step 3)."""
     pytest.importorskip("peft", reason="a LoRA pair needs the lora extra")
     pytest.importorskip("deepspeed", reason="zero2.yaml needs the deepspeed extra")
-    import socket
-
     from safetensors.torch import load_file
 
     from conftest import tiny_model
@@ -334,12 +332,9 @@ def test_a_lora_student_under_ddp_and_zero2_follows_the_single_process_trajector
 
     one_losses, one_weights = train("one", "lora-one", [sys.executable])
     for engine in ("ddp", "zero2"):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         configs = Path(__file__).resolve().parents[1] / "mgsr_bench" / "launch" / "accelerate"
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(configs / f"{engine}.yaml"),
-                  "--num_processes", "2", "--main_process_port", str(port), "--mixed_precision", "no"]
+                  "--num_processes", "2", "--main_process_port", str(free_port()), "--mixed_precision", "no"]
         losses, weights = train(engine, "lora-two", launch)
         assert losses == pytest.approx(one_losses, rel=1e-5), engine
         assert weights.keys() == one_weights.keys() and not any("lora" in k for k in weights)
