@@ -10,17 +10,23 @@ from __future__ import annotations
 import re
 import string
 from functools import lru_cache
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-from rouge_score import rouge_scorer
+
+if TYPE_CHECKING:
+    from rouge_score.rouge_scorer import RougeScorer
 
 
 _PUNCTUATION = frozenset(string.punctuation)
 
 
 @lru_cache(maxsize=1)
-def _scorer() -> rouge_scorer.RougeScorer:
+def _scorer() -> RougeScorer:
+    # imported here, not at the top: rouge_score brings nltk (with scikit-learn and scipy where they
+    # are installed), over a second of start-up for every training process that never scores
+    from rouge_score import rouge_scorer
+
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
