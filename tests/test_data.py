@@ -1,5 +1,3 @@
-import json
-
 import pytest
 
 from mgsr_bench.data.collate import IGNORE, collate, shifted_labels, tokenize_records

@@ -94,7 +94,6 @@ def _refuse_several_processes(message: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Build or reuse the tiny suite, train each recipe's student, evaluate all, print the leaderboard."""
-    from mgsr_bench.data.jsonl import write_atomic
     from mgsr_bench.models import load_model
     from mgsr_bench.pipeline import evaluate_and_record, finished, resolve_recipe, save_model_atomic, train_student
     from mgsr_bench.results import load_records
