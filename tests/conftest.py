@@ -51,6 +51,47 @@ def teacher(tokenizer):
     return tiny_model(len(tokenizer), seed=2, hidden=48).eval()
 
 
+@pytest.fixture()
+def offline(monkeypatch):
+    """No Hub for this test. ``huggingface_hub`` and ``datasets`` read ``HF_HUB_OFFLINE`` (and
+    ``HF_DATASETS_OFFLINE``) once, when first imported, so the variables alone change nothing once
+    they are: their flags are set too (with only the variable, a config lookup went to the network
+    and spent 23 s in retries here before failing)."""
+    import importlib.util
+
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    if importlib.util.find_spec("datasets") is not None:
+        import datasets.config
+
+        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+
+
+@pytest.fixture()
+def cli(capsys):
+    """``mgsr-bench ARGS`` run in this process (``main``), as a ``CompletedProcess``: its exit status
+    and what it printed. For the tests of messages and exit codes: a subprocess spends seconds on
+    imports each time. (``python -m mgsr_bench`` itself runs in the tests that train and evaluate.)"""
+    import subprocess
+
+    from mgsr_bench.cli.main import main
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()  # what the test printed before
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse: --help, usage errors
+            code = e.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return run
+
+
 def free_port() -> int:
     """A loopback port free now, for a rendezvous, instead of a fixed one another run may hold."""
     import socket

@@ -49,20 +49,24 @@ def test_list(capsys):
     (["eval", "m", "--data", "d=hub:databricks/databricks-dolly-15k@valid"], "unknown Dolly split 'valid'"),
     (["run", "--lm-eval", "no_such_task_xyz"], "unknown lm-eval task(s) no_such_task_xyz"),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, cli, args, message):
     out = tmp_path / "out"
-    proc = _cli(*args, "--out", str(out), env={"MGSR_BENCH_CACHE": str(tmp_path / "cache")})
+    monkeypatch.setenv("MGSR_BENCH_CACHE", str(tmp_path / "cache"))
+    proc = cli(*args, "--out", str(out))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"mgsr-bench: error: {proc.stderr.split('error: ', 1)[1].strip()}"]
     assert message in proc.stderr
     assert not out.exists() and not (tmp_path / "cache").exists()
 
 
-def test_run_or_eval_on_several_processes_and_plan_with_an_unknown_method_are_refused_in_one_line(tmp_path):
+def test_run_or_eval_on_several_processes_and_plan_with_an_unknown_method_are_refused_in_one_line(tmp_path,
+                                                                                                 monkeypatch, cli):
     out = tmp_path / "out"
-    several = _cli("run", "--out", str(out), env={"WORLD_SIZE": "2", "MGSR_BENCH_CACHE": str(tmp_path / "cache")})
-    evals = _cli("eval", "m", "--out", str(out), env={"WORLD_SIZE": "2", "MGSR_BENCH_CACHE": str(tmp_path / "cache")})
-    unknown = _cli("plan", "tiny", "--method", "mgsx")
+    monkeypatch.setenv("MGSR_BENCH_CACHE", str(tmp_path / "cache"))
+    unknown = cli("plan", "tiny", "--method", "mgsx")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    several = cli("run", "--out", str(out))
+    evals = cli("eval", "m", "--out", str(out))
     for proc, message in ((several, "run is the single-process tiny-suite job; launch `train` on several"),
                           (evals, "eval runs in one process (under a launcher every process would evaluate"),
                           (unknown, "unknown method 'mgsx' (did you mean 'mgsr'?)")):
@@ -83,35 +87,35 @@ def hub_style_pair(tmp_path, tokenizer, records):
     return tmp_path
 
 
-def test_mismatched_tokenizers_are_refused(hub_style_pair, tmp_path):
+def test_mismatched_tokenizers_are_refused(hub_style_pair, tmp_path, cli):
     from mgsr_bench.suite.tokenizer import train_tokenizer
 
     other = tmp_path / "other"
     tiny_model(300).save_pretrained(other)
     train_tokenizer(["completely different text " * 50], 300, other)
     p = hub_style_pair
-    proc = _cli("train", "kd", "--teacher", str(p / "teacher"), "--student", str(other), "--train-data",
-                str(p / "train.jsonl"), "--valid-data", str(p / "valid.jsonl"), "--out", str(p / "run"))
+    proc = cli("train", "kd", "--teacher", str(p / "teacher"), "--student", str(other), "--train-data",
+               str(p / "train.jsonl"), "--valid-data", str(p / "valid.jsonl"), "--out", str(p / "run"))
     assert proc.returncode == 2 and "tokenizers differ" in proc.stderr
     assert not (p / "run").exists()
 
 
-def test_student_with_too_few_embedding_rows_is_refused(hub_style_pair, tokenizer):
+def test_student_with_too_few_embedding_rows_is_refused(hub_style_pair, tokenizer, cli):
     p = hub_style_pair
     small = p / "small"
     tiny_model(len(tokenizer) - 10).save_pretrained(small)
     tokenizer.save_pretrained(small)
-    proc = _cli("train", "kd", "--teacher", str(p / "teacher"), "--student", str(small), "--train-data",
-                str(p / "train.jsonl"), "--valid-data", str(p / "valid.jsonl"), "--out", str(p / "run"))
+    proc = cli("train", "kd", "--teacher", str(p / "teacher"), "--student", str(small), "--train-data",
+               str(p / "train.jsonl"), "--valid-data", str(p / "valid.jsonl"), "--out", str(p / "run"))
     assert proc.returncode == 2 and "student has" in proc.stderr and "embedding rows" in proc.stderr
     assert not (p / "run").exists()
 
 
-def test_malformed_data_is_refused_before_compute(hub_style_pair):
+def test_malformed_data_is_refused_before_compute(hub_style_pair, cli):
     p = hub_style_pair
     (p / "bad.jsonl").write_text('{"instruction": "x", "output": "y"}\n[1, 2]\n')
-    proc = _cli("train", "kd", "--teacher", str(p / "teacher"), "--student", str(p / "student"), "--train-data",
-                str(p / "bad.jsonl"), "--valid-data", str(p / "valid.jsonl"), "--out", str(p / "run"))
+    proc = cli("train", "kd", "--teacher", str(p / "teacher"), "--student", str(p / "student"), "--train-data",
+               str(p / "bad.jsonl"), "--valid-data", str(p / "valid.jsonl"), "--out", str(p / "run"))
     assert proc.returncode == 2 and "bad.jsonl:2" in proc.stderr
     assert not (p / "run").exists()
 

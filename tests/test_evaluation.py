@@ -89,13 +89,11 @@ def test_hub_dolly_split_sizes_and_loader(monkeypatch):
         load_instruct("hub:someone/other")
 
 
-def test_lm_eval_runs_offline_on_the_tiny_tasks(tmp_path, tokenizer, records, monkeypatch):
+def test_lm_eval_runs_offline_on_the_tiny_tasks(tmp_path, tokenizer, records, offline):
     pytest.importorskip("lm_eval")
     from mgsr_bench.data.jsonl import write_records
     from mgsr_bench.eval.lm_harness import run_lm_eval
 
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     write_records(tmp_path / "test.jsonl", records[:40])
     model = tiny_model(len(tokenizer))
     scores = run_lm_eval(model, tokenizer, ["tiny_gen", "tiny_mc"], tmp_path, limit=6)

@@ -192,28 +192,24 @@ def test_compare_never_compares_records_of_another_pair_or_other_weights():
     assert "not checked" not in render_comparison(compare_records(new[:1], base[:1]), "rougeL")
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "mgsr_bench", *args], capture_output=True, text=True, cwd=ROOT)
-
-
-def test_compare_cli_exits_non_zero_on_a_regression_only(tmp_path):
+def test_compare_cli_exits_non_zero_on_a_regression_only(tmp_path, cli):
     for folder, value in (("base", 25.0), ("same", 25.2), ("worse", 20.0)):
         write_record(_record("kd", {"dolly": [value, value]}), tmp_path / folder / "kd.json")
-    ok = _cli("compare", str(tmp_path / "same"), "--against", str(tmp_path / "base"))
+    ok = cli("compare", str(tmp_path / "same"), "--against", str(tmp_path / "base"))
     assert ok.returncode == 0 and "0 regression(s)" in ok.stdout
-    bad = _cli("compare", str(tmp_path / "worse"), "--against", str(tmp_path / "base"), "--output",
-               str(tmp_path / "report.md"))
+    bad = cli("compare", str(tmp_path / "worse"), "--against", str(tmp_path / "base"), "--output",
+              str(tmp_path / "report.md"))
     assert bad.returncode == 1 and "| kd      | dolly     |" in bad.stdout and "regression" in bad.stdout
     assert (tmp_path / "report.md").read_text() == bad.stdout
 
 
-def test_history_lists_a_metric_across_commits(tmp_path):
+def test_history_lists_a_metric_across_commits(tmp_path, cli):
     store = ResultsStore(tmp_path)
     for commit, day, value in (("c2", "02", 26.0), ("c1", "01", 25.0)):
         store.add({**_record("kd", {"dolly": [value]}), "git_commit": commit, "created": f"2026-01-{day}T00:00:00+00:00"})
     frame = history_frame(store.records(), dataset="dolly")
     assert frame["commit"].tolist() == ["c1", "c2"] and frame["mean"].tolist() == [25.0, 26.0]
-    out = _cli("history", str(tmp_path), "--methods", "kd", "--dataset", "dolly")
+    out = cli("history", str(tmp_path), "--methods", "kd", "--dataset", "dolly")
     assert out.returncode == 0 and out.stdout.index("c1") < out.stdout.index("c2")
 
 

@@ -1,7 +1,6 @@
 """Issue 7 on CPU: the pair registry, the memory planner against measured peaks, LoRA students."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +12,6 @@ from mgsr_bench.errors import UserError
 from mgsr_bench.models.pairs import get_pair, load_pairs
 
 from conftest import tiny_model
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_registry_has_the_field_s_pairs_and_users_can_extend_it(tmp_path, monkeypatch):
@@ -99,12 +96,11 @@ PUBLISHED = {"openai-community/gpt2": 124e6, "openai-community/gpt2-medium": 355
              "Qwen/Qwen2.5-7B-Instruct": 7.62e9}
 
 
-def test_every_registry_model_is_planned_offline_at_its_published_size(monkeypatch):
+def test_every_registry_model_is_planned_offline_at_its_published_size(offline):
     """With no Hub (offline) and no local copy, the planner builds each registered model's config
     from the table of published shapes; the parameter counts are those the model cards state."""
     from mgsr_bench.train.memory_plan import model_config, shape_of
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     names = {p.teacher for p in load_pairs().values()} | {p.student for p in load_pairs().values()}
     assert names - {"tiny"} == set(PUBLISHED)
     for name, size in PUBLISHED.items():
@@ -113,12 +109,11 @@ def test_every_registry_model_is_planned_offline_at_its_published_size(monkeypat
         model_config("nobody/nothing")
 
 
-def test_every_registered_pair_fits_its_recommended_settings_by_the_planner(monkeypatch):
+def test_every_registered_pair_fits_its_recommended_settings_by_the_planner(offline):
     """Each pair's micro-batch, accumulation, GPU count, memory and launcher config, planned for
     MGSR (student samples, SCRG's teacher passes and kept logits: the most demanding method)."""
     from mgsr_bench.train.memory_plan import Sampling, plan_pair
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for pair in load_pairs().values():
         plan = plan_pair(pair, sampling=Sampling.of_method("mgsr"))
         assert plan.fits, f"{pair.name}:\n{plan.render()}"
@@ -167,30 +162,24 @@ def test_deepspeed_plans_its_own_fp32_copy_and_zero3_plans_full_logits():
     assert "loss chunk (logits, fp32)" not in unchunked.terms and "full logits (student + teacher)" in unchunked.terms
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "mgsr_bench", *args], capture_output=True, text=True, cwd=ROOT)
-
-
-def test_plan_cli_says_what_fits_and_what_to_change():
-    fits = _cli("plan", "tiny")
+def test_plan_cli_says_what_fits_and_what_to_change(cli):
+    fits = cli("plan", "tiny")
     assert fits.returncode == 0 and "fits:" in fits.stdout and "student activations" in fits.stdout
-    tight = _cli("plan", "tiny", "--gpu-mem", "0.2", "--micro-batch", "64")
+    tight = cli("plan", "tiny", "--gpu-mem", "0.2", "--micro-batch", "64")
     assert tight.returncode == 1 and "does NOT fit" in tight.stdout
     assert "turn on gradient checkpointing" in tight.stdout and "lower train.micro_batch (now 64)" in tight.stdout
-    lora = _cli("plan", "open-llama-7b-open-llama-3b", "--strategy", "fsdp")
+    lora = cli("plan", "open-llama-7b-open-llama-3b", "--strategy", "fsdp")
     assert lora.returncode == 2 and lora.stdout == "" and lora.stderr.strip().splitlines() == [
         "mgsr-bench: error: open-llama-7b-open-llama-3b trains a LoRA student, which the harness runs under ddp "
         "or zero2 (its adapter is small): plan it with --strategy ddp or zero2"]
-    squeezed = _cli("plan", "open-llama-7b-open-llama-3b", "--gpu-mem", "10")
+    squeezed = cli("plan", "open-llama-7b-open-llama-3b", "--gpu-mem", "10")
     assert squeezed.returncode == 1
     assert "--strategy fsdp" not in squeezed.stdout and "train a LoRA" not in squeezed.stdout
-    listed = _cli("list", "pairs")
+    listed = cli("list", "pairs")
     assert "open-llama-7b-open-llama-3b" in listed.stdout and "lora" in listed.stdout
 
 
 ZERO3_FILE = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto"}
-AS_IF_ON_A_GPU = ("import sys; from mgsr_bench.train import distributed; distributed._accelerator_available = "
-                  "lambda: True; from mgsr_bench.cli.main import main; sys.exit(main(sys.argv[1:]))")
 
 
 @pytest.mark.parametrize("launch, ds_file", [
@@ -199,7 +188,8 @@ AS_IF_ON_A_GPU = ("import sys; from mgsr_bench.train import distributed; distrib
     ({"ACCELERATE_USE_DEEPSPEED": "true"}, json.dumps(ZERO3_FILE)),  # the stage only in deepspeed_config_file
     ({"ACCELERATE_USE_DEEPSPEED": "true"}, "{not json"),
 ], ids=["fsdp", "zero3", "zero3-in-config-file", "unreadable-config-file"])
-def test_a_lora_pair_under_a_sharding_launch_is_refused_before_anything_loads(tmp_path, launch, ds_file):
+def test_a_lora_pair_under_a_sharding_launch_is_refused_before_anything_loads(tmp_path, monkeypatch, cli, launch,
+                                                                            ds_file):
     """The environment ``accelerate launch`` exports for fsdp.yaml or zero3.yaml, or for an
     accelerate config whose ``deepspeed_config_file`` asks for stage 3: a LoRA pair stops in one line
     before its tokenizer or a model loads (the Hub is out of reach here: any loading would fail
@@ -207,6 +197,7 @@ def test_a_lora_pair_under_a_sharding_launch_is_refused_before_anything_loads(tm
     import accelerate
     from packaging.version import Version
 
+    from mgsr_bench.train import distributed
     from mgsr_bench.train.distributed import FSDP2_ACCELERATE
 
     if "ACCELERATE_USE_FSDP" in launch and Version(accelerate.__version__) < Version(FSDP2_ACCELERATE):
@@ -218,10 +209,12 @@ def test_a_lora_pair_under_a_sharding_launch_is_refused_before_anything_loads(tm
     for split in ("t", "v"):
         (tmp_path / f"{split}.jsonl").write_text(json.dumps({"instruction": "Add 2 and 3.", "input": "",
                                                              "output": "5"}) + "\n")
+    for name, value in launch.items():
+        monkeypatch.setenv(name, value)
     # as on a GPU machine (FSDP without an accelerator is refused first): nothing here reaches a device
-    proc = subprocess.run([sys.executable, "-c", AS_IF_ON_A_GPU, "train", "kd", "--pair", "open-llama-7b-open-llama-3b",
-                           "--train-data", str(tmp_path / "t.jsonl"), "--valid-data", str(tmp_path / "v.jsonl"),
-                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env={**os.environ, **launch})
+    monkeypatch.setattr(distributed, "_accelerator_available", lambda: True)
+    proc = cli("train", "kd", "--pair", "open-llama-7b-open-llama-3b", "--train-data", str(tmp_path / "t.jsonl"),
+               "--valid-data", str(tmp_path / "v.jsonl"), "--out", str(out))
     expected = ("a LoRA student trains under DDP or ZeRO-2 (its adapter is small): launch with ddp.yaml or "
                 "zero2.yaml, or train the full student") if ds_file != "{not json" else (
         f"the DeepSpeed config file {tmp_path / 'ds.json'} (deepspeed_config_file in the accelerate config) is "
@@ -231,15 +224,15 @@ def test_a_lora_pair_under_a_sharding_launch_is_refused_before_anything_loads(tm
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with a GPU runs FSDP")
-def test_an_fsdp_launch_without_an_accelerator_is_refused_before_anything_loads(tmp_path):
+def test_an_fsdp_launch_without_an_accelerator_is_refused_before_anything_loads(tmp_path, monkeypatch, cli):
     """What ``accelerate launch`` exports for fsdp.yaml, on this CPU machine: one line, before the
     suite or a model loads, nothing written (accelerate would have run plain data parallel, rank 1
     on models built without weights: NaN at step 1)."""
     out, cache = tmp_path / "run", tmp_path / "cache"
-    proc = subprocess.run([sys.executable, "-m", "mgsr_bench", "train", "kd", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "ACCELERATE_USE_FSDP": "true", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true",
-                               "MGSR_BENCH_CACHE": str(cache)})
+    for name, value in (("ACCELERATE_USE_FSDP", "true"), ("FSDP_CPU_RAM_EFFICIENT_LOADING", "true"),
+                        ("MGSR_BENCH_CACHE", str(cache))):
+        monkeypatch.setenv(name, value)
+    proc = cli("train", "kd", "--quick", "--out", str(out))
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "mgsr-bench: error: this launch asks for FSDP, which accelerate runs only on GPUs (or other accelerators) "
         "and this machine has none: on the CPU launch with ddp.yaml"]
