@@ -9,6 +9,7 @@ teacher is sharded too under FSDP2 and ZeRO-3, and on-policy samples come from g
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -25,6 +26,12 @@ WORKER = Path(__file__).with_name("distributed_worker.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
 
 
+# Results of runs without checkpoints by the worker's arguments (all but the output file) and
+# environment: several tests compare with the same run (one process's, or an engine's uninterrupted
+# run), which is deterministic, so it runs once
+_RUNS: dict[tuple, dict] = {}
+
+
 def run(out: Path, tokenizer_dir: Path, micro: int, accum: int, method: str, engine: str = "single",
         dtype: str = "float64", checkpoints: Path | None = None, stop_after: int = 0, models: Path | None = None,
         shard_teacher: bool = True, env: dict[str, str] | None = None, teacher_dtype: str = "") -> dict:
@@ -32,12 +39,37 @@ def run(out: Path, tokenizer_dir: Path, micro: int, accum: int, method: str, eng
     args = [str(WORKER), str(out), str(tokenizer_dir), str(micro), str(accum), method, engine, dtype,
             str(checkpoints or ""), str(stop_after), "1", str(models or ""), "1" if shard_teacher else "0", teacher_dtype]
     env = {**ENV, **(env or {})}
+    key = (*args[2:], *sorted(env.items()))
+    if checkpoints is None and key in _RUNS:
+        return copy.deepcopy(_RUNS[key])
     if engine == "single":
         proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-12000:]
     else:
         torchrun(args, env)
-    return json.loads(out.read_text())
+    result = json.loads(out.read_text())
+    if checkpoints is None:  # a run with checkpoints resumes from them, or stops: never one to reuse
+        _RUNS[key] = copy.deepcopy(result)
+    return result
+
+
+@pytest.fixture(scope="session")
+def saved_models(tmp_path_factory, tokenizer):
+    """A folder with the worker's student and teacher saved as checkpoints in a dtype (made once per
+    dtype), to load as ``mgsr-bench train`` loads them."""
+    from conftest import tiny_model
+
+    folders: dict[str, Path] = {}
+
+    def saved(dtype: str) -> Path:
+        if dtype not in folders:
+            folders[dtype] = tmp_path_factory.mktemp(f"models-{dtype}")
+            vocab = len(tokenizer)
+            for role, model in (("student", tiny_model(vocab, seed=1)), ("teacher", tiny_model(vocab, seed=2, hidden=48))):
+                model.to(getattr(torch, dtype)).save_pretrained(folders[dtype] / role)
+        return folders[dtype]
+
+    return saved
 
 
 def needs_deepspeed(engine: str) -> None:
@@ -70,17 +102,12 @@ def test_two_processes_follow_the_single_process_trajectory(tmp_path, tokenizer_
 
 @pytest.mark.parametrize("shard_teacher", [True, False])
 def test_fsdp_rank0_loading_reads_the_weights_on_rank_0_only_and_trains_as_one_process(tmp_path, tokenizer_dir,
-                                                                                      tokenizer, shard_teacher):
+                                                                                      saved_models, shard_teacher):
     """Under FSDP with ``fsdp_cpu_ram_efficient_loading`` (the environment ``accelerate launch``
     exports for fsdp.yaml) rank 1 builds both models without reading a weight, receives them from
     rank 0 (while sharding them, or whole for a teacher kept unsharded), and the run follows the
     one-process trajectory."""
-    from conftest import tiny_model
-
-    vocab = len(tokenizer)
-    models = tmp_path / "models"
-    for role, model in (("student", tiny_model(vocab, seed=1)), ("teacher", tiny_model(vocab, seed=2, hidden=48))):
-        model.to(torch.float64).save_pretrained(models / role)
+    models = saved_models("float64")
     one = run(tmp_path / "one.json", tokenizer_dir, 8, 2, "kd", "single", models=models)
     two = run(tmp_path / "two.json", tokenizer_dir, 4, 2, "kd", "fsdp", models=models, shard_teacher=shard_teacher,
               env={"ACCELERATE_USE_FSDP": "true", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"})
@@ -94,7 +121,7 @@ def test_fsdp_rank0_loading_reads_the_weights_on_rank_0_only_and_trains_as_one_p
 @pytest.mark.parametrize("init_flag,shard_teacher,teacher_dtype", [
     (True, True, "float32"), (True, False, "float32"), (False, True, "float32"), (True, True, "bfloat16")])
 def test_zero3_init_flag_partitions_the_models_as_they_load_and_trains_as_one_process(tmp_path, tokenizer_dir,
-                                                                                      tokenizer, init_flag,
+                                                                                      saved_models, init_flag,
                                                                                       shard_teacher, teacher_dtype):
     """Under ZeRO-3 with ``zero3_init_flag`` (zero3.yaml) each of two processes holds half of the
     student's weights, and of a sharded teacher's, as soon as they are loaded: no process builds
@@ -103,12 +130,7 @@ def test_zero3_init_flag_partitions_the_models_as_they_load_and_trains_as_one_pr
     runs in fp32 (``zero.Init`` would cast it to the config's precision). Either way the run follows
     the one-process trajectory."""
     needs_deepspeed("zero3")
-    from conftest import tiny_model
-
-    vocab = len(tokenizer)
-    models = tmp_path / "models"
-    for role, model in (("student", tiny_model(vocab, seed=1)), ("teacher", tiny_model(vocab, seed=2, hidden=48))):
-        model.save_pretrained(models / role)
+    models = saved_models("float32")
     one = run(tmp_path / "one.json", tokenizer_dir, 8, 2, "kd", "single", "float32", models=models,
               teacher_dtype=teacher_dtype)
     two = run(tmp_path / "two.json", tokenizer_dir, 4, 2, "kd", "zero3", "float32", models=models,
