@@ -320,6 +320,53 @@ def test_a_suite_built_under_a_launch_is_the_single_process_build(tmp_path, monk
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == expected
 
 
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_launched_process_stopped_while_its_child_builds_the_suite_ends_the_build(tmp_path):
+    """SIGTERM, a launcher's way of stopping its processes, to the machine's first process while the
+    suite builds in its child process: the build ends with it, its temporary folder removed, no
+    suite written (the build used to go on training on its own, holding the machine)."""
+    import dataclasses
+    import signal
+    import time
+
+    from mgsr_bench.suite.build import ModelShape, SuiteConfig
+
+    endless = {"steps": 10 ** 6, "micro_batch": 8, "lr": 3e-3, "eval_every": 10 ** 6, "val_metric": "loss"}
+    config = SuiteConfig(name="tiny-stopped-test", n_train=200, n_valid=16, n_test=8, vocab_size=300,
+                         teacher=ModelShape(32, 1, 2, 64), student=ModelShape(16, 1, 2, 32),
+                         teacher_train=endless, student_init_train=endless)
+    cache = tmp_path / "cache"
+    launched = {**ENV, "MGSR_BENCH_CACHE": str(cache), "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}
+    log = tmp_path / "log"  # a file, not a pipe: a build left running would hold a pipe open
+    with log.open("w") as out:
+        first = subprocess.Popen([sys.executable, "-m", "mgsr_bench.suite.build",
+                                  json.dumps(dataclasses.asdict(config))], env=launched, stdout=out, stderr=out)
+    builder = None
+    try:
+        deadline = time.monotonic() + 120
+        while not (building := list(cache.glob(".*.building-*"))):  # the child's folder: it is building
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        builder = int(building[0].name.rpartition("-")[2])
+        time.sleep(1.0)  # into its training
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
+        assert first.returncode == 128 + signal.SIGTERM, log.read_text()  # ended by its handler, not killed
+        assert not _running(builder), log.read_text()
+        assert list(cache.iterdir()) == [], log.read_text()  # no folder left, no suite
+    finally:
+        first.kill()
+        if builder is not None and _running(builder):
+            os.kill(builder, signal.SIGKILL)
+
+
 def test_a_lora_student_under_ddp_and_zero2_follows_the_single_process_trajectory(tmp_path, tokenizer, records):
     """``mgsr-bench train --pair`` with a LoRA pair, launched by ``accelerate launch`` on two
     processes with ddp.yaml and zero2.yaml (micro-batch 4 x 2 accumulation), against one process

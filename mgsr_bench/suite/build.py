@@ -4,21 +4,26 @@ Everything is derived from a :class:`SuiteConfig` and cached under
 ``$MGSR_BENCH_CACHE`` (default ``~/.cache/mgsr-bench``) in a folder named by the config's hash, so
 a second run reuses the trained teacher and a changed config builds a new suite. A build happens
 in a temporary folder renamed into place when complete: a killed build leaves nothing that looks
-finished. The suite is a single-process artefact: a process started by a launcher (``accelerate
-launch``, torchrun) builds it in a process of its own with the launch's settings removed, since the
-build's training would otherwise run on the launched engine (ZeRO-3 would leave the saved weights
-as empty partitions, bf16 would change the teacher).
+finished, and one ended by Ctrl-C or SIGTERM removes its temporary folder. The suite is a
+single-process artefact: a process started by a launcher (``accelerate launch``, torchrun) builds
+it in a process of its own with the launch's settings removed, since the build's training would
+otherwise run on the launched engine (ZeRO-3 would leave the saved weights as empty partitions,
+bf16 would change the teacher).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -164,6 +169,26 @@ def _train_stage(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, da
             "wall_time_s": round(result.wall_time_s, 1), "steps": cfg.steps}
 
 
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Within the block SIGTERM raises ``SystemExit(143)`` (in the main thread), so that cleanup
+    runs as it does for Ctrl-C; Python's default ends the process on the spot. Only around work
+    that runs in this process alone: in a launched run's collectives the handler would wait for
+    the C call to return."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def build_suite(config: SuiteConfig, root: Path) -> None:
     """Build every artefact of ``config`` into ``root`` (which must not exist yet), on
     ``BUILD_THREADS`` CPU threads."""
@@ -217,7 +242,8 @@ def ensure_suite(config: SuiteConfig = SuiteConfig()) -> Suite:
         if launch_variables(os.environ):
             _build_outside_launch(config, root)
         else:
-            build_suite(config, root)
+            with _sigterm_as_exit():  # a terminated build removes its temporary folder too
+                build_suite(config, root)
     meta = json.loads((root / "suite.json").read_text())
     return Suite(root=root, config=config, report=meta["report"])
 
@@ -236,17 +262,24 @@ def launch_variables(env: Mapping[str, str]) -> list[str]:
 def _build_outside_launch(config: SuiteConfig, root: Path) -> None:
     """Under a launcher: the machine's first process (``LOCAL_RANK`` 0) builds the suite in a child
     process without the launch's variables, exactly as a single-process run would; the machine's
-    other processes wait for it (a launcher ends them all if the build fails). Interrupted with
-    Ctrl-C the build stops with the run; a launch killed with SIGTERM leaves it to finish on its own
-    (into place, as ever, only when complete)."""
+    other processes wait for it (a launcher ends them all if the build fails). Ended by Ctrl-C or
+    SIGTERM (a launcher's way of stopping its processes), the first process ends the build with
+    it, which removes its temporary folder: a build left running would hold the machine."""
     if int(os.environ.get("LOCAL_RANK", "0")) != 0:
         print(f"[mgsr-bench] waiting for this machine's first process to build suite {config.key()}", flush=True)
         while not (root / "suite.json").is_file():
             time.sleep(1.0)
         return
     env = {k: v for k, v in os.environ.items() if k not in launch_variables(os.environ)}
-    proc = subprocess.run([sys.executable, "-m", "mgsr_bench.suite.build", json.dumps(dataclasses.asdict(config))],
-                          env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "mgsr_bench.suite.build", json.dumps(dataclasses.asdict(config))],
+                            env=env)
+    try:
+        with _sigterm_as_exit():
+            proc.wait()
+    except BaseException:
+        proc.terminate()  # the build's own SIGTERM handling removes its folder
+        proc.wait()
+        raise
     if proc.returncode != 0:
         raise RuntimeError(f"building suite {config.key()} in a process of its own failed (exit {proc.returncode}); "
                            "its error is above")
