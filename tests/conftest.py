@@ -82,10 +82,14 @@ def cli(capsys):
 
     def run(*args: str) -> subprocess.CompletedProcess:
         capsys.readouterr()  # what the test printed before
+        environment = dict(os.environ)  # main sets variables for its process (TOKENIZERS_PARALLELISM)
         try:
             code = main(list(args))
         except SystemExit as e:  # argparse: --help, usage errors
             code = e.code
+        finally:
+            os.environ.clear()
+            os.environ.update(environment)
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(list(args), code, out, err)
 
