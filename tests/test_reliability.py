@@ -63,6 +63,29 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_result(hub_style_pair
     assert refused.returncode == 2 and "holds a finished run" in refused.stderr
 
 
+SIGTERM_MID_SAVE = """
+import os, signal, sys, torch
+save = torch.save
+def save_then_terminated(*args, **kwargs):
+    save(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's SIGTERM, arriving while the checkpoint is written
+torch.save = save_then_terminated
+from mgsr_bench.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_run_terminated_while_it_writes_a_checkpoint_leaves_no_temporary_file(hub_style_pair, tmp_path):
+    """SIGTERM (schedulers, ``timeout``, ``docker stop``) while the first checkpoint is being written
+    under its temporary name: the run ends as on Ctrl-C, that file removed, nothing else written
+    (Python's default ended the process on the spot, leaving ``.step-0000002.pt.PID.tmp``)."""
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_MID_SAVE, *_train_args(hub_style_pair, "kd", out)[3:]],
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["checkpoints"], proc.stderr[-3000:]
+
+
 def test_best_weights_are_written_once_per_best_step_and_pruned_with_the_checkpoints(tmp_path, tokenizer, records):
     """Validated every 2 steps and checkpointed every 2 of 9, two kept: the folder ends with the
     checkpoints of steps 6 and 8 and only the best copies they name, each holding the weights that

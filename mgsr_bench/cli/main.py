@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mgsr_bench.errors import UserError
+from mgsr_bench.signals import sigterm_as_exit
 from mgsr_bench.config import DEFAULT_SEEDS
 
 DEFAULT_METHODS = "sft,kd"
@@ -622,8 +624,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # one process: SIGTERM cleans up as Ctrl-C does (a launched process keeps the default: see sigterm_as_exit)
+    alone = int(os.environ.get("WORLD_SIZE", "1")) == 1
     try:
-        return args.func(args)
+        with sigterm_as_exit() if alone else contextlib.nullcontext():
+            return args.func(args)
     except UserError as e:
         print(f"mgsr-bench: error: {e}", file=sys.stderr)
         return 2

@@ -13,17 +13,13 @@ bf16 would change the teacher).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -35,6 +31,7 @@ from mgsr_bench.config import config_hash, train_config
 from mgsr_bench.data.collate import tokenize_records
 from mgsr_bench.data.jsonl import read_records, write_atomic, write_records
 from mgsr_bench.models import count_parameters, load_model, load_tokenizer, weights_digest
+from mgsr_bench.signals import sigterm_as_exit
 from mgsr_bench.suite.tasks import generate_suite_data
 from mgsr_bench.suite.tokenizer import train_tokenizer
 
@@ -169,26 +166,6 @@ def _train_stage(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, da
             "wall_time_s": round(result.wall_time_s, 1), "steps": cfg.steps}
 
 
-@contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """Within the block SIGTERM raises ``SystemExit(143)`` (in the main thread), so that cleanup
-    runs as it does for Ctrl-C; Python's default ends the process on the spot. Only around work
-    that runs in this process alone: in a launched run's collectives the handler would wait for
-    the C call to return."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminated(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def build_suite(config: SuiteConfig, root: Path) -> None:
     """Build every artefact of ``config`` into ``root`` (which must not exist yet), on
     ``BUILD_THREADS`` CPU threads."""
@@ -242,7 +219,7 @@ def ensure_suite(config: SuiteConfig = SuiteConfig()) -> Suite:
         if launch_variables(os.environ):
             _build_outside_launch(config, root)
         else:
-            with _sigterm_as_exit():  # a terminated build removes its temporary folder too
+            with sigterm_as_exit():  # a terminated build removes its temporary folder too
                 build_suite(config, root)
     meta = json.loads((root / "suite.json").read_text())
     return Suite(root=root, config=config, report=meta["report"])
@@ -274,7 +251,7 @@ def _build_outside_launch(config: SuiteConfig, root: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "mgsr_bench.suite.build", json.dumps(dataclasses.asdict(config))],
                             env=env)
     try:
-        with _sigterm_as_exit():
+        with sigterm_as_exit():
             proc.wait()
     except BaseException:
         proc.terminate()  # the build's own SIGTERM handling removes its folder
