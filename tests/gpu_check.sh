@@ -34,7 +34,7 @@ step() {
     (( limit > left )) && limit=$left
     echo "== $name (limit ${limit} s)" | tee -a "$LOG"
     local began=$(date +%s)
-    STEP_LIMIT=$limit timeout "$limit" "$@" >> "$LOG" 2>&1
+    STEP_LIMIT=$limit timeout -k 10 "$limit" "$@" >> "$LOG" 2>&1  # SIGKILL 10 s after SIGTERM: a process stuck in a CUDA call runs no handler
     echo "== $name: exit $? in $(( $(date +%s) - began )) s" | tee -a "$LOG"
 }
 
@@ -83,7 +83,7 @@ resume() {
     local kd=(accelerate launch --config_file mgsr_bench/launch/accelerate/fsdp.yaml --num_processes 1 -m mgsr_bench
               train kd --quick --steps 12 --checkpoint-every 2 --deterministic)
     rm -rf /tmp/kd-whole /tmp/kd-resumed
-    timeout $(( (end - $(date +%s)) / 2 )) "${kd[@]}" --out /tmp/kd-whole || { echo "RESUME CHECK: kd whole failed"; return 1; }
+    timeout -k 5 $(( (end - $(date +%s)) / 2 )) "${kd[@]}" --out /tmp/kd-whole || { echo "RESUME CHECK: kd whole failed"; return 1; }
     setsid "${kd[@]}" --out /tmp/kd-resumed &
     killed=$!
     while [ ! -f /tmp/kd-resumed/checkpoints/step-0000004.pt ] && alive "$killed" && (( $(date +%s) < end )); do sleep 0.1; done
@@ -98,7 +98,7 @@ resume() {
     fi
     left=$(( end - $(date +%s) ))  # timeout 0 would mean no limit at all
     (( left > 0 )) || { echo "RESUME CHECK: no time left for the resumed run"; return 1; }
-    timeout "$left" "${kd[@]}" --out /tmp/kd-resumed || { echo "RESUME CHECK: kd resumed failed"; return 1; }
+    timeout -k 5 "$left" "${kd[@]}" --out /tmp/kd-resumed || { echo "RESUME CHECK: kd resumed failed"; return 1; }
     python3 - <<'PY'
 import json, sys
 whole, resumed = (json.load(open(f"/tmp/kd-{n}/training.json"))["training"]["history"] for n in ("whole", "resumed"))
