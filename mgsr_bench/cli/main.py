@@ -88,9 +88,14 @@ def _eval_settings(args: argparse.Namespace, suite_config=None):
     return settings
 
 
+def _processes() -> int:
+    """How many processes this run was launched on (1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _refuse_several_processes(message: str) -> None:
     """The commands that run in one process stop, with ``message``, when launched on several."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if _processes() > 1:
         raise UserError(message)
 
 
@@ -624,10 +629,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # one process: SIGTERM cleans up as Ctrl-C does (a launched process keeps the default: see sigterm_as_exit)
-    alone = int(os.environ.get("WORLD_SIZE", "1")) == 1
-    try:
-        with sigterm_as_exit() if alone else contextlib.nullcontext():
+    try:  # in one process SIGTERM cleans up as Ctrl-C does (launched ones keep the default: see sigterm_as_exit)
+        with sigterm_as_exit() if _processes() == 1 else contextlib.nullcontext():
             return args.func(args)
     except UserError as e:
         print(f"mgsr-bench: error: {e}", file=sys.stderr)
