@@ -86,6 +86,22 @@ def test_a_run_terminated_while_it_writes_a_checkpoint_leaves_no_temporary_file(
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["checkpoints"], proc.stderr[-3000:]
 
 
+@pytest.mark.parametrize("recipe_every, flag, expected", [(None, None, 100), (3, None, 3), (3, "5", 5)])
+def test_checkpoint_spacing_comes_from_the_flag_then_the_recipe_then_the_default(hub_style_pair, tmp_path, cli,
+                                                                                  recipe_every, flag, expected):
+    """``train``'s checkpoint spacing: ``--checkpoint-every``, else the recipe's
+    ``train.checkpoint_every``, else 100 (the recipe's value was once overridden by the default)."""
+    recipe = tmp_path / "kd-spaced.yaml"
+    recipe.write_text("method: kd\n" + (f"train: {{checkpoint_every: {recipe_every}}}\n" if recipe_every else ""))
+    p = hub_style_pair
+    proc = cli("train", str(recipe), "--teacher", str(p / "teacher"), "--student", str(p / "student"),
+               "--train-data", str(p / "train.jsonl"), "--valid-data", str(p / "valid.jsonl"), "--steps", "2",
+               "--out", str(tmp_path / "run"), *(["--checkpoint-every", flag] if flag else []))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = json.loads((tmp_path / "run" / "training.json").read_text())["config"]
+    assert config["train"]["checkpoint_every"] == expected
+
+
 def test_best_weights_are_written_once_per_best_step_and_pruned_with_the_checkpoints(tmp_path, tokenizer, records):
     """Validated every 2 steps and checkpointed every 2 of 9, two kept: the folder ends with the
     checkpoints of steps 6 and 8 and only the best copies they name, each holding the weights that

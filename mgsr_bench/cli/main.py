@@ -1,4 +1,4 @@
-"""The ``mgsr-bench`` command line: run, train, eval, leaderboard, compare, history, plan, list."""
+"""The ``mgsr-bench`` command line: run, train, eval, leaderboard, compare, history, plan, bench, list."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from mgsr_bench.signals import sigterm_as_exit
 from mgsr_bench.config import DEFAULT_SEEDS
 
 DEFAULT_METHODS = "sft,kd"
+CHECKPOINT_EVERY = 100  # steps between the checkpoints run and train write when the recipe sets none
 
 
 def _suite_config(quick: bool):
@@ -130,6 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite_data = suite.root / "data"
     train_records, valid_records = suite.split("train"), suite.split("valid")
     suite_info, pair = {"suite": suite.config.key()}, suite.pair()
+    train_defaults = {"checkpoint_every": CHECKPOINT_EVERY, **suite.config.method_train}  # a recipe's own wins
 
     t0 = time.perf_counter()
     if finished(out / "records" / "teacher.json", suite_info, settings, bool(args.lm_eval), pair):
@@ -141,8 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                             started=t0, lm_eval=_lm_eval(args, teacher, tokenizer, suite_data))
     for recipe in recipes:
         t0 = time.perf_counter()
-        planned = {**suite_info, **resolve_recipe(recipe, suite.config.method_train,
-                                                  {"checkpoint_every": 100, **overrides})[2]}
+        planned = {**suite_info, **resolve_recipe(recipe, train_defaults, overrides)[2]}
         if (out / "models" / recipe.name / "config.json").exists() and finished(
                 out / "records" / f"{recipe.name}.json", planned, settings, bool(args.lm_eval), pair):
             print(f"{recipe.name}: a record of this exact run is already there; kept (delete it to redo)")
@@ -150,8 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         student = load_model(suite.student_init_dir)
         checkpoints = out / "checkpoints" / recipe.name  # a killed run re-run with the same command resumes here
         config, summary, method_state, student = train_student(recipe, student, teacher, tokenizer, train_records,
-                                                               valid_records, suite.config.method_train,
-                                                               {"checkpoint_every": 100, **overrides}, checkpoints)
+                                                               valid_records, train_defaults, overrides, checkpoints)
         save_model_atomic(student, tokenizer, out / "models" / recipe.name, method_state)
         evaluate_and_record(student, tokenizer, label=recipe.name, method=recipe.method, datasets=datasets,
                             settings=settings, pair=pair, config={**suite_info, **config},
@@ -230,7 +230,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"steps": args.steps} if args.steps is not None else {}
     if args.deterministic:
         overrides["deterministic"] = True
-    overrides["checkpoint_every"] = args.checkpoint_every if args.checkpoint_every is not None else 100
+    defaults = {"checkpoint_every": CHECKPOINT_EVERY, **defaults}  # a recipe's own wins, and --checkpoint-every over both
+    if args.checkpoint_every is not None:
+        overrides["checkpoint_every"] = args.checkpoint_every
     cfg = resolve_recipe(recipe, defaults, overrides)[0]
     # under DeepSpeed the engine comes up first: ZeRO-3's zero3_init_flag partitions the models as they load
     accelerator = make_accelerator(cfg) if deepspeed_launch() else None
@@ -394,7 +396,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare the records under NEW with those under BASE, per label and dataset; exit 1 on a regression.
 
-    A drop is a regression when it exceeds max(--tolerance, --k x pooled std over seeds).
+    A drop is a regression when it exceeds max(--tolerance, --k x the standard error of the difference
+    of the two means over seeds).
     """
     from mgsr_bench.data.jsonl import write_atomic
     from mgsr_bench.results import load_records
@@ -541,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels on GPU (slower; CPU runs are deterministic already)")
     p.add_argument("--checkpoint-every", type=int,
-                   help="steps between checkpoints in OUT/checkpoints (default: 100; 0: none). Re-running the "
+                   help=f"steps between checkpoints in OUT/checkpoints (default: the recipe's train.checkpoint_every, else "
+                        f"{CHECKPOINT_EVERY}; 0: none). Re-running the "
                         "same command after a kill continues from the newest one")
     p.set_defaults(func=cmd_train)
 
@@ -579,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--against", required=True, help="folder (or store) of the baseline records")
     p.add_argument("--metric", choices=["rougeL", "exact_match"], default="rougeL")
     p.add_argument("--tolerance", type=float, default=0.5, help="smallest drop that can count (default: 0.5)")
-    p.add_argument("--k", type=float, default=2.0, help="multiple of the pooled seed std (default: 2)")
+    p.add_argument("--k", type=float, default=2.0, help="multiple of the standard error of the difference of the means over seeds (default: 2)")
     p.add_argument("--output", help="also write the report to this file")
     p.set_defaults(func=cmd_compare)
 
