@@ -75,7 +75,11 @@ def teacher_head(teacher_logits: torch.Tensor, top_k: int, temperature: float = 
 
 def band_log_weights(sorted_probs: torch.Tensor, ids: torch.Tensor, target: torch.Tensor, lower: torch.Tensor,
                      upper: torch.Tensor, sharpness: float = 0.02) -> torch.Tensor:
-    """``log w_k`` per rank, ``(N, K)``; ``-inf`` at the target's own rank (it keeps its own entry instead)."""
+    """``log w_k`` per rank, ``(N, K)``; ``-inf`` at the target's own rank (it keeps its own entry instead).
+
+    ``w_k = sigmoid((C_k + p_(k) - l) / s) * sigmoid((u - C_k) / s)`` with ``C_k`` the mass before
+    rank k and ``s`` the sharpness (module docstring, step 4), taken as a sum of log-sigmoids.
+    """
     cum_before = sorted_probs.cumsum(-1) - sorted_probs
     lower = lower.to(sorted_probs.dtype).reshape(-1, 1)
     upper = upper.to(sorted_probs.dtype).reshape(-1, 1)
@@ -96,6 +100,10 @@ def dac_kl(student_logits: torch.Tensor, log_p: torch.Tensor, sorted_probs: torc
            renormalize: bool = True, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token DAC-KL and the teacher mass kept in ``P`` (before renormalisation), both ``(N,)``.
 
+    ``L_DAC = KL(P || Q) = sum_j P_j (log P_j - log Q_j)``, the exact KL with the teacher first, over
+    ``P = [w_k p_(k)]_k ++ [p_g]`` and ``Q = [w_k q_pi(k)]_k ++ [q_g]`` each renormalised to sum 1;
+    with ``renormalize=False`` the generalised KL ``sum P log(P / Q) - sum P + sum Q`` (module
+    docstring, steps 5-6).
     ``log_p``, ``sorted_probs`` and ``ids`` come from :func:`teacher_head`; ``target`` holds the
     class g per token; ``lower``/``upper`` the band per token (any shape broadcasting to ``(N,)``).
     """

@@ -88,7 +88,11 @@ def jsd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: 
 
 
 def total_variation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Total variation distance, ``0.5 * sum_v |p(v) - q(v)|``, per token (in [0, 1])."""
+    """Total variation distance, ``0.5 * sum_v |p(v) - q(v)|``, per token (in [0, 1]).
+
+    Convention: DistiLLM's ``tv_distance`` and f-distill's TVD, computed in probability space;
+    symmetric in p and q.
+    """
     p = _log_probs(teacher_logits, temperature).exp()
     q = _log_probs(student_logits, temperature).exp()
     return 0.5 * (p - q).abs().sum(-1)
@@ -96,9 +100,12 @@ def total_variation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 
 def skew_forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha: float = 0.1,
                     temperature: float = 1.0) -> torch.Tensor:
-    """DistiLLM's skew KL, ``KL(p || alpha * p + (1 - alpha) * q)``, per token (alpha = 0.1 there).
+    """Skew forward KL, the exact ``KL(p || alpha * p + (1 - alpha) * q)``, per token.
 
-    ``alpha = 0`` is the forward KL; the mixture keeps the gradient bounded where q is tiny.
+    Convention: DistiLLM's ``skewed_forward_kl(lam=alpha)`` (alpha = 0.1 there) minimises the
+    cross-entropy form ``-sum_v p(v) log(alpha p(v) + (1 - alpha) q(v))``, which is this value plus
+    the teacher entropy H(p): the same gradients, another reported value. ``alpha = 0`` is the
+    forward KL; the mixture keeps the gradient bounded where q is tiny.
     """
     if not 0.0 <= alpha < 1.0:
         raise ValueError(f"alpha must be in [0, 1), got {alpha}")
@@ -126,7 +133,11 @@ def skew_reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 
 def symmetric_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, weight: float = 0.5,
                  temperature: float = 1.0) -> torch.Tensor:
-    """Mix of the two KLs, ``(1 - weight) * KL(p || q) + weight * KL(q || p)``, per token."""
+    """Mix of the two KLs, ``(1 - weight) * KL(p || q) + weight * KL(q || p)``, per token.
+
+    Convention: both KLs exact. DistiLLM's ``symmetric_kl(lam=weight)`` takes the forward term in
+    its cross-entropy form, which adds the constant ``(1 - weight) * H(p)``: the same gradients.
+    """
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight must be in [0, 1], got {weight}")
     return ((1 - weight) * forward_kl(student_logits, teacher_logits, temperature)

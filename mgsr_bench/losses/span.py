@@ -22,7 +22,12 @@ RELATIONS = ("hadamard", "cosine")
 
 def span_pair_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, link: torch.Tensor | None,
                      top_k: int = 64, relation: str = "hadamard", temperature: float = 1.0) -> torch.Tensor:
-    """Per-position loss ``(N,)``: the loss of pair (n, n + 1) at each n with ``link[n]``, 0 elsewhere."""
+    """Per-position loss ``(N,)``: the loss of pair (n, n + 1) at each n with ``link[n]``, 0 elsewhere.
+
+    ``hadamard``: ``sum_{v in S} (p_n(v) p_{n+1}(v) - q_n(v) q_{n+1}(v))^2`` over ``S``, the ``top_k``
+    ids of the teacher's product; ``cosine``: ``(cos(p_n, p_{n+1}) - cos(q_n, q_{n+1}))^2``; ``p``
+    the teacher's distribution (no gradient), ``q`` the student's (module docstring).
+    """
     if relation not in RELATIONS:
         raise ValueError(f"relation must be one of {', '.join(RELATIONS)}, got {relation!r}")
     dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
