@@ -30,6 +30,10 @@ from mgsr_bench.errors import UserError, unknown_name
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SEEDS = (10, 20, 30, 40, 50)  # the evaluation protocol's sampling seeds (MiniLLM, DistiLLM)
 RECIPE_DIRS = (PROJECT_ROOT / "baselines", PROJECT_ROOT / "methods")
+# The recipes and the reported scores are read from the checkout, which a non-editable install
+# (``pip install .``, a wheel) leaves behind: its runs would find no recipe to run.
+NO_CHECKOUT = ("this install has no checkout beside it (a non-editable pip install leaves baselines/, methods/ "
+               "and leaderboards/ in the clone): install from a clone with pip install -e .")
 
 
 @dataclass
@@ -169,6 +173,9 @@ def load_recipe(name_or_path: str) -> Recipe:
     path = Path(name_or_path)
     if not (path.suffix in (".yaml", ".yml") and path.is_file()):
         recipes = available_recipes()
+        if not recipes and not any(d.is_dir() for d in RECIPE_DIRS):
+            raise UserError(f"no recipe {name_or_path!r} to be found: {NO_CHECKOUT}, or point MGSR_BENCH_RECIPES "
+                            "at folders of recipes")
         if name_or_path not in recipes:
             raise unknown_name("recipe", name_or_path, recipes)
         path = recipes[name_or_path]

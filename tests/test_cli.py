@@ -6,6 +6,7 @@ import shutil
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +147,33 @@ def test_train_eval_leaderboard_on_saved_models(hub_style_pair):
     proc = _cli("leaderboard", str(p / "eval"), "--format", "csv")
     assert proc.returncode == 0 and proc.stdout.splitlines()[0] == "method,kind,test_mean,test_std,avg"
     assert {line.split(",")[0] for line in proc.stdout.splitlines()[1:]} == {"run", "teacher"}
+
+
+def test_a_non_editable_install_names_the_missing_checkout_in_one_line(tmp_path):
+    """``pip install .`` (not ``-e``) copies the package but not the recipes and reported scores, which
+    stay in the clone: ``run`` and ``leaderboard --reported`` then end in one line saying so, before any
+    work and writing nothing, ``list`` says it under recipes, and ``MGSR_BENCH_RECIPES`` finds them."""
+    pytest.importorskip("setuptools")  # the build below runs in this venv, without fetching a backend
+    root = Path(__file__).resolve().parents[1]
+    source, site, cwd = tmp_path / "source", tmp_path / "site", tmp_path / "work"
+    shutil.copytree(root / "mgsr_bench", source / "mgsr_bench", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                              "--no-compile", "--target", str(site), str(source)], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr[-2000:]
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "MGSR_BENCH_RECIPES"}
+    env["PYTHONPATH"] = str(site)
+
+    def mgsr_bench(*args, **extra):
+        return subprocess.run([sys.executable, "-m", "mgsr_bench", *args], cwd=cwd, env={**env, **extra},
+                              capture_output=True, text=True, timeout=120)
+
+    for proc in (mgsr_bench("run", "--quick"), mgsr_bench("leaderboard", str(cwd), "--reported", "gpt2-xl->gpt2")):
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert len(proc.stderr.strip().splitlines()) == 1 and "pip install -e ." in proc.stderr, proc.stderr
+    assert list(cwd.iterdir()) == []
+    assert "none found" in mgsr_bench("list", "recipes").stdout
+    found = mgsr_bench("list", "recipes", MGSR_BENCH_RECIPES=str(root / "baselines")).stdout
+    assert "none found" not in found and "  kd " in found

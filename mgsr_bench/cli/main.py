@@ -454,7 +454,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """List registered methods, recipes, model pairs and suites."""
-    from mgsr_bench.config import available_recipes, load_recipe
+    from mgsr_bench.config import NO_CHECKOUT, available_recipes, load_recipe
     from mgsr_bench.methods import available_methods
     from mgsr_bench.suite.build import SUITES
 
@@ -465,7 +465,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"  {name:12s} {doc}")
     if args.what in ("recipes", "all"):
         print("recipes:")
-        for name, path in available_recipes().items():
+        recipes = available_recipes()
+        if not recipes:
+            print(f"  none found: {NO_CHECKOUT}, or point MGSR_BENCH_RECIPES at folders of recipes")
+        for name, path in recipes.items():
             print(f"  {name:12s} {load_recipe(str(path)).description}  ({path})")
     if args.what in ("pairs", "all"):
         from mgsr_bench.models.pairs import load_pairs

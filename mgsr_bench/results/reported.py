@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mgsr_bench.config import read_yaml
+from mgsr_bench.config import NO_CHECKOUT, read_yaml
 from mgsr_bench.errors import UserError
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "leaderboards" / "reported.yaml"
@@ -43,6 +43,9 @@ def _check(entry: Any, where: str) -> None:
 def load_reported(path: str | Path = DEFAULT_FILE) -> list[dict[str, Any]]:
     """The file's entries, checked (each error names the entry and field)."""
     path = Path(path)
+    if path == DEFAULT_FILE and not path.is_file():
+        raise UserError(f"the reported scores ({path}) are not here: {NO_CHECKOUT}, "
+                        "or name a file with --reported-file")
     entries = read_yaml(path, "reported-results")
     if not isinstance(entries, list):
         raise UserError(f"{path}: expected a list of entries")
