@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,10 @@ class TrainConfig:
             raise UserError(f"train.loss_chunk_size must be >= 0, got {self.loss_chunk_size}")
         if self.lr <= 0:
             raise UserError(f"train.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise UserError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.max_grad_norm <= 0:
+            raise UserError(f"train.max_grad_norm must be > 0, got {self.max_grad_norm}")
         if not 0 <= self.warmup_ratio < 1:
             raise UserError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.val_metric not in ("rougeL", "loss"):
@@ -114,6 +119,8 @@ def train_config(overrides: dict[str, Any] | None = None, where: str = "train") 
             setattr(cfg, f.name, float(value))
         elif not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
             raise UserError(f"{where}.{f.name} must be of type {expected.__name__}, got {value!r}")
+        elif expected is float and not math.isfinite(value):  # .nan passes every range check below
+            raise UserError(f"{where}.{f.name} must be a finite number, got {value!r}")
     cfg.validate()
     return cfg
 
@@ -171,6 +178,8 @@ def load_recipe(name_or_path: str) -> Recipe:
     from mgsr_bench.methods import get_method
 
     path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_dir():
+        raise UserError(f"recipe {path} is a folder: name a recipe file, or put the folder in MGSR_BENCH_RECIPES")
     if not (path.suffix in (".yaml", ".yml") and path.is_file()):
         recipes = available_recipes()
         if not recipes and not any(d.is_dir() for d in RECIPE_DIRS):

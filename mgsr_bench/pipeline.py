@@ -7,6 +7,7 @@ interrupted run leaves either finished artefacts or nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -118,6 +119,8 @@ def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
         record["lm_eval"] = lm_eval
     write_record(record, record_path)
     shutil.rmtree(cache, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the shared folder too once no other label's cache is in it
+        cache.parent.rmdir()
     return record
 
 
@@ -133,4 +136,6 @@ def parse_seeds(text: str | Sequence[int]) -> tuple[int, ...]:
         raise UserError(f"--seeds must be comma-separated integers, got {text!r}") from None
     if not seeds:
         raise UserError("--seeds must name at least one seed")
+    if len(set(seeds)) < len(seeds):  # one seed twice would be scored once but counted twice in the std and CI
+        raise UserError(f"--seeds names a seed twice ({text}): give each seed once")
     return seeds

@@ -144,6 +144,7 @@ def test_train_eval_leaderboard_on_saved_models(hub_style_pair):
                 "--out", str(p / "folders"))
     assert proc.returncode == 0, proc.stderr
     assert sorted(f.name for f in (p / "folders" / "records").iterdir()) == ["a.json", "b.json", "run.json"]
+    assert sorted(f.name for f in (p / "folders").iterdir()) == ["records"]  # the generations' cache is gone
     proc = _cli("leaderboard", str(p / "eval"), "--format", "csv")
     assert proc.returncode == 0 and proc.stdout.splitlines()[0] == "method,kind,test_mean,test_std,avg"
     assert {line.split(",")[0] for line in proc.stdout.splitlines()[1:]} == {"run", "teacher"}
@@ -177,3 +178,87 @@ def test_a_non_editable_install_names_the_missing_checkout_in_one_line(tmp_path)
     assert "none found" in mgsr_bench("list", "recipes").stdout
     found = mgsr_bench("list", "recipes", MGSR_BENCH_RECIPES=str(root / "baselines")).stdout
     assert "none found" not in found and "  kd " in found
+
+
+BAD_RECIPES = [  # (recipe text, what the one line says)
+    ("method: kd\ntrain: {weight_decay: -1}\n", "train.weight_decay must be >= 0"),
+    ("method: kd\ntrain: {lr: .nan}\n", "train.lr must be a finite number"),
+    ("method: kd\ntrain: {max_grad_norm: -1}\n", "train.max_grad_norm must be > 0"),
+    ("method: gkd\ntrain: {gen_temperature: .nan}\n", "train.gen_temperature must be a finite number"),
+    ("method: kd\noptions: {temperature: .nan}\n", "option 'temperature' of method 'kd' must be a finite number"),
+    ("method: kd\noptions: {temperature: hot}\n", "option 'temperature' of method 'kd' must be a finite number"),
+    ("method: gkd\noptions: {seq_kd: 'false'}\n", "option 'seq_kd' of method 'gkd' must be of type bool"),
+]
+
+
+@pytest.mark.parametrize("text, says", BAD_RECIPES)
+def test_recipe_values_of_the_wrong_type_or_not_finite_are_refused_by_name(hub_style_pair, cli, text, says):
+    """NaN passes every range check (it compares false) and a YAML string 'false' is a true bool: each
+    trained or crashed mid-run before, and is now refused in one line, before any model loads."""
+    p = hub_style_pair
+    (p / "bad.yaml").write_text(text)
+    proc = cli("train", str(p / "bad.yaml"), "--teacher", str(p / "teacher"), "--student", str(p / "student"),
+               "--train-data", str(p / "train.jsonl"), "--valid-data", str(p / "valid.jsonl"), "--out", str(p / "run"))
+    assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert not (p / "run").exists()
+
+
+def _one_record_store(root: Path, tmp_path: Path) -> Path:
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy(sorted((root / "leaderboards" / "tiny" / "records").glob("*.json"))[0], store)
+    return store
+
+
+@pytest.mark.parametrize("case", ["data-type", "data-utf8", "out-under-file", "label-path", "data-twice",
+                                  "seeds-twice", "output-folder", "write-file", "bad-date", "tolerance-nan",
+                                  "gpu-mem-nan", "bench-unknown", "bench-none", "bench-json-folder", "usage",
+                                  "cut-record", "no-tokenizer"])
+def test_bad_arguments_and_files_end_in_one_line_before_any_work(hub_style_pair, tmp_path, cli, case):
+    """Each of these tracebacked, was accepted (a record written outside --out, a NaN tolerance calling a
+    50-point drop noise, one seed counted twice), ran minutes first, or printed argparse's usage block;
+    each now ends in exit 2 and one line naming the problem, with nothing written."""
+    p, root = hub_style_pair, Path(__file__).resolve().parents[1]
+    (p / "afile").write_text("x")
+    (p / "afolder").mkdir()
+    models = ["--teacher", str(p / "teacher"), "--student", str(p / "student")]
+    data = ["--train-data", str(p / "train.jsonl"), "--valid-data", str(p / "valid.jsonl")]
+    (p / "typed.jsonl").write_text('{"instruction": 1, "input": "", "output": "a"}\n')
+    (p / "latin1.jsonl").write_bytes(b'{"instruction": "caf\xe9", "output": "a"}\n')
+    store = _one_record_store(root, tmp_path)
+    if case == "cut-record":  # a record cut short: it was left out of the table without a word
+        (store / "cut.json").write_text('{"schema": "mgsr-bench/run-record", "schema_version": 1, "lab')
+    args, says = {
+        "data-type": (["train", "kd", *models, "--train-data", str(p / "typed.jsonl"), "--valid-data",
+                       str(p / "valid.jsonl"), "--out", str(p / "run")], "typed.jsonl:1: instruction must be text"),
+        "data-utf8": (["eval", str(p / "student"), "--data", f"t={p / 'latin1.jsonl'}", "--out", str(p / "run")],
+                      "latin1.jsonl:1: not UTF-8"),
+        "out-under-file": (["train", "kd", *models, *data, "--out", str(p / "afile" / "run")], "afile is a file"),
+        "label-path": (["eval", str(p / "student"), "--data", f"t={p / 'valid.jsonl'}", "--label", "../escape",
+                        "--out", str(p / "run")], "--label must be a plain name"),
+        "data-twice": (["eval", str(p / "student"), "--data", f"t={p / 'valid.jsonl'}", "--data",
+                        f"t={p / 'train.jsonl'}", "--out", str(p / "run")], "names the dataset 't' twice"),
+        "seeds-twice": (["eval", str(p / "student"), "--data", f"t={p / 'valid.jsonl'}", "--seeds", "10,10",
+                         "--out", str(p / "run")], "names a seed twice"),
+        "output-folder": (["leaderboard", str(store), "--output", str(p / "afolder")], "is a folder"),
+        "write-file": (["leaderboard", str(store), "--write", str(p / "afile")], "exists and is not a folder"),
+        "bad-date": (["leaderboard", str(store), "--since", "2020-13-45"], "expected an ISO date"),
+        "tolerance-nan": (["compare", str(store), "--against", str(store), "--tolerance", "nan"],
+                          "expected a finite number"),
+        "gpu-mem-nan": (["plan", "tiny", "--gpu-mem", "nan"], "expected a finite number"),
+        "bench-unknown": (["bench", "--methods", "kd,nosuch", "--json", str(p / "run" / "b.json")],
+                          "unknown method 'nosuch'"),
+        "bench-none": (["bench", "--methods", ","], "--methods names no method"),
+        "bench-json-folder": (["bench", "--methods", "kd", "--json", str(p / "afolder")], "is a folder"),
+        "usage": (["train", "kd", "--steps", "two"], "invalid int value"),
+        "cut-record": (["leaderboard", str(store)], "cut.json: invalid JSON"),
+        "no-tokenizer": (["eval", str(p / "bare"), "--data", f"t={p / 'valid.jsonl'}", "--out", str(p / "run")],
+                         "the folder holds no tokenizer files"),
+    }[case]
+    if case == "no-tokenizer":
+        tiny_model(300).save_pretrained(p / "bare")
+    before = sorted(q.relative_to(tmp_path) for q in tmp_path.rglob("*") if q.name != ".mgsr-index.sqlite")
+    proc = cli(*args)
+    assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    after = sorted(q.relative_to(tmp_path) for q in tmp_path.rglob("*") if q.name != ".mgsr-index.sqlite")
+    assert after == before and not (tmp_path / "escape.json").exists()

@@ -32,6 +32,10 @@ import sys
 import time
 from typing import Any
 
+from mgsr_bench.cli.outputs import check_output_file
+from mgsr_bench.cli.parsing import OneLineParser
+from mgsr_bench.errors import UserError, unknown_name
+
 SHAPES = {
     # name: (teacher GPT-2 config, student GPT-2 config), vocabulary 50257
     "cpu-small": ({"n_embd": 256, "n_layer": 4, "n_head": 4}, {"n_embd": 128, "n_layer": 2, "n_head": 2}),
@@ -194,7 +198,7 @@ def run_trl(shape: str, micro_batch: int, seq_len: int, steps: int, warmup: int)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mgsr-bench bench", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="mgsr-bench bench", description=__doc__.split("\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), help="default: gpt2-xl-gpt2 on a GPU, cpu-small otherwise")
     parser.add_argument("--methods", default="kd,gkd,distillm,mgsr")
     parser.add_argument("--micro-batch", type=int, default=8)
@@ -216,8 +220,17 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(run(shape, args.micro_batch, args.seq_len, args.steps, args.warmup)))
         return 0
     from mgsr_bench.data.jsonl import write_atomic
+    from mgsr_bench.methods import available_methods
 
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    known = available_methods()
+    if not names:
+        raise UserError(f"--methods names no method (choose from {', '.join(known)})")
+    for name in names:  # before the first method runs for minutes
+        if name not in known:
+            raise unknown_name("method", name, known)
+    if args.json:
+        check_output_file(args.json, "--json")
     if args.trl:  # right after gkd, its peer: a run cut short still has the pair
         names.insert(names.index("gkd") + 1 if "gkd" in names else len(names), "trl-gkd")
     results = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from mgsr_bench.cli.outputs import check_output_file, check_output_folder, make_output_folder
+from mgsr_bench.cli.parsing import OneLineParser, finite_float, iso_date
 from mgsr_bench.errors import UserError
 from mgsr_bench.signals import sigterm_as_exit
 from mgsr_bench.config import DEFAULT_SEEDS
@@ -62,12 +65,6 @@ def _apply_sets(recipes: list, sets: list[str] | None) -> list:
     for recipe in recipes:  # an out-of-range value fails here, before any compute
         get_method(recipe.method, **recipe.options)
     return recipes
-
-
-def _prepare_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder; choose another path")
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _eval_settings(args: argparse.Namespace, suite_config=None):
@@ -123,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         check_tasks(args.lm_eval.split(","), tiny_suite=True)
     out = Path(args.out)
-    _prepare_out(out)
+    make_output_folder(out)
 
     suite = ensure_suite(suite_config)
     tokenizer, teacher = load_suite_models(suite)
@@ -191,6 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_fsdp_accelerate()  # before a model loads: a 13B teacher takes minutes
     recipe = load_recipe(args.recipe)
     out = Path(args.out or f"runs/train-{recipe.name}")
+    check_output_folder(out)  # now, before minutes of loading; made once the inputs have been read
     if (out / "training.json").exists():
         raise UserError(f"{out} holds a finished run (training.json); choose another --out")
     if args.checkpoint_every is not None and args.checkpoint_every < 0:
@@ -218,7 +216,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_same_vocabulary(tokenizer, student_tok)
         teacher_path, student_path = args.teacher, args.student
     else:
-        _prepare_out(out)
+        make_output_folder(out)
         suite = ensure_suite(_suite_config(args.quick))
         defaults = suite.config.method_train
         tokenizer = load_tokenizer(suite.tokenizer_dir)
@@ -230,7 +228,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"steps": args.steps} if args.steps is not None else {}
     if args.deterministic:
         overrides["deterministic"] = True
-    defaults = {"checkpoint_every": CHECKPOINT_EVERY, **defaults}  # a recipe's own wins, and --checkpoint-every over both
+    defaults = {"checkpoint_every": CHECKPOINT_EVERY, **defaults}  # a recipe's own wins, --checkpoint-every over it
     if args.checkpoint_every is not None:
         overrides["checkpoint_every"] = args.checkpoint_every
     cfg = resolve_recipe(recipe, defaults, overrides)[0]
@@ -242,7 +240,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if all(custom):
         check_vocabulary_fits(teacher, tokenizer, "teacher")
         check_vocabulary_fits(student, tokenizer, "student")
-        _prepare_out(out)
+        make_output_folder(out)
     if pair is not None and pair.finetune == "lora":
         from mgsr_bench.models.lora import apply_lora
 
@@ -282,9 +280,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             name, sep, path = spec.partition("=")
             if not sep or not name or not path:
                 raise UserError(f"--data takes NAME=PATH, got {spec!r}")
+            if name in datasets:
+                raise UserError(f"--data names the dataset {name!r} twice: give each dataset its own name")
             datasets[name] = load_instruct(path)
     settings = _eval_settings(args, None if args.data else _suite_config(args.quick))
     models = _models_to_evaluate(args.models, args.label)
+    check_output_folder(args.out)
     if args.lm_eval:
         from mgsr_bench.eval.lm_harness import check_tasks
 
@@ -295,11 +296,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         datasets = {split: suite.split(split) for split in EVAL_SPLITS}
         suite_data = suite.root / "data"
     out = Path(args.out)
-    _prepare_out(out)
     for label, model_path in models:
         t0 = time.perf_counter()
         tokenizer = load_tokenizer(model_path, args.trust_remote_code)
         model = load_model(model_path, trust_remote_code=args.trust_remote_code)
+        make_output_folder(out)  # once a model has loaded: a refused model leaves no empty folder
         kept = {name: apply_protocol(rows, name, tokenizer, settings.max_prompt) if args.data and name in PROTOCOLS
                 else rows for name, rows in datasets.items()}
         record = evaluate_and_record(model, tokenizer, label=label, method="eval", datasets=kept, settings=settings,
@@ -332,6 +333,8 @@ def _models_to_evaluate(names: list[str], label: str | None) -> list[tuple[str, 
     if label is not None:
         if len(found) != 1:
             raise UserError("--label names one model's record: pass one model, or drop --label")
+        if not label or label in (".", "..") or "/" in label or os.sep in label:  # it names OUT/records/LABEL.json
+            raise UserError(f"--label must be a plain name (no path separators), got {label!r}")
         found = [(label, found[0][1])]
     labels = [lab for lab, _ in found]
     clash = sorted({lab for lab in labels if labels.count(lab) > 1})
@@ -374,6 +377,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from mgsr_bench.results.publish import write_leaderboard
     from mgsr_bench.results.reported import load_reported, reported_rows
 
+    if args.output:
+        check_output_file(args.output, "--output")
+    if args.write:
+        check_output_folder(args.write, "--write")
     reported = None
     if args.reported:
         reported = reported_rows(load_reported(args.reported_file), args.reported)
@@ -405,6 +412,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if args.tolerance < 0 or args.k < 0:
         raise UserError("--tolerance and --k must be >= 0")
+    if args.output:
+        check_output_file(args.output, "--output")
     new, base = load_records(args.new), load_records(args.against)
     frame = compare_records(new, base, args.metric, args.tolerance, args.k)
     text = render_comparison(frame, args.metric)
@@ -489,7 +498,7 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default=seeds, help=f"sampling seeds (default: {seeds})")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of the protocol's sampling")
     p.add_argument("--eval-batch-size", type=int, default=64, help="generation batch size (default: 64)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1)")
+    p.add_argument("--temperature", type=finite_float, default=1.0, help="sampling temperature (default: 1)")
     p.add_argument("--max-new-tokens", type=int,
                    help="response budget (default: the tiny suite's 64; with --data none beyond --max-length)")
     p.add_argument("--max-length", type=int, default=512, help="prompt + response tokens per batch (default: 512)")
@@ -505,8 +514,8 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
 def _add_store_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pair", help="only records of this pair (suite name or TEACHER->STUDENT)")
     p.add_argument("--commit", help="only records written at this commit (prefix)")
-    p.add_argument("--since", help="only records created at or after this ISO date")
-    p.add_argument("--until", help="only records created at or before this ISO date")
+    p.add_argument("--since", type=iso_date, help="only records created at or after this ISO date")
+    p.add_argument("--until", type=iso_date, help="only records created at or before this ISO date")
 
 
 def _reported_default() -> Path:
@@ -516,7 +525,7 @@ def _reported_default() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mgsr-bench", description="Benchmark for LLM knowledge distillation.")
+    parser = OneLineParser(prog="mgsr-bench", description="Benchmark for LLM knowledge distillation.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="the main job: tiny suite -> teacher -> students -> evaluation -> table",
@@ -547,8 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels on GPU (slower; CPU runs are deterministic already)")
     p.add_argument("--checkpoint-every", type=int,
-                   help=f"steps between checkpoints in OUT/checkpoints (default: the recipe's train.checkpoint_every, else "
-                        f"{CHECKPOINT_EVERY}; 0: none). Re-running the "
+                   help=f"steps between checkpoints in OUT/checkpoints (default: the recipe's "
+                        f"train.checkpoint_every, else {CHECKPOINT_EVERY}; 0: none). Re-running the "
                         "same command after a kill continues from the newest one")
     p.set_defaults(func=cmd_train)
 
@@ -585,8 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("new", help="folder (or store) of the new records")
     p.add_argument("--against", required=True, help="folder (or store) of the baseline records")
     p.add_argument("--metric", choices=["rougeL", "exact_match"], default="rougeL")
-    p.add_argument("--tolerance", type=float, default=0.5, help="smallest drop that can count (default: 0.5)")
-    p.add_argument("--k", type=float, default=2.0, help="multiple of the standard error of the difference of the means over seeds (default: 2)")
+    p.add_argument("--tolerance", type=finite_float, default=0.5, help="smallest drop that can count (default: 0.5)")
+    p.add_argument("--k", type=finite_float, default=2.0,
+                   help="multiple of the standard error of the difference of the means over seeds (default: 2)")
     p.add_argument("--output", help="also write the report to this file")
     p.set_defaults(func=cmd_compare)
 
@@ -601,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="per-GPU memory estimate of a registered pair", description=cmd_plan.__doc__)
     p.add_argument("pair", help="a registered pair (see `mgsr-bench list pairs`)")
     p.add_argument("--gpus", type=int, help="number of GPUs")
-    p.add_argument("--gpu-mem", type=float, help="memory per GPU in GiB")
+    p.add_argument("--gpu-mem", type=finite_float, help="memory per GPU in GiB")
     p.add_argument("--strategy", choices=["ddp", "zero2", "fsdp", "zero3"])
     p.add_argument("--micro-batch", type=int)
     p.add_argument("--seq-len", type=int, default=512, help="prompt + response tokens (default: 512)")
@@ -629,16 +639,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # the benchmark parses its own options
         from mgsr_bench.benchmarks.bench import main as bench_main
 
-        return bench_main(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+        command = functools.partial(bench_main, argv[1:])
+    else:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        command = functools.partial(args.func, args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:  # in one process SIGTERM cleans up as Ctrl-C does (launched ones keep the default: see sigterm_as_exit)
         with sigterm_as_exit() if _processes() == 1 else contextlib.nullcontext():
-            return args.func(args)
+            return command()
     except UserError as e:
         print(f"mgsr-bench: error: {e}", file=sys.stderr)
         return 2

@@ -17,24 +17,30 @@ REQUIRED = ("instruction", "output")
 def read_jsonl(path: str | Path, what: str = "") -> list[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` per non-blank line of a JSONL file.
 
-    Raises ``UserError`` for a missing file, an empty file or a line that is not one JSON object,
-    naming the file and the 1-based line number; ``what`` names the expected format in the message.
+    Raises ``UserError`` for a missing file, an empty file, text that is not UTF-8 or a line that is
+    not one JSON object, naming the file and the 1-based line number; ``what`` names the expected
+    format in the message.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file not found: {path} (pass an existing {what}.jsonl file)")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = raw[:e.start].count(b"\n") + 1
+        raise UserError(f"malformed JSONL: {path}:{lineno}: not UTF-8 text (save the file as UTF-8)") from None
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"malformed JSONL: {path}:{lineno}: {e.msg} (each line must be one JSON object)") from None
-            if not isinstance(row, dict):
-                raise UserError(f"malformed JSONL: {path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append((lineno, row))
+    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON text may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"malformed JSONL: {path}:{lineno}: {e.msg} (each line must be one JSON object)") from None
+        if not isinstance(row, dict):
+            raise UserError(f"malformed JSONL: {path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append((lineno, row))
     if not rows:
         raise UserError(f"empty data file: {path} (it holds no records)")
     return rows
@@ -44,7 +50,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Load a MiniLLM-format JSONL file; a missing ``prompt`` is built from the template.
 
     Raises ``UserError`` as :func:`read_jsonl` does, and for a record without ``instruction`` /
-    ``output``, naming the file and the 1-based line number.
+    ``output`` or with a field that is not text, naming the file and the 1-based line number.
     """
     rows = []
     for lineno, row in read_jsonl(path, "MiniLLM-format "):
@@ -53,6 +59,14 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             raise UserError(f"malformed record: {path}:{lineno}: missing key(s) {', '.join(missing)} "
                             f"(MiniLLM records need instruction, input, output, prompt)")
         row.setdefault("input", "")
+        bad = [k for k in ("instruction", "input", "prompt") if k in row and not isinstance(row[k], str)]
+        output = row["output"]
+        if not (isinstance(output, str) or (isinstance(output, list) and output
+                                             and all(isinstance(o, str) for o in output))):
+            bad.append("output")
+        if bad:
+            raise UserError(f"malformed record: {path}:{lineno}: {', '.join(bad)} must be text (output: a string "
+                            f"or a list of reference strings)")
         row.setdefault("prompt", build_prompt(row["instruction"], row["input"]))
         rows.append(row)
     return rows

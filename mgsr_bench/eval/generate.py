@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -37,16 +38,17 @@ class EvalSettings:
     add_bos: bool = False
 
     def validate(self) -> None:
-        for name in ("batch_size", "max_length", "max_prompt"):
+        for name, flag in (("batch_size", "--eval-batch-size"), ("max_length", "--max-length"),
+                           ("max_prompt", "--max-prompt")):
             if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise UserError(f"{flag} must be >= 1, got {getattr(self, name)}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise UserError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
         if self.max_prompt >= self.max_length:
             raise UserError(f"--max-prompt ({self.max_prompt}) must be below --max-length ({self.max_length})")
         if self.no_repeat_ngram_size < 0:
             raise UserError(f"--no-repeat-ngram-size must be >= 0, got {self.no_repeat_ngram_size}")
-        if not self.greedy and self.temperature <= 0:
+        if not self.greedy and not (math.isfinite(self.temperature) and self.temperature > 0):
             raise UserError(f"--temperature must be > 0 when sampling, got {self.temperature}")
         if not self.seeds:
             raise UserError("--seeds must name at least one seed")

@@ -10,6 +10,8 @@ where ``MyMethod`` subclasses :class:`mgsr_bench.methods.Method`.
 
 from __future__ import annotations
 
+import math
+import typing
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -56,7 +58,33 @@ def get_method(name: str, **options: Any) -> Method:
     if name not in methods:
         raise unknown_name("method", name, methods)
     cls = methods[name]
+    _check_option_types(cls, options)
     try:
         return cls(**options)
     except (TypeError, ValueError) as e:
         raise UserError(f"bad options for method {name!r}: {e}") from None
+
+
+def _check_option_types(cls: type[Method], options: dict[str, Any]) -> None:
+    """Refuse an option whose value is not of its constructor annotation's type (bool, int, float, str),
+    naming it, before the constructor compares it with anything: a YAML string ``"false"`` for a
+    bool would otherwise be true, and a ``.nan`` passes every range check (it compares false)."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # a plug-in's annotations that do not resolve: its constructor checks alone
+        return
+    for key, value in options.items():
+        expected = hints.get(key)
+        if expected is bool:
+            ok = isinstance(value, bool)
+        elif expected is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif expected is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        elif expected is str:
+            ok = isinstance(value, str)
+        else:
+            continue
+        if not ok:
+            kind = "a finite number" if expected is float else f"of type {expected.__name__}"
+            raise UserError(f"option {key!r} of method {cls.name!r} must be {kind}, got {value!r}")

@@ -39,13 +39,21 @@ def quiet_hub() -> Iterator[None]:
         logger.setLevel(level)
 
 
+# what a saved tokenizer leaves in its folder: the fast tokenizer's file, or a slow one's vocabulary
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "tokenizer_config.json")
+
+
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """A tokenizer with a pad token (EOS when it has none, as with GPT-2) and left padding."""
     try:
         with quiet_hub():
             tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load tokenizer {name_or_path!r}: {str(e).splitlines()[0]}") from None
+        local = Path(name_or_path).is_dir() and not any((Path(name_or_path) / f).is_file() for f in TOKENIZER_FILES)
+        reason = ("the folder holds no tokenizer files (save the tokenizer beside the model: "
+                  "tokenizer.save_pretrained(folder))" if local else " ".join(str(e).split()))
+        raise UserError(f"cannot load tokenizer {name_or_path!r}: {reason}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"

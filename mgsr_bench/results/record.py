@@ -99,4 +99,6 @@ def read_record(path: str | Path) -> dict[str, Any]:
         raise UserError(f"run record not found: {path}") from None
     except json.JSONDecodeError as e:
         raise UserError(f"bad run record {path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"bad run record {path}: not UTF-8 text (restore the file or delete it)") from None
     return validate_record(data, str(path))

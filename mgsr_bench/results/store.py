@@ -48,9 +48,18 @@ def _safe(text: str) -> str:
 
 
 def _is_record_file(path: Path) -> bool:
+    """Whether ``path`` holds a run record. Other JSON is not one; a file that names the record schema
+    but does not parse (cut short, damaged) is an error, not a row left out without a word."""
     try:
-        head = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    try:
+        head = json.loads(text)
+    except json.JSONDecodeError as e:
+        if f'"{SCHEMA}"' in text:
+            raise UserError(f"bad run record {path}: invalid JSON at line {e.lineno}: {e.msg} "
+                            "(restore the file or delete it)") from None
         return False
     return isinstance(head, dict) and head.get("schema") == SCHEMA
 
