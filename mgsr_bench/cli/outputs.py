@@ -16,8 +16,9 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def _check_creatable(path: Path, flag: str) -> None:
-    ancestor = _nearest_existing(path.parent if not path.exists() else path)
+def _check_writable_folder(folder: Path, path: Path, flag: str) -> None:
+    """``folder`` exists and takes files, or can be made: its nearest existing ancestor is a writable folder."""
+    ancestor = _nearest_existing(folder)
     if not ancestor.is_dir():
         raise UserError(f"{flag} {path} cannot be created: {ancestor} is a file; choose another path")
     if not os.access(ancestor, os.W_OK | os.X_OK):
@@ -29,7 +30,7 @@ def check_output_folder(path: str | Path, flag: str = "--out") -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} exists and is not a folder; choose another path")
-    _check_creatable(path, flag)
+    _check_writable_folder(path, path, flag)
 
 
 def check_output_file(path: str | Path, flag: str) -> None:
@@ -37,7 +38,7 @@ def check_output_file(path: str | Path, flag: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder: name the file to write")
-    _check_creatable(path, flag)
+    _check_writable_folder(path.parent, path, flag)
 
 
 def make_output_folder(path: str | Path, flag: str = "--out") -> None:
