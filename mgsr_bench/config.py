@@ -108,6 +108,21 @@ def _check_keys(given: dict[str, Any], allowed: list[str], where: str) -> None:
             raise UserError(f"unknown key {key!r} in {where}{did_you_mean}")
 
 
+def type_problem(value: Any, expected: type) -> str | None:
+    """Why ``value`` cannot be a setting of type ``expected`` (bool, int, float or str), or None.
+
+    A bool is no number (YAML's ``yes`` is one), an int serves as a float, and a float must be finite:
+    ``.nan`` passes every range check (it compares false) and trains to NaN."""
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is float:
+        if not numeric:
+            return "must be of type float"
+        return None if math.isfinite(value) else "must be a finite number"
+    if expected is int:
+        return None if numeric and isinstance(value, int) else "must be of type int"
+    return None if isinstance(value, expected) else f"must be of type {expected.__name__}"
+
+
 def train_config(overrides: dict[str, Any] | None = None, where: str = "train") -> TrainConfig:
     """A validated ``TrainConfig`` from defaults plus ``overrides`` (unknown keys name the nearest valid one)."""
     overrides = overrides or {}
@@ -115,12 +130,11 @@ def train_config(overrides: dict[str, Any] | None = None, where: str = "train") 
     cfg = TrainConfig(**overrides)
     for f in dataclasses.fields(TrainConfig):
         value, expected = getattr(cfg, f.name), type(getattr(TrainConfig(), f.name))
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        problem = type_problem(value, expected)
+        if problem:
+            raise UserError(f"{where}.{f.name} {problem}, got {value!r}")
+        if expected is float:
             setattr(cfg, f.name, float(value))
-        elif not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
-            raise UserError(f"{where}.{f.name} must be of type {expected.__name__}, got {value!r}")
-        elif expected is float and not math.isfinite(value):  # .nan passes every range check below
-            raise UserError(f"{where}.{f.name} must be a finite number, got {value!r}")
     cfg.validate()
     return cfg
 

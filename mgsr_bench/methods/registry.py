@@ -10,11 +10,11 @@ where ``MyMethod`` subclasses :class:`mgsr_bench.methods.Method`.
 
 from __future__ import annotations
 
-import math
 import typing
 from importlib.metadata import entry_points
 from typing import Any
 
+from mgsr_bench.config import type_problem
 from mgsr_bench.errors import UserError, unknown_name
 from mgsr_bench.methods.base import Method
 
@@ -66,25 +66,15 @@ def get_method(name: str, **options: Any) -> Method:
 
 
 def _check_option_types(cls: type[Method], options: dict[str, Any]) -> None:
-    """Refuse an option whose value is not of its constructor annotation's type (bool, int, float, str),
-    naming it, before the constructor compares it with anything: a YAML string ``"false"`` for a
-    bool would otherwise be true, and a ``.nan`` passes every range check (it compares false)."""
+    """Refuse an option whose value is not of its constructor annotation's type (bool, int, float or
+    str; :func:`mgsr_bench.config.type_problem`), naming it, before the constructor compares it with
+    anything: a YAML string ``"false"`` for a bool would be true, and ``.nan`` passes range checks."""
     try:
         hints = typing.get_type_hints(cls.__init__)
     except Exception:  # a plug-in's annotations that do not resolve: its constructor checks alone
         return
     for key, value in options.items():
         expected = hints.get(key)
-        if expected is bool:
-            ok = isinstance(value, bool)
-        elif expected is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif expected is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        elif expected is str:
-            ok = isinstance(value, str)
-        else:
-            continue
-        if not ok:
-            kind = "a finite number" if expected is float else f"of type {expected.__name__}"
-            raise UserError(f"option {key!r} of method {cls.name!r} must be {kind}, got {value!r}")
+        problem = type_problem(value, expected) if expected in (bool, int, float, str) else None
+        if problem:
+            raise UserError(f"option {key!r} of method {cls.name!r} {problem}, got {value!r}")
