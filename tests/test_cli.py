@@ -154,7 +154,7 @@ def test_a_non_editable_install_names_the_missing_checkout_in_one_line(tmp_path)
     """``pip install .`` (not ``-e``) copies the package but not the recipes and reported scores, which
     stay in the clone: ``run`` and ``leaderboard --reported`` then end in one line saying so, before any
     work and writing nothing, ``list`` says it under recipes, and ``MGSR_BENCH_RECIPES`` finds them."""
-    pytest.importorskip("setuptools")  # the build below runs in this venv, without fetching a backend
+    pytest.importorskip("setuptools", minversion="77")  # the build below runs in this venv (pyproject's backend)
     root = Path(__file__).resolve().parents[1]
     source, site, cwd = tmp_path / "source", tmp_path / "site", tmp_path / "work"
     shutil.copytree(root / "mgsr_bench", source / "mgsr_bench", ignore=shutil.ignore_patterns("__pycache__"))
@@ -186,7 +186,7 @@ BAD_RECIPES = [  # (recipe text, what the one line says)
     ("method: kd\ntrain: {max_grad_norm: -1}\n", "train.max_grad_norm must be > 0"),
     ("method: gkd\ntrain: {gen_temperature: .nan}\n", "train.gen_temperature must be a finite number"),
     ("method: kd\noptions: {temperature: .nan}\n", "option 'temperature' of method 'kd' must be a finite number"),
-    ("method: kd\noptions: {temperature: hot}\n", "option 'temperature' of method 'kd' must be a finite number"),
+    ("method: kd\noptions: {temperature: hot}\n", "option 'temperature' of method 'kd' must be of type float"),
     ("method: gkd\noptions: {seq_kd: 'false'}\n", "option 'seq_kd' of method 'gkd' must be of type bool"),
 ]
 
@@ -262,3 +262,16 @@ def test_bad_arguments_and_files_end_in_one_line_before_any_work(hub_style_pair,
     assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
     after = sorted(q.relative_to(tmp_path) for q in tmp_path.rglob("*") if q.name != ".mgsr-index.sqlite")
     assert after == before and not (tmp_path / "escape.json").exists()
+
+
+def test_output_files_are_overwritten_and_output_folders_made(tmp_path, cli):
+    """The output checks refuse only what cannot be written: an existing ``--output`` file is
+    replaced, and a ``--write`` folder that does not exist yet is made, parents included."""
+    store = _one_record_store(Path(__file__).resolve().parents[1], tmp_path)
+    (tmp_path / "board.md").write_text("old")
+    proc = cli("leaderboard", str(store), "--output", str(tmp_path / "board.md"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "board.md").read_text() == proc.stdout != "old"
+    proc = cli("leaderboard", str(store), "--write", str(tmp_path / "new" / "board"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "new" / "board" / "leaderboard.md").is_file()
