@@ -35,6 +35,7 @@ RECIPE_DIRS = (PROJECT_ROOT / "baselines", PROJECT_ROOT / "methods")
 # (``pip install .``, a wheel) leaves behind: its runs would find no recipe to run.
 NO_CHECKOUT = ("this install has no checkout beside it (a non-editable pip install leaves baselines/, methods/ "
                "and leaderboards/ in the clone): install from a clone with pip install -e .")
+NO_RECIPES = f"{NO_CHECKOUT}, or point MGSR_BENCH_RECIPES at folders of recipes"
 
 
 @dataclass
@@ -197,8 +198,7 @@ def load_recipe(name_or_path: str) -> Recipe:
     if not (path.suffix in (".yaml", ".yml") and path.is_file()):
         recipes = available_recipes()
         if not recipes and not any(d.is_dir() for d in RECIPE_DIRS):
-            raise UserError(f"no recipe {name_or_path!r} to be found: {NO_CHECKOUT}, or point MGSR_BENCH_RECIPES "
-                            "at folders of recipes")
+            raise UserError(f"no recipe {name_or_path!r} to be found: {NO_RECIPES}")
         if name_or_path not in recipes:
             raise unknown_name("recipe", name_or_path, recipes)
         path = recipes[name_or_path]

@@ -463,7 +463,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """List registered methods, recipes, model pairs and suites."""
-    from mgsr_bench.config import NO_CHECKOUT, available_recipes, load_recipe
+    from mgsr_bench.config import NO_RECIPES, available_recipes, load_recipe
     from mgsr_bench.methods import available_methods
     from mgsr_bench.suite.build import SUITES
 
@@ -476,7 +476,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("recipes:")
         recipes = available_recipes()
         if not recipes:
-            print(f"  none found: {NO_CHECKOUT}, or point MGSR_BENCH_RECIPES at folders of recipes")
+            print(f"  none found: {NO_RECIPES}")
         for name, path in recipes.items():
             print(f"  {name:12s} {load_recipe(str(path)).description}  ({path})")
     if args.what in ("pairs", "all"):

@@ -1,5 +1,6 @@
-"""Checks of the paths a command will write, made before any work and creating nothing: a run that
-fails after minutes of training because its ``--out`` sits under a file wastes those minutes."""
+"""The paths a command will write: checked before any work (the checks create nothing), and made
+when the command first writes. A run that fails after minutes of training because its ``--out``
+sits under a file wastes those minutes."""
 
 from __future__ import annotations
 
