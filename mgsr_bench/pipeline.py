@@ -98,8 +98,8 @@ def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedM
     result = train(student, teacher, tokenizer, method, tokenize_records(train_records, tokenizer), valid_records,
                    tokenize_records(valid_records, tokenizer), cfg, desc=f"train {recipe.name}",
                    checkpoint_dir=checkpoint_dir, accelerator=accelerator)
-    summary = {"best_step": result.best_step, "best_val": result.best_score, "wall_time_s": result.wall_time_s,
-               "seconds_per_step": result.seconds_per_step, "history": result.history}
+    summary = {"best_step": result.best_step, "best_val": result.best_score, "val_examples": result.val_examples,
+               "wall_time_s": result.wall_time_s, "seconds_per_step": result.seconds_per_step, "history": result.history}
     return config, summary, result.method_state, result.model
 
 

@@ -129,6 +129,7 @@ def test_train_eval_leaderboard_on_saved_models(hub_style_pair):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((p / "run" / "training.json").read_text())
     assert summary["config"]["method"] == "kd" and len(summary["training"]["history"]) == 3
+    assert summary["training"]["val_examples"] == 40  # val_size 120 on a 40-record validation set
     proc = _cli("eval", str(p / "run" / "model"), str(p / "teacher"), "--data", f"test={p / 'test.jsonl'}",
                 "--seeds", "10,20", "--out", str(p / "eval"))
     assert proc.returncode == 0, proc.stderr

@@ -254,8 +254,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         save_model_atomic(student, tokenizer, out / "model", method_state)
         write_atomic(out / "training.json", json.dumps({"config": config, "training": summary}, indent=2))
         shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the run is complete: its checkpoints are spent
-        print(f"best validation {summary['best_val']:.3f} at step {summary['best_step']}; "
-              f"model saved to {out / 'model'}")
+        print(f"best validation {summary['best_val']:.3f} (on {summary['val_examples']} records) at step "
+              f"{summary['best_step']}; model saved to {out / 'model'}")
     end_processes()
     return 0
 

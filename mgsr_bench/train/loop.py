@@ -58,6 +58,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_step: int = 0
     best_score: float = -math.inf
+    val_examples: int = 0  # validation records scored: val_size, or the whole set when it is smaller
     wall_time_s: float = 0.0
     seconds_per_step: float = 0.0
     method_state: dict[str, Any] | None = None  # a loss sub-network's state (at the best step), if any
@@ -277,7 +278,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     batches = global_batches(train_examples, cfg.global_batch * world, cfg.seed)
 
     valid, valid_examples = valid[: cfg.val_size], valid_examples[: cfg.val_size]
-    result = TrainResult()
+    result = TrainResult(val_examples=len(valid))
     best_state: dict[str, torch.Tensor] | None = None
     loaded = checkpoints.load() if checkpoints is not None else None  # weights and optimiser loaded in place
     first_step, elapsed_before = 1, 0.0
