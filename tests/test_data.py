@@ -53,6 +53,22 @@ def test_a_suite_builds_the_same_models_whatever_the_thread_count(tmp_path):
     assert digests_one == digests_three
 
 
+def test_builds_on_machines_sharing_a_cache_write_apart_even_with_the_same_process_number(monkeypatch, tmp_path):
+    """Each machine of a multi-node launch builds a missing suite; in containers their processes
+    often have the same number, and a folder named by the pid alone was one folder for both."""
+    import os
+    import socket
+
+    from mgsr_bench.suite import build
+
+    monkeypatch.setattr(os, "getpid", lambda: 7)
+    folders = set()
+    for host in ("node-a", "node-b"):
+        monkeypatch.setattr(socket, "gethostname", lambda host=host: host)
+        folders.add(build.building_folder(tmp_path / "tiny-key"))
+    assert len(folders) == 2 and all(f.parent == tmp_path and f.name.endswith("-7") for f in folders)
+
+
 def test_shifted_split_holds_out_phrasings_and_per_family_entities():
     data = generate_suite_data(1200, 60, 120, seed=1)
     train_instructions = {r["instruction"].split(". ")[0] for r in data["train"]}

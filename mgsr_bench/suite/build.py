@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -166,10 +167,17 @@ def _train_stage(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, da
             "wall_time_s": round(result.wall_time_s, 1), "steps": cfg.steps}
 
 
+def building_folder(root: Path) -> Path:
+    """The temporary sibling a build of ``root`` writes into, named for this machine and process:
+    machines sharing a cache (a multi-node launch builds once per machine) can run processes of the
+    same number, containers especially, and a pid alone would let one build delete another's."""
+    return root.with_name(f".{root.name}.building-{socket.gethostname()}-{os.getpid()}")
+
+
 def build_suite(config: SuiteConfig, root: Path) -> None:
     """Build every artefact of ``config`` into ``root`` (which must not exist yet), on
     ``BUILD_THREADS`` CPU threads."""
-    tmp = root.with_name(f".{root.name}.building-{os.getpid()}")
+    tmp = building_folder(root)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     threads = torch.get_num_threads()
