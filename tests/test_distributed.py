@@ -409,3 +409,51 @@ def test_a_lora_student_under_ddp_and_zero2_follows_the_single_process_trajector
         assert weights.keys() == one_weights.keys() and not any("lora" in k for k in weights)
         for name, w in weights.items():
             torch.testing.assert_close(w, one_weights[name], rtol=1e-5, atol=1e-6, msg=f"{engine}: {name}")
+
+
+def test_a_launch_over_two_machines_trains_as_two_processes_on_one(tmp_path, tokenizer, records):
+    """``accelerate launch`` over two machines of one process each (static rendezvous, as
+    multi_node.yaml sets it; both on this host, so each process is its machine's LOCAL_RANK 0)
+    gives the losses and the student of one machine running two processes, and the results are
+    written once, by the global main process."""
+    from safetensors.torch import load_file
+
+    from conftest import tiny_model
+    from mgsr_bench.data.jsonl import write_records
+
+    for name, hidden in (("teacher", 48), ("student", 32)):
+        tiny_model(len(tokenizer), seed=hidden, hidden=hidden).save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    write_records(tmp_path / "train.jsonl", records[:160])
+    write_records(tmp_path / "valid.jsonl", records[160:176])
+    configs = Path(__file__).resolve().parents[1] / "mgsr_bench" / "launch" / "accelerate"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(configs / "ddp.yaml"),
+              "--num_processes", "2", "--mixed_precision", "no"]
+
+    def command(out: str, *machine: str) -> list[str]:
+        return [*launch, *machine, "-m", "mgsr_bench", "train", "kd", "--teacher", str(tmp_path / "teacher"),
+                "--student", str(tmp_path / "student"), "--train-data", str(tmp_path / "train.jsonl"),
+                "--valid-data", str(tmp_path / "valid.jsonl"), "--steps", "4", "--checkpoint-every", "2",
+                "--out", str(tmp_path / out)]
+
+    def results(out: str) -> tuple[list[float], dict]:
+        history = json.loads((tmp_path / out / "training.json").read_text())["training"]["history"]
+        return [h["loss"] for h in history], load_file(tmp_path / out / "model" / "model.safetensors")
+
+    one = subprocess.run(command("one", "--main_process_port", str(free_port())), env=ENV, capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-6000:]
+    port = str(free_port())
+    machines = [subprocess.Popen(command("two", "--num_machines", "2", "--machine_rank", str(rank),
+                                         "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+                                         "--rdzv_backend", "static", "--same_network"),
+                                 env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for rank in (0, 1)]
+    logs = [m.communicate(timeout=600)[0] for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], logs[0][-4000:] + logs[1][-4000:]
+    assert ["model saved to" in log for log in logs] == [True, False]  # machine 1's process is rank 1
+    (losses, weights), (one_losses, one_weights) = results("two"), results("one")
+    assert losses == pytest.approx(one_losses, rel=1e-6) and len(losses) == 4
+    for name, w in weights.items():
+        torch.testing.assert_close(w, one_weights[name], rtol=1e-6, atol=1e-7, msg=name)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["model", "training.json"]
