@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -411,13 +412,9 @@ def test_a_lora_student_under_ddp_and_zero2_follows_the_single_process_trajector
             torch.testing.assert_close(w, one_weights[name], rtol=1e-5, atol=1e-6, msg=f"{engine}: {name}")
 
 
-def test_a_launch_over_two_machines_trains_as_two_processes_on_one(tmp_path, tokenizer, records):
-    """``accelerate launch`` over two machines of one process each (static rendezvous, as
-    multi_node.yaml sets it; both on this host, so each process is its machine's LOCAL_RANK 0)
-    gives the losses and the student of one machine running two processes, and the results are
-    written once, by the global main process."""
-    from safetensors.torch import load_file
-
+@pytest.fixture
+def saved_pair(tmp_path, tokenizer, records) -> Path:
+    """A teacher and a student saved as checkpoints, with training and validation files, in ``tmp_path``."""
     from conftest import tiny_model
     from mgsr_bench.data.jsonl import write_records
 
@@ -426,34 +423,83 @@ def test_a_launch_over_two_machines_trains_as_two_processes_on_one(tmp_path, tok
         tokenizer.save_pretrained(tmp_path / name)
     write_records(tmp_path / "train.jsonl", records[:160])
     write_records(tmp_path / "valid.jsonl", records[160:176])
-    configs = Path(__file__).resolve().parents[1] / "mgsr_bench" / "launch" / "accelerate"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(configs / "ddp.yaml"),
-              "--num_processes", "2", "--mixed_precision", "no"]
+    return tmp_path
 
-    def command(out: str, *machine: str) -> list[str]:
-        return [*launch, *machine, "-m", "mgsr_bench", "train", "kd", "--teacher", str(tmp_path / "teacher"),
-                "--student", str(tmp_path / "student"), "--train-data", str(tmp_path / "train.jsonl"),
-                "--valid-data", str(tmp_path / "valid.jsonl"), "--steps", "4", "--checkpoint-every", "2",
-                "--out", str(tmp_path / out)]
+
+def _train_command(p: Path, out: str, *launch: str, teacher: str = "teacher", data: str = "train.jsonl") -> list[str]:
+    """``accelerate launch`` (ddp.yaml, two processes, float32) of ``mgsr-bench train kd`` on ``saved_pair``."""
+    configs = Path(__file__).resolve().parents[1] / "mgsr_bench" / "launch" / "accelerate"
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(configs / "ddp.yaml"),
+            "--num_processes", "2", "--mixed_precision", "no", *launch, "-m", "mgsr_bench", "train", "kd",
+            "--teacher", str(p / teacher), "--student", str(p / "student"), "--train-data", str(p / data),
+            "--valid-data", str(p / "valid.jsonl"), "--steps", "4", "--checkpoint-every", "2", "--out", str(p / out)]
+
+
+def _on_two_machines(p: Path, out: str, *files: dict[str, str]) -> list[subprocess.CompletedProcess]:
+    """``_train_command`` as a launch over two machines (static rendezvous on this host, one process
+    each), machine ``r`` reading ``files[r]`` (``teacher``, ``data``; default the same): what each
+    printed, stderr into stdout."""
+    port = str(free_port())
+    machines = [subprocess.Popen(_train_command(p, out, "--num_machines", "2", "--machine_rank", str(rank),
+                                                "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+                                                "--rdzv_backend", "static", "--same_network", **mine),
+                                 env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for rank, mine in enumerate(files or ({}, {}))]
+    printed = [m.communicate(timeout=600)[0] for m in machines]
+    return [subprocess.CompletedProcess(m.args, m.returncode, text, "") for m, text in zip(machines, printed)]
+
+
+def test_a_launch_over_two_machines_trains_as_two_processes_on_one(saved_pair):
+    """``accelerate launch`` over two machines of one process each (static rendezvous, as
+    multi_node.yaml sets it; both on this host, so each process is its machine's LOCAL_RANK 0)
+    gives the losses and the student of one machine running two processes, and the results are
+    written once, by the global main process."""
+    from safetensors.torch import load_file
+
+    p = saved_pair
 
     def results(out: str) -> tuple[list[float], dict]:
-        history = json.loads((tmp_path / out / "training.json").read_text())["training"]["history"]
-        return [h["loss"] for h in history], load_file(tmp_path / out / "model" / "model.safetensors")
+        history = json.loads((p / out / "training.json").read_text())["training"]["history"]
+        return [h["loss"] for h in history], load_file(p / out / "model" / "model.safetensors")
 
-    one = subprocess.run(command("one", "--main_process_port", str(free_port())), env=ENV, capture_output=True,
-                         text=True, timeout=600)
+    one = subprocess.run(_train_command(p, "one", "--main_process_port", str(free_port())), env=ENV,
+                         capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-6000:]
-    port = str(free_port())
-    machines = [subprocess.Popen(command("two", "--num_machines", "2", "--machine_rank", str(rank),
-                                         "--main_process_ip", "127.0.0.1", "--main_process_port", port,
-                                         "--rdzv_backend", "static", "--same_network"),
-                                 env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                for rank in (0, 1)]
-    logs = [m.communicate(timeout=600)[0] for m in machines]
-    assert [m.returncode for m in machines] == [0, 0], logs[0][-4000:] + logs[1][-4000:]
-    assert ["model saved to" in log for log in logs] == [True, False]  # machine 1's process is rank 1
+    machines = _on_two_machines(p, "two")
+    assert [m.returncode for m in machines] == [0, 0], machines[0].stdout[-4000:] + machines[1].stdout[-4000:]
+    assert ["model saved to" in m.stdout for m in machines] == [True, False]  # machine 1's process is rank 1
     (losses, weights), (one_losses, one_weights) = results("two"), results("one")
     assert losses == pytest.approx(one_losses, rel=1e-6) and len(losses) == 4
     for name, w in weights.items():
         torch.testing.assert_close(w, one_weights[name], rtol=1e-6, atol=1e-7, msg=name)
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["model", "training.json"]
+    assert sorted(f.name for f in (p / "two").iterdir()) == ["model", "training.json"]
+
+
+def test_machines_that_read_other_weights_or_data_are_refused_in_one_line_before_training(saved_pair):
+    """The same command on two machines whose files differ (here: machine 1 names another folder):
+    a teacher with one weight changed, or training data with one record changed, ends the launch on
+    every machine with one line naming the difference, before the first step."""
+    from safetensors.torch import load_file, save_file
+
+    from mgsr_bench.data.jsonl import read_records, write_records
+
+    p = saved_pair
+    shutil.copytree(p / "teacher", p / "other-teacher")
+    weights = load_file(p / "teacher" / "model.safetensors")
+    name = sorted(weights)[-1]
+    weights[name] = weights[name].clone()
+    weights[name].view(-1)[0] += 0.01
+    save_file(weights, p / "other-teacher" / "model.safetensors", metadata={"format": "pt"})
+    rows = read_records(p / "train.jsonl")
+    rows[7]["output"] += " again"
+    write_records(p / "other-train.jsonl", rows)
+    for other, says in (({"teacher": "other-teacher"}, f"process 1 loaded other teacher weights than process 0 "
+                                                       f"({name} differs): give every machine the same checkpoint"),
+                        ({"data": "other-train.jsonl"}, "process 1 has other settings, training data or tokenizer "
+                                                        "than process 0")):
+        out = "run-" + next(iter(other))
+        machines = _on_two_machines(p, out, {}, other)
+        for m in machines:
+            assert m.returncode != 0 and m.stdout.count(f"mgsr-bench: error: {says}") == 1, m.stdout[-4000:]
+            assert "train kd:" not in m.stdout, m.stdout[-4000:]  # no step began (the launcher's own report follows)
+        assert not list((p / out).iterdir())  # no checkpoint, model or summary

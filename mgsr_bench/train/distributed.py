@@ -227,6 +227,45 @@ def broadcast_from_main(model: torch.nn.Module, accelerator: Accelerator, parame
             data.copy_(moved)
 
 
+def _fingerprint(model: torch.nn.Module, device: torch.device) -> list[tuple[str, float, float]]:
+    """Per state-dict tensor: its name, its sum and the sum of its magnitudes, in float64 (on
+    ``device``, one tensor at a time: reading the weights once)."""
+    sums = []
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            x = t.detach().to(device, torch.float64)
+            sums.append((name, x.sum().item(), x.abs().sum().item()))
+    return sums
+
+
+def check_processes_agree(accelerator: Accelerator, run_hash: str, **models: torch.nn.Module | None) -> None:
+    """Refuse, in one line on every process, a launch whose processes would train different things.
+
+    Each machine reads its own files: a path (or a Hub id in each machine's own cache) can hold
+    other weights on one of them, and a data file or recipe other contents. DDP would silently train
+    the student from rank 0's weights but every process would distil from its own teacher, on its own
+    data. ``run_hash`` fingerprints the settings, the tokenised training data and the architectures;
+    each model whose weights every process holds whole is compared by per-tensor sums (within
+    ``1e-6`` of its magnitude, room for another reduction order). The weights are not compared under
+    FSDP's rank-0 loading (rank 0 alone read them) nor where ZeRO-3 partitioned them as they loaded
+    (each process holds only its own slice)."""
+    if accelerator.num_processes == 1:
+        return
+    whole = {name: m for name, m in models.items()
+             if m is not None and not rank0_loading(accelerator) and not _zero3_parameters(m)}
+    mine = {"run": run_hash, **{name: _fingerprint(m, accelerator.device) for name, m in whole.items()}}
+    everyone = per_process(mine)
+    for rank, theirs in enumerate(everyone[1:], 1):
+        if theirs["run"] != everyone[0]["run"]:
+            raise UserError(f"process {rank} has other settings, training data or tokenizer than process 0: "
+                            "give every machine the same files (a filesystem they all see)")
+        for name in whole:
+            for (tensor, total, size), (_, main_total, main_size) in zip(theirs[name], everyone[0][name]):
+                if abs(total - main_total) > 1e-6 * max(size, main_size) or abs(size - main_size) > 1e-6 * main_size:
+                    raise UserError(f"process {rank} loaded other {name} weights than process 0 ({tensor} differs): "
+                                    "give every machine the same checkpoint (a shared path, or one Hub revision)")
+
+
 def engine(accelerator: Accelerator) -> str:
     """``single``, ``ddp`` (also multi-CPU gloo), ``fsdp`` (FSDP2), ``zero2`` (ZeRO 0-2) or ``zero3``."""
     kind = accelerator.distributed_type

@@ -242,6 +242,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
                             "data": _digest(train_examples),
                             "student": weight_shapes(student),
                             "teacher": count_parameters(teacher) if teacher is not None else 0})
+    distributed.check_processes_agree(accelerator, run_hash, teacher=teacher, student=student)
     trainable = (p for p in student.parameters() if p.requires_grad)  # a LoRA student: the adapters only
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
