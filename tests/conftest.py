@@ -52,6 +52,20 @@ def teacher(tokenizer):
 
 
 @pytest.fixture()
+def hub_style_pair(tmp_path, tokenizer, records):
+    """Teacher and student saved with save_pretrained, loaded back through from_pretrained paths."""
+    from mgsr_bench.data.jsonl import write_records
+
+    for name, hidden in (("teacher", 48), ("student", 32)):
+        tiny_model(len(tokenizer), seed=hidden, hidden=hidden).save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    write_records(tmp_path / "train.jsonl", records[:160])
+    write_records(tmp_path / "valid.jsonl", records[160:200])
+    write_records(tmp_path / "test.jsonl", records[200:216])
+    return tmp_path
+
+
+@pytest.fixture()
 def offline(monkeypatch):
     """No Hub for this test. ``huggingface_hub`` and ``datasets`` read ``HF_HUB_OFFLINE`` (and
     ``HF_DATASETS_OFFLINE``) once, when first imported, so the variables alone change nothing once

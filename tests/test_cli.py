@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from mgsr_bench.cli.main import main
-from mgsr_bench.data.jsonl import write_records
 
 from conftest import tiny_model
 
@@ -74,18 +73,6 @@ def test_run_or_eval_on_several_processes_and_plan_with_an_unknown_method_are_re
         assert proc.returncode == 2 and message in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists() and not (tmp_path / "cache").exists()
-
-
-@pytest.fixture()
-def hub_style_pair(tmp_path, tokenizer, records):
-    """Teacher and student saved with save_pretrained, loaded back through from_pretrained paths."""
-    for name, hidden in (("teacher", 48), ("student", 32)):
-        tiny_model(len(tokenizer), seed=hidden, hidden=hidden).save_pretrained(tmp_path / name)
-        tokenizer.save_pretrained(tmp_path / name)
-    write_records(tmp_path / "train.jsonl", records[:160])
-    write_records(tmp_path / "valid.jsonl", records[160:200])
-    write_records(tmp_path / "test.jsonl", records[200:216])
-    return tmp_path
 
 
 def test_mismatched_tokenizers_are_refused(hub_style_pair, tmp_path, cli):

@@ -368,7 +368,7 @@ def test_a_launched_process_stopped_while_its_child_builds_the_suite_ends_the_bu
             os.kill(builder, signal.SIGKILL)
 
 
-def test_a_lora_student_under_ddp_and_zero2_follows_the_single_process_trajectory(tmp_path, tokenizer, records):
+def test_a_lora_student_under_ddp_and_zero2_follows_the_single_process_trajectory(hub_style_pair):
     """``mgsr-bench train --pair`` with a LoRA pair, launched by ``accelerate launch`` on two
     processes with ddp.yaml and zero2.yaml (micro-batch 4 x 2 accumulation), against one process
     with 4 x 4: the same losses (float32) and the same merged student. Before the adapters were
@@ -377,14 +377,7 @@ def test_a_lora_student_under_ddp_and_zero2_follows_the_single_process_trajector
     pytest.importorskip("deepspeed", reason="zero2.yaml needs the deepspeed extra")
     from safetensors.torch import load_file
 
-    from conftest import tiny_model
-    from mgsr_bench.data.jsonl import write_records
-
-    for name, hidden in (("teacher", 48), ("student", 32)):
-        tiny_model(len(tokenizer), seed=hidden, hidden=hidden).save_pretrained(tmp_path / name)
-        tokenizer.save_pretrained(tmp_path / name)
-    write_records(tmp_path / "train.jsonl", records[:160])
-    write_records(tmp_path / "valid.jsonl", records[160:176])
+    tmp_path = hub_style_pair
     pair = (f"  teacher: {tmp_path / 'teacher'}\n  student: {tmp_path / 'student'}\n  dtype: float32\n"
             "  finetune: lora\n  lora: {r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}\n"
             "  micro_batch: 4\n")
@@ -412,22 +405,8 @@ def test_a_lora_student_under_ddp_and_zero2_follows_the_single_process_trajector
             torch.testing.assert_close(w, one_weights[name], rtol=1e-5, atol=1e-6, msg=f"{engine}: {name}")
 
 
-@pytest.fixture
-def saved_pair(tmp_path, tokenizer, records) -> Path:
-    """A teacher and a student saved as checkpoints, with training and validation files, in ``tmp_path``."""
-    from conftest import tiny_model
-    from mgsr_bench.data.jsonl import write_records
-
-    for name, hidden in (("teacher", 48), ("student", 32)):
-        tiny_model(len(tokenizer), seed=hidden, hidden=hidden).save_pretrained(tmp_path / name)
-        tokenizer.save_pretrained(tmp_path / name)
-    write_records(tmp_path / "train.jsonl", records[:160])
-    write_records(tmp_path / "valid.jsonl", records[160:176])
-    return tmp_path
-
-
 def _train_command(p: Path, out: str, *launch: str, teacher: str = "teacher", data: str = "train.jsonl") -> list[str]:
-    """``accelerate launch`` (ddp.yaml, two processes, float32) of ``mgsr-bench train kd`` on ``saved_pair``."""
+    """``accelerate launch`` (ddp.yaml, two processes, float32) of ``mgsr-bench train kd`` on ``hub_style_pair``."""
     configs = Path(__file__).resolve().parents[1] / "mgsr_bench" / "launch" / "accelerate"
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(configs / "ddp.yaml"),
             "--num_processes", "2", "--mixed_precision", "no", *launch, "-m", "mgsr_bench", "train", "kd",
@@ -449,14 +428,14 @@ def _on_two_machines(p: Path, out: str, *files: dict[str, str]) -> list[subproce
     return [subprocess.CompletedProcess(m.args, m.returncode, text, "") for m, text in zip(machines, printed)]
 
 
-def test_a_launch_over_two_machines_trains_as_two_processes_on_one(saved_pair):
+def test_a_launch_over_two_machines_trains_as_two_processes_on_one(hub_style_pair):
     """``accelerate launch`` over two machines of one process each (static rendezvous, as
     multi_node.yaml sets it; both on this host, so each process is its machine's LOCAL_RANK 0)
     gives the losses and the student of one machine running two processes, and the results are
     written once, by the global main process."""
     from safetensors.torch import load_file
 
-    p = saved_pair
+    p = hub_style_pair
 
     def results(out: str) -> tuple[list[float], dict]:
         history = json.loads((p / out / "training.json").read_text())["training"]["history"]
@@ -475,7 +454,7 @@ def test_a_launch_over_two_machines_trains_as_two_processes_on_one(saved_pair):
     assert sorted(f.name for f in (p / "two").iterdir()) == ["model", "training.json"]
 
 
-def test_machines_that_read_other_weights_or_data_are_refused_in_one_line_before_training(saved_pair):
+def test_machines_that_read_other_weights_or_data_are_refused_in_one_line_before_training(hub_style_pair):
     """The same command on two machines whose files differ (here: machine 1 names another folder):
     a teacher with one weight changed, or training data with one record changed, ends the launch on
     every machine with one line naming the difference, before the first step."""
@@ -483,7 +462,7 @@ def test_machines_that_read_other_weights_or_data_are_refused_in_one_line_before
 
     from mgsr_bench.data.jsonl import read_records, write_records
 
-    p = saved_pair
+    p = hub_style_pair
     shutil.copytree(p / "teacher", p / "other-teacher")
     weights = load_file(p / "teacher" / "model.safetensors")
     name = sorted(weights)[-1]

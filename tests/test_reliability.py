@@ -15,7 +15,6 @@ import torch
 from mgsr_bench.errors import UserError
 
 from conftest import tiny_model
-from test_cli import hub_style_pair  # noqa: F401  (a fixture: saved teacher, student and data)
 
 ROOT = Path(__file__).resolve().parents[1]
 
