@@ -368,6 +368,13 @@ def test_a_launched_process_stopped_while_its_child_builds_the_suite_ends_the_bu
             os.kill(builder, signal.SIGKILL)
 
 
+def _accelerate_launch(engine: str) -> list[str]:
+    """``accelerate launch`` with the shipped ``ENGINE.yaml`` config, on two processes, in float32."""
+    configs = Path(__file__).resolve().parents[1] / "mgsr_bench" / "launch" / "accelerate"
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(configs / f"{engine}.yaml"),
+            "--num_processes", "2", "--mixed_precision", "no"]
+
+
 def test_a_lora_student_under_ddp_and_zero2_follows_the_single_process_trajectory(hub_style_pair):
     """``mgsr-bench train --pair`` with a LoRA pair, launched by ``accelerate launch`` on two
     processes with ddp.yaml and zero2.yaml (micro-batch 4 x 2 accumulation), against one process
@@ -395,9 +402,7 @@ def test_a_lora_student_under_ddp_and_zero2_follows_the_single_process_trajector
 
     one_losses, one_weights = train("one", "lora-one", [sys.executable])
     for engine in ("ddp", "zero2"):
-        configs = Path(__file__).resolve().parents[1] / "mgsr_bench" / "launch" / "accelerate"
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(configs / f"{engine}.yaml"),
-                  "--num_processes", "2", "--main_process_port", str(free_port()), "--mixed_precision", "no"]
+        launch = [*_accelerate_launch(engine), "--main_process_port", str(free_port())]
         losses, weights = train(engine, "lora-two", launch)
         assert losses == pytest.approx(one_losses, rel=1e-5), engine
         assert weights.keys() == one_weights.keys() and not any("lora" in k for k in weights)
@@ -407,9 +412,7 @@ def test_a_lora_student_under_ddp_and_zero2_follows_the_single_process_trajector
 
 def _train_command(p: Path, out: str, *launch: str, teacher: str = "teacher", data: str = "train.jsonl") -> list[str]:
     """``accelerate launch`` (ddp.yaml, two processes, float32) of ``mgsr-bench train kd`` on ``hub_style_pair``."""
-    configs = Path(__file__).resolve().parents[1] / "mgsr_bench" / "launch" / "accelerate"
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(configs / "ddp.yaml"),
-            "--num_processes", "2", "--mixed_precision", "no", *launch, "-m", "mgsr_bench", "train", "kd",
+    return [*_accelerate_launch("ddp"), *launch, "-m", "mgsr_bench", "train", "kd",
             "--teacher", str(p / teacher), "--student", str(p / "student"), "--train-data", str(p / data),
             "--valid-data", str(p / "valid.jsonl"), "--steps", "4", "--checkpoint-every", "2", "--out", str(p / out)]
 
