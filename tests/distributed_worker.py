@@ -11,10 +11,10 @@ folder; ``{rank}`` in it is replaced by the process's rank, as if each saw its o
 checkpoints there every EVERY steps (default 1; 0: none) and resumes from it; with STOP_AFTER it stops,
 every process together, once the checkpoint of that step is written (OUT then says
 ``{"stopped_after": STOP_AFTER}``), as a run killed there would. With MODELS (a folder holding
-``student`` and ``teacher`` checkpoints) the models load from there as ``mgsr-bench train`` loads
-them (:func:`~mgsr_bench.train.distributed.load_models`): under FSDP's rank-0 loading without
-their weights on the processes that receive them from rank 0, under ZeRO-3 with
-``ACCELERATE_DEEPSPEED_ZERO3_INIT=true`` partitioned as they load. SHARD_TEACHER ``0`` sets
+``student`` and ``teacher`` checkpoints; ``{rank}`` in it as in CHECKPOINTS) the models load from
+there as ``mgsr-bench train`` loads them (:func:`~mgsr_bench.train.distributed.load_models`): under
+FSDP's rank-0 loading without their weights on the processes that receive them from rank 0, under
+ZeRO-3 with ``ACCELERATE_DEEPSPEED_ZERO3_INIT=true`` partitioned as they load. SHARD_TEACHER ``0`` sets
 ``train.shard_teacher: false``; TEACHER_DTYPE (default DTYPE) is the dtype the teacher loads in from MODELS.
 
 ENGINE: ``ddp`` (default), ``fsdp`` or ``zero2`` / ``zero3``. accelerate runs FSDP only on
@@ -129,7 +129,8 @@ def main() -> None:
     accelerator = None
     if models:  # as mgsr-bench train loads them, the accelerator first under DeepSpeed
         accelerator = loop.make_accelerator(cfg) if deepspeed_launch() else None
-        teacher, student = load_models(Path(models) / "teacher", Path(models) / "student", accelerator,
+        models = Path(models.format(rank=os.environ.get("RANK", "0")))
+        teacher, student = load_models(models / "teacher", models / "student", accelerator,
                                        shard_teacher=cfg.shard_teacher,
                                        teacher_dtype=getattr(torch, teacher_dtype or dtype),
                                        student_dtype=getattr(torch, dtype))

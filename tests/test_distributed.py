@@ -147,6 +147,44 @@ def test_zero3_init_flag_partitions_the_models_as_they_load_and_trains_as_one_pr
     assert two["weights"] == pytest.approx(one["weights"], rel=1e-5)
 
 
+@pytest.mark.parametrize("init_flag", [True, False])
+def test_under_zero3_partitioned_loading_rank_0s_files_supply_every_weight_and_loaded_whole_they_are_compared(
+        tmp_path, tokenizer_dir, saved_models, init_flag):
+    """Rank 1 reads a teacher and a student whose checkpoints differ from rank 0's in one weight
+    each, as a machine with another revision in its cache would. Partitioned as they load
+    (``zero3_init_flag``), transformers gathers each module's slices and writes rank 0's values
+    alone into them, so the run is exactly the one where every process read rank 0's files and the
+    other machine's files cannot matter. Loaded whole (the flag off), each process holds what it
+    read itself, and the launch is refused in one line naming process 1 before a step."""
+    needs_deepspeed("zero3")
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(saved_models("float32"), tmp_path / "m0")
+    for role in ("teacher", "student"):
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "m0" / role, dtype=torch.float32)
+        with torch.no_grad():
+            model.get_output_embeddings().weight[3, :4] += 0.25
+        model.save_pretrained(tmp_path / "m1" / role)
+    env = {"ACCELERATE_DEEPSPEED_ZERO3_INIT": str(init_flag).lower()}
+    if not init_flag:
+        args = [str(WORKER), str(tmp_path / "two.json"), str(tokenizer_dir), "4", "2", "kd", "zero3", "float32",
+                "", "0", "1", str(tmp_path / "m{rank}")]
+        proc = torchrun(args, {**ENV, **env}, succeed=False)
+        assert proc.returncode != 0
+        assert "process 1 loaded other teacher weights than process 0" in proc.stdout + proc.stderr
+        assert not (tmp_path / "two.json").exists()
+        return
+    # the first run is the init-flag test's (run once per session)
+    same = run(tmp_path / "same.json", tokenizer_dir, 4, 2, "kd", "zero3", "float32", models=saved_models("float32"),
+               env=env, teacher_dtype="float32")
+    mixed = run(tmp_path / "mixed.json", tokenizer_dir, 4, 2, "kd", "zero3", "float32", models=tmp_path / "m{rank}",
+                env=env, teacher_dtype="float32")
+    assert mixed["held_at_load"] == {"student": 0.5, "teacher": 0.5}
+    assert mixed["loaded_weights"] == [True, True]  # rank 1's student holds rank 0's weights, not its own file's
+    assert mixed["losses"] == same["losses"]
+    assert mixed["weights"] == same["weights"]
+
+
 @pytest.mark.parametrize("engine,dtype,rel", [("fsdp", "float64", 1e-9), ("zero3", "float32", 1e-5)])
 def test_on_policy_mgsr_with_sharded_models_matches_ddp(tmp_path, tokenizer_dir, engine, dtype, rel):
     """MGSR sampling from the student at every step, SCRG revising with the teacher: with the

@@ -246,9 +246,10 @@ def check_processes_agree(accelerator: Accelerator, run_hash: str, **models: tor
     the student from rank 0's weights but every process would distil from its own teacher, on its own
     data. ``run_hash`` fingerprints the settings, the tokenised training data and the architectures;
     each model whose weights every process holds whole is compared by per-tensor sums (within
-    ``1e-6`` of its magnitude, room for another reduction order). The weights are not compared under
-    FSDP's rank-0 loading (rank 0 alone read them) nor where ZeRO-3 partitioned them as they loaded
-    (each process holds only its own slice)."""
+    ``1e-6`` of its magnitude, room for another reduction order). The weights need no comparison
+    under FSDP's rank-0 loading (rank 0 alone read them) nor where ZeRO-3 partitioned them as they
+    loaded (transformers writes rank 0's checkpoint values into every gathered slice,
+    ``modifier_rank=0``; each process holds only its own slice anyway)."""
     if accelerator.num_processes == 1:
         return
     whole = {name: m for name, m in models.items()
