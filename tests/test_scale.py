@@ -443,3 +443,14 @@ def test_the_benchmark_measures_every_default_method_at_a_small_shape(method):
     # (the step time itself is a difference of two timed runs: at this size it is noise, maybe below 0)
     assert r["train_tokens_per_s"] == pytest.approx(16 / r["seconds_per_step"])
     assert r["generation_tokens_per_s"] > 0 and r["mfu"] is None  # no peak is known for a CPU
+
+
+def test_the_benchmark_refuses_trl_it_cannot_import_before_any_method_runs(monkeypatch):
+    """``bench --trl`` without TRL: one line naming the extra, not a failure after minutes of the
+    other methods (each runs in a fresh process, which would find TRL missing only at its turn)."""
+    from mgsr_bench.benchmarks import bench
+
+    monkeypatch.setitem(sys.modules, "trl", None)  # an import of trl now raises ImportError
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("a method ran"))
+    with pytest.raises(UserError, match=r"--trl needs TRL's GKDTrainer .*pip install -e '\.\[bench\]'"):
+        bench.main(["--trl", "--methods", "kd,gkd"])

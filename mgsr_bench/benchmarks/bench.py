@@ -148,17 +148,26 @@ def run_one(method: str, shape: str, micro_batch: int, seq_len: int, steps: int,
     return result
 
 
+def _check_trl() -> None:
+    """One line before any method runs when TRL's GKDTrainer (or datasets, which it needs) is missing."""
+    try:
+        import datasets  # noqa: F401
+        import trl.experimental.gkd  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"--trl needs TRL's GKDTrainer (trl.experimental.gkd) and datasets ({e}): "
+                        "pip install -e '.[bench]' in the clone, or drop --trl") from None
+
+
 def run_trl(shape: str, micro_batch: int, seq_len: int, steps: int, warmup: int) -> dict[str, Any]:
     """TRL's GKDTrainer on the same pair, batch, beta and lambda; figures as a dict."""
     import resource
 
     import torch
 
-    try:
-        from datasets import Dataset
-        from trl.experimental.gkd import GKDConfig, GKDTrainer
-    except ImportError as e:
-        raise SystemExit(f"--trl needs trl and datasets ({e}): pip install trl datasets")
+    _check_trl()
+    from datasets import Dataset
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     teacher, student = _models(shape, device, torch.bfloat16 if device == "cuda" else torch.float32)
@@ -232,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         check_output_file(args.json, "--json")
     if args.trl:  # right after gkd, its peer: a run cut short still has the pair
+        _check_trl()
         names.insert(names.index("gkd") + 1 if "gkd" in names else len(names), "trl-gkd")
     results = []
     for name in names:
