@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check for a session lent a device (see DEVELOPERS.md), most important first:
+# The prepared GPU check for a session lent a GPU machine, most important first:
 # the performance benchmark (`mgsr-bench bench`: GPT-2 1.5B -> 124M in bf16, TRL's GKDTrainer beside
 # gkd when trl imports) and the memory planner at its shapes, the GPU-only tests and the harness
 # tests on CUDA, FSDP2 and ZeRO-3 training runs through fsdp.yaml and zero3.yaml on one GPU, a

@@ -118,7 +118,7 @@ def spacy_pipeline(model: str) -> Any:
     try:
         import spacy
     except ImportError:
-        raise UserError("span extractor 'spacy' needs spaCy: pip install 'mgsr-bench[spacy]' and "
+        raise UserError("span extractor 'spacy' needs spaCy: pip install -e '.[spacy]' in the clone and "
                         f"python -m spacy download {model}; or use spans: rule") from None
     try:
         return spacy.load(model, disable=["ner", "lemmatizer"])

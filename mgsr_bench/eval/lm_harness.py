@@ -69,7 +69,7 @@ def _lm_eval():
     try:
         import lm_eval  # noqa: F401
     except ImportError:
-        raise UserError("--lm-eval needs lm-eval: pip install 'mgsr-bench[eval]'") from None
+        raise UserError("--lm-eval needs lm-eval: pip install -e '.[eval]' in the clone") from None
 
 
 def check_tasks(tasks: Sequence[str], tiny_suite: bool) -> list[str]:

@@ -19,7 +19,7 @@ def apply_lora(model: PreTrainedModel, settings: LoraSettings, seed: int) -> Pre
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
-        raise UserError("a LoRA pair needs peft: pip install 'mgsr-bench[lora]'") from None
+        raise UserError("a LoRA pair needs peft: pip install -e '.[lora]' in the clone") from None
     names = {n.split(".")[-1] for n, _ in model.named_modules()}
     missing = [m for m in settings.target_modules if m not in names]
     if missing:
