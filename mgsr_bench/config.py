@@ -195,6 +195,8 @@ def load_recipe(name_or_path: str) -> Recipe:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.is_dir():
         raise UserError(f"recipe {path} is a folder: name a recipe file, or put the folder in MGSR_BENCH_RECIPES")
+    if path.suffix in (".yaml", ".yml") and not path.exists():  # a path, not a name (names have no suffix)
+        raise UserError(f"recipe file not found: {path} (name an existing file, or a recipe: mgsr-bench list recipes)")
     if not (path.suffix in (".yaml", ".yml") and path.is_file()):
         recipes = available_recipes()
         if not recipes and not any(d.is_dir() for d in RECIPE_DIRS):

@@ -36,6 +36,8 @@ def test_recipes_load_by_name_and_path():
 def test_recipe_errors(tmp_path):
     with pytest.raises(UserError, match="unknown recipe 'nope'; known recipes"):
         load_recipe("nope")
+    with pytest.raises(UserError, match=r"recipe file not found: .*missing\.yaml \(name an existing file"):
+        load_recipe(str(tmp_path / "missing.yaml"))  # a path that is not there: not taken for a name
     bad = tmp_path / "r.yaml"
     bad.write_text("method: kd\noptinos: {}\n")
     with pytest.raises(UserError, match="unknown key 'optinos'.*did you mean 'options'"):
