@@ -201,7 +201,7 @@ def _one_record_store(root: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("case", ["data-type", "data-utf8", "out-under-file", "label-path", "data-twice",
                                   "seeds-twice", "output-folder", "write-file", "bad-date", "tolerance-nan",
                                   "gpu-mem-nan", "bench-unknown", "bench-none", "bench-json-folder", "usage",
-                                  "cut-record", "no-tokenizer"])
+                                  "cut-record", "no-tokenizer", "no-model-folder"])
 def test_bad_arguments_and_files_end_in_one_line_before_any_work(hub_style_pair, tmp_path, cli, case):
     """Each of these tracebacked, was accepted (a record written outside --out, a NaN tolerance calling a
     50-point drop noise, one seed counted twice), ran minutes first, or printed argparse's usage block;
@@ -242,6 +242,8 @@ def test_bad_arguments_and_files_end_in_one_line_before_any_work(hub_style_pair,
         "cut-record": (["leaderboard", str(store)], "cut.json: invalid JSON"),
         "no-tokenizer": (["eval", str(p / "bare"), "--data", f"t={p / 'valid.jsonl'}", "--out", str(p / "run")],
                          "the folder holds no tokenizer files"),
+        "no-model-folder": (["eval", str(p / "gone"), "--data", f"t={p / 'valid.jsonl'}", "--out", str(p / "run")],
+                            f"cannot load tokenizer '{p / 'gone'}': no such folder"),
     }[case]
     if case == "no-tokenizer":
         tiny_model(300).save_pretrained(p / "bare")

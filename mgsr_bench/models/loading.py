@@ -44,8 +44,23 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt
                    "tokenizer_config.json")
 
 
+def check_local_folder(name_or_path: str | Path, what: str) -> None:
+    """A name that can only be a local path (absolute, ``.``/``~``-relative, or with more than one
+    ``/``, which no Hub id has) must be a folder: the Hub client would answer with its repo-id
+    rules instead of saying the folder is not there."""
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir() or not (path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
+                             or path.exists()):
+        return
+    problem = "is a file, not a folder" if path.exists() else "no such folder"
+    raise UserError(f"cannot load {what} {name!r}: {problem} (a local {what} is the folder save_pretrained "
+                    "wrote; a Hub id is NAME or ORG/NAME)")
+
+
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """A tokenizer with a pad token (EOS when it has none, as with GPT-2) and left padding."""
+    check_local_folder(name_or_path, "tokenizer")
     try:
         with quiet_hub():
             tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
@@ -76,6 +91,7 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32,
     frequencies) are real. For the processes that receive every weight from the main process
     (FSDP's rank-0 loading, :func:`mgsr_bench.train.distributed.weights_from_main`).
     """
+    check_local_folder(name_or_path, "model")
     try:
         with quiet_hub():
             if weights:
