@@ -154,6 +154,19 @@ def main() -> None:
     trained = []  # the steps this process itself trained (a resumed run trains only the rest)
     backward = loop.backward_global_batch
     loop.backward_global_batch = lambda *a, **k: trained.append(1) or backward(*a, **k)
+    # after each micro-batch's backward: the share of the student's gradient elements this process
+    # holds in its parameters' .grad (under FSDP2, 1/N when they are reduce-scattered at once)
+    grad_shares = []
+    micro_backward = loop.distributed.backward
+
+    def recording_backward(accelerator, loss, last):
+        micro_backward(accelerator, loss, last)
+        if engine == "fsdp" and distributed:
+            grads = [p.grad for p in student.parameters() if p.requires_grad]
+            local = sum(g.to_local().numel() for g in grads if g is not None)
+            grad_shares.append(local / sum(p.numel() for p in student.parameters() if p.requires_grad))
+
+    loop.distributed.backward = recording_backward
     try:
         result = loop.train(student, teacher, tokenizer, get_method(name, **options),
                             tokenize_records(records[:200], tokenizer), records[200:],
@@ -180,7 +193,8 @@ def main() -> None:
                                    "steps_trained": len(trained), "timeout_s": timeout,
                                    "sources": [h["source"] for h in result.history],
                                    "teacher_held": teacher_held, "loaded_weights": loaded,
-                                   "held_at_load": held_at_load, "teacher_dtype": teacher_weights_dtype}))
+                                   "held_at_load": held_at_load, "teacher_dtype": teacher_weights_dtype,
+                                   "grad_shares": grad_shares}))
     else:
         assert result.model is None or result.model is student
     end_processes()

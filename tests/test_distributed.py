@@ -99,6 +99,9 @@ def test_two_processes_follow_the_single_process_trajectory(tmp_path, tokenizer_
     sharded_teacher = engine in ("fsdp", "zero3") and method != "sft"  # SFT never places the teacher
     assert two["teacher_held"] == (0.5 if sharded_teacher else 1.0)
     assert two["timeout_s"] == 1234  # train.process_timeout_s reached the process group
+    if engine == "fsdp":  # every micro-batch reduce-scatters into sharded gradients (no_sync would keep them whole)
+        assert len(two["grad_shares"]) == 4 * accum
+        assert two["grad_shares"] == pytest.approx([0.5] * 4 * accum, abs=0.02)
 
 
 @pytest.mark.parametrize("shard_teacher", [True, False])

@@ -421,6 +421,19 @@ def _rebuild(model: PreTrainedModel, state: dict[str, torch.Tensor]) -> PreTrain
     return plain
 
 
+def local_accumulation(accelerator: Accelerator, student: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
+    """Where a micro-batch's gradients stay on each process until the ``last`` one reduces them:
+    DDP's ``no_sync`` (one all-reduce per optimiser step; DeepSpeed decides in :func:`backward`).
+
+    FSDP2 reduce-scatters every micro-batch instead: under ``no_sync`` it would hold every
+    parameter's gradient unsharded (whole, in the reduce dtype, bf16 under bf16 mixed precision)
+    until the last micro-batch, 2 bytes per student parameter on every GPU more than the sharded
+    fp32 gradients the planner counts, summed in bf16."""
+    if last or engine(accelerator) == "fsdp":
+        return contextlib.nullcontext()
+    return accelerator.no_sync(student)
+
+
 def backward(accelerator: Accelerator, loss: torch.Tensor, last: bool) -> None:
     """One micro-batch's backward; gradients are reduced across processes on the ``last`` one."""
     if accelerator.distributed_type == DistributedType.DEEPSPEED:

@@ -24,7 +24,6 @@ import hashlib
 import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -145,7 +144,7 @@ def backward_global_batch(method: Method, student: PreTrainedModel, teacher: Pre
     for i, chunk in enumerate(micro):
         batch = {k: v.to(accelerator.device) for k, v in collate(chunk, pad_id).items()}
         last = i == len(micro) - 1
-        with nullcontext() if last else accelerator.no_sync(student):
+        with distributed.local_accumulation(accelerator, student, last):
             with accelerator.autocast():  # the forward under autocast, the backward outside it
                 loss = micro_batch_loss(method, student, teacher, batch, vocab_size, chunk_size,
                                         pair_scale) * world / n_tokens
