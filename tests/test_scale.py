@@ -119,21 +119,26 @@ def test_every_registered_pair_fits_its_recommended_settings_by_the_planner(offl
         assert plan.fits, f"{pair.name}:\n{plan.render()}"
 
 
-def test_sharding_splits_the_teacher_and_sampling_gathers_the_sampling_models():
+def test_sharding_splits_the_teacher_and_validation_and_sampling_gather_the_models():
     from mgsr_bench.train.memory_plan import Sampling, Shape, plan_memory
 
     teacher = Shape(params=13_000_000_000, layers=40, hidden=5120, heads=40, kv_dim=5120, vocab=32000)
     student = Shape(params=7_000_000_000, layers=32, hidden=4096, heads=32, kv_dim=4096, vocab=32000)
     offline = plan_memory(teacher, student, gpus=8, strategy="fsdp", micro_batch=2)
     assert offline.terms["teacher weights (frozen, sharded)"] == pytest.approx(2 * 13e9 / 8 / 2 ** 30)
-    assert "generation KV cache" not in offline.terms and "weights gathered for sampling" not in offline.terms
+    assert "generation KV cache" not in offline.terms
+    # validation gathers the student whatever the method (in the compute dtype); the offline teacher never
+    assert offline.terms["weights gathered (validation, sampling)"] == pytest.approx(2 * 7e9 / 2 ** 30)
     whole = plan_memory(teacher, student, gpus=8, strategy="fsdp", micro_batch=2, shard_teacher=False)
     assert whole.terms["teacher weights (frozen, replicated)"] == pytest.approx(2 * 13e9 / 2 ** 30)
     mgsr = plan_memory(teacher, student, gpus=8, strategy="zero3", micro_batch=2, sampling=Sampling.of_method("mgsr"))
-    assert mgsr.terms["weights gathered for sampling"] == pytest.approx(2 * (7e9 + 13e9) / 2 ** 30)
+    assert mgsr.terms["weights gathered (validation, sampling)"] == pytest.approx(2 * (7e9 + 13e9) / 2 ** 30)
     assert mgsr.terms["SCRG: kept sampler logits (fp32)"] == pytest.approx(2 * 256 * 32000 * 4 / 2 ** 30)
     gkd = plan_memory(teacher, student, gpus=8, strategy="ddp", micro_batch=2, sampling=Sampling.of_method("gkd"))
-    assert "weights gathered for sampling" not in gkd.terms and gkd.terms["generation KV cache"] > 0
+    assert "weights gathered (validation, sampling)" not in gkd.terms and gkd.terms["generation KV cache"] > 0
+    assert gkd.terms["DDP gradient buckets (fp32)"] == pytest.approx(4 * 7e9 / 2 ** 30)  # beside the gradients
+    single = plan_memory(teacher, student, gpus=1, strategy="ddp", micro_batch=2)
+    assert "DDP gradient buckets (fp32)" not in single.terms
     assert Sampling.of_method("seqkd") == Sampling(teacher=True)
 
 

@@ -211,6 +211,8 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
     else:
         terms[f"student weights (frozen, {module_dtype})"] = module_bytes * student.params / GIB
         terms["LoRA weights + grads + AdamW"] = 16 * lora_params / GIB
+    if strategy == "ddp" and n > 1:  # accelerate's DDP keeps its all-reduce buckets beside .grad (no bucket views)
+        terms["DDP gradient buckets (fp32)"] = 4 * (student.params if lora_params is None else lora_params) / GIB
     teacher_shards = n if shard_weights and shard_teacher else 1
     terms[f"teacher weights (frozen, {'sharded' if teacher_shards > 1 else 'replicated'})"] = \
         wbytes * teacher.params / teacher_shards / GIB
@@ -233,11 +235,11 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
     samplers = [m for m, used in ((student, sampling.student), (teacher, sampling.teacher)) if used]
     if samplers:  # one sampling model at a time: the larger cache counts
         terms["generation KV cache"] = max(2 * m.layers * rows * s * m.kv_dim * cbytes for m in samplers) / GIB
-    if shard_weights and samplers:
-        gathered = student.params * cbytes * sampling.student
+    if shard_weights:  # every validation gathers the whole student (so does sampling), and a sampling teacher
+        gathered = student.params * cbytes
         if teacher_shards > 1 and (sampling.teacher or sampling.scrg):
             gathered += teacher.params * wbytes
-        terms["weights gathered for sampling"] = gathered / GIB
+        terms["weights gathered (validation, sampling)"] = gathered / GIB
     if sampling.scrg:
         terms["SCRG: kept sampler logits (fp32)"] = rows * (gen_tokens or s // 2) * student.vocab * 4 / GIB
     terms["runtime allowance (CUDA context / CPU allocator)"] = overhead_gib
