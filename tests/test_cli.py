@@ -200,7 +200,7 @@ def _one_record_store(root: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("case", ["data-type", "data-utf8", "out-under-file", "label-path", "data-twice",
                                   "seeds-twice", "output-folder", "write-file", "bad-date", "tolerance-nan",
-                                  "gpu-mem-nan", "bench-unknown", "bench-none", "bench-json-folder", "usage",
+                                  "gpu-mem-nan", "bench-unknown", "bench-none", "bench-odd-length", "bench-json-folder", "usage",
                                   "cut-record", "no-tokenizer", "no-model-folder"])
 def test_bad_arguments_and_files_end_in_one_line_before_any_work(hub_style_pair, tmp_path, cli, case):
     """Each of these tracebacked, was accepted (a record written outside --out, a NaN tolerance calling a
@@ -237,6 +237,7 @@ def test_bad_arguments_and_files_end_in_one_line_before_any_work(hub_style_pair,
         "bench-unknown": (["bench", "--methods", "kd,nosuch", "--json", str(p / "run" / "b.json")],
                           "unknown method 'nosuch'"),
         "bench-none": (["bench", "--methods", ","], "--methods names no method"),
+        "bench-odd-length": (["bench", "--seq-len", "513"], "--seq-len must be even and within 4..1024"),
         "bench-json-folder": (["bench", "--methods", "kd", "--json", str(p / "afolder")], "is a folder"),
         "usage": (["train", "kd", "--steps", "two"], "invalid int value"),
         "cut-record": (["leaderboard", str(store)], "cut.json: invalid JSON"),

@@ -58,6 +58,8 @@ def _models(shape: str, device: str, dtype):
     with torch.device(device):  # initialised where they run: a 1.5B model's init on the host takes seconds
         teacher = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=1024, **t_cfg)).to(dtype)
         student = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=1024, **s_cfg))
+    if device == "cuda":  # the peaks are training's: not the fp32 teacher built before its cast (6 GiB at 1.5B)
+        torch.cuda.reset_peak_memory_stats()
     return teacher.eval(), student
 
 
@@ -191,9 +193,10 @@ def run_trl(shape: str, micro_batch: int, seq_len: int, steps: int, warmup: int)
         return {k: torch.tensor([row[k] for row in batch]) for k in batch[0]}
 
     # gradient_checkpointing off as in the harness (TRL's default is on, which also turns the KV cache
-    # off for its generation): both sides then do the same work per step
+    # off for its generation), and the student's dropout kept as the harness keeps it (TRL's default
+    # turns it off): both sides then do the same work per step
     config = GKDConfig(output_dir="/tmp/mgsr-bench-trl", per_device_train_batch_size=micro_batch,
-                       gradient_checkpointing=False,
+                       gradient_checkpointing=False, disable_dropout=False,
                        max_steps=steps + warmup, lmbda=1.0, beta=0.5, temperature=1.0,
                        max_new_tokens=seq_len // 2, learning_rate=1e-4, logging_steps=10 ** 6, save_strategy="no",
                        report_to=[], bf16=device == "cuda", dataset_kwargs={"skip_prepare_dataset": True},
@@ -218,8 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method in this process
     args = parser.parse_args(argv)
-    if min(args.steps, args.warmup, args.micro_batch) < 1 or args.seq_len < 4:
-        parser.error("--steps, --warmup and --micro-batch must be >= 1 and --seq-len >= 4")
+    if min(args.steps, args.warmup, args.micro_batch) < 1:
+        parser.error("--steps, --warmup and --micro-batch must be >= 1")
+    if not (4 <= args.seq_len <= 1024 and args.seq_len % 2 == 0):  # half prompt, half response; GPT-2's positions
+        parser.error(f"--seq-len must be even and within 4..1024 (GPT-2's positions), got {args.seq_len}")
 
     import torch
 
