@@ -219,7 +219,8 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
     s, b, h, a = seq_len, micro_batch, student.hidden, student.heads
     per_layer = s * b * h * (34 + 5 * a * s / h) * act_scale
     if gradient_checkpointing:
-        activations = student.layers * 2 * s * b * h * act_scale + per_layer
+        # each layer's saved input is the residual stream, in the module's dtype (fp32 under autocast)
+        activations = student.layers * s * b * h * module_bytes + per_layer
     else:
         activations = student.layers * per_layer
     terms["student activations" + (" (checkpointed)" if gradient_checkpointing else "")] = activations / GIB
@@ -227,14 +228,23 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
     vocab = max(student.vocab, teacher.vocab)
     responses = s * b // 2  # response tokens are at most half of the sequence in the protocol (256 of 512)
     if loss_chunk == 0 or strategy == "zero3":  # the harness's full-logits path
-        terms["full logits (student + teacher)"] = 2 * b * s * vocab * cbytes / GIB
+        # accelerate hands DDP's and FSDP's outputs back in fp32 (convert_outputs_to_fp32); DeepSpeed's as computed
+        terms["full logits (student + teacher)"] = b * s * vocab * ((cbytes if deepspeed else 4) + cbytes) / GIB
         terms["loss on all response rows (fp32)"] = 6 * responses * vocab * 4 / GIB
     else:
         terms["loss chunk (logits, fp32)"] = 6 * min(loss_chunk, responses) * vocab * 4 / GIB
+        # the chunk loop's own gradient of the output head (fp32, until the backward takes it) and
+        # autocast's cached copy of the head in the compute dtype
+        terms["loss chunk: head gradient + cast head"] = \
+            student.vocab * student.hidden * (4 + (cbytes if cbytes < 4 else 0)) / GIB
     rows = b * grad_accum
-    samplers = [m for m, used in ((student, sampling.student), (teacher, sampling.teacher)) if used]
+    # each sampler with its cache's bytes per element: a student kept in fp32 under autocast caches
+    # rotary models' keys in fp32 (cos/sin follow the residual stream) and values in the compute
+    # dtype, planned so for every architecture
+    samplers = [(m, kv) for m, used, kv in ((student, sampling.student, (module_bytes + cbytes) / 2),
+                                            (teacher, sampling.teacher, cbytes)) if used]
     if samplers:  # one sampling model at a time: the larger cache counts
-        terms["generation KV cache"] = max(2 * m.layers * rows * s * m.kv_dim * cbytes for m in samplers) / GIB
+        terms["generation KV cache"] = max(2 * m.layers * rows * s * m.kv_dim * kv for m, kv in samplers) / GIB
     if shard_weights:  # every validation gathers the whole student (so does sampling), and a sampling teacher
         gathered = student.params * cbytes
         if teacher_shards > 1 and (sampling.teacher or sampling.scrg):
