@@ -160,11 +160,11 @@ def test_under_zero3_partitioned_loading_rank_0s_files_supply_every_weight_and_l
     other machine's files cannot matter. Loaded whole (the flag off), each process holds what it
     read itself, and the launch is refused in one line naming process 1 before a step."""
     needs_deepspeed("zero3")
-    from transformers import AutoModelForCausalLM
+    from mgsr_bench.models import load_model
 
     shutil.copytree(saved_models("float32"), tmp_path / "m0")
     for role in ("teacher", "student"):
-        model = AutoModelForCausalLM.from_pretrained(tmp_path / "m0" / role, dtype=torch.float32)
+        model = load_model(tmp_path / "m0" / role, torch.float32)
         with torch.no_grad():
             model.get_output_embeddings().weight[3, :4] += 0.25
         model.save_pretrained(tmp_path / "m1" / role)
