@@ -429,7 +429,7 @@ def local_accumulation(accelerator: Accelerator, student: torch.nn.Module, last:
     parameter's gradient unsharded (whole, in the reduce dtype, bf16 under bf16 mixed precision)
     until the last micro-batch, 2 bytes per student parameter on every GPU more than the sharded
     fp32 gradients the planner counts, summed in bf16."""
-    if last or engine(accelerator) == "fsdp":
+    if last or accelerator.distributed_type == DistributedType.FSDP:  # (FSDP1 was refused at set-up)
         return contextlib.nullcontext()
     return accelerator.no_sync(student)
 
