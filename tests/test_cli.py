@@ -200,8 +200,8 @@ def _one_record_store(root: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("case", ["data-type", "data-utf8", "out-under-file", "label-path", "data-twice",
                                   "seeds-twice", "output-folder", "write-file", "bad-date", "tolerance-nan",
-                                  "gpu-mem-nan", "bench-unknown", "bench-none", "bench-odd-length", "bench-json-folder", "usage",
-                                  "cut-record", "no-tokenizer", "no-model-folder"])
+                                  "gpu-mem-nan", "bench-unknown", "bench-none", "bench-odd-length", "bench-json-folder",
+                                  "usage", "cut-record", "no-tokenizer", "no-model-folder"])
 def test_bad_arguments_and_files_end_in_one_line_before_any_work(hub_style_pair, tmp_path, cli, case):
     """Each of these tracebacked, was accepted (a record written outside --out, a NaN tolerance calling a
     50-point drop noise, one seed counted twice), ran minutes first, or printed argparse's usage block;
