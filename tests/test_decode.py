@@ -48,6 +48,22 @@ def test_greedy_decoding_equals_generate_while_rows_finish_at_different_steps(ki
     assert max(len(r) for r in got) == 8  # and another went on after it was dropped
 
 
+def test_each_row_stops_at_its_own_limit_and_is_never_run_past_the_positions_it_needs():
+    """Per-row limits (SCRG's re-generations): each row equals its own decode at its limit, and a
+    GPT-2 with exactly the positions the longest prompt and its limit need decodes a batch whose
+    larger limit belongs to a shorter prompt (one shared limit would run past its last position)."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=2, n_positions=12)).eval()
+    limits = [6, 10, 8]  # prompt lengths 6, 2, 4: each row ends exactly at position 11
+    got = decode(model, PROMPTS, V - 1, 1, limits, greedy=True)
+    assert got.tokens == [decode(model, [p], V - 1, 1, n, greedy=True).tokens[0] for p, n in zip(PROMPTS, limits)]
+    assert [len(t) for t in got.tokens] == limits  # no EOS drawn (V - 1, almost surely never): each ran to its limit
+    with pytest.raises(IndexError):  # the shared limit the per-row ones replace
+        decode(model, PROMPTS, V - 1, 1, max(limits), greedy=True)
+    with pytest.raises(ValueError, match="2 token limits for 3 prompts"):
+        decode(model, PROMPTS, V - 1, 1, [4, 4], greedy=True)
+
+
 def test_the_ngram_ban_matches_generate():
     model = _model("llama")
     assert decode(model, PROMPTS, V - 1, 1, 12, greedy=True, no_repeat_ngram_size=2).tokens == \

@@ -95,6 +95,31 @@ def _greedy(eos, pad):
     return generate
 
 
+def test_scrg_regenerates_each_row_within_its_own_budget_at_the_models_position_limit(tokenizer, records):
+    """Rows corrected at different positions keep different prefixes, so each has its own token
+    budget left; a GPT-2 student with exactly the positions prompt + limit need must revise them
+    all (a shared budget, the largest, would run the longer prefixes past the last position)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    eos, pad, limit = tokenizer.eos_token_id, tokenizer.pad_token_id, 12
+    width = 8  # every prompt cut to the same length: the position limit binds each row alike
+    prompts = [e.prompt_ids[:width] for e in tokenize_records(records[:8], tokenizer)]
+    torch.manual_seed(0)
+    student, teacher = (GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=n, n_layer=1, n_head=2,
+                                                   n_positions=width + limit)).eval() for n in (32, 48))
+    samples = [Example(p, r or [eos], origin="student")
+               for p, r in zip(prompts, decode(student, prompts, eos, pad, limit).tokens)]
+    scrg = SCRG(rounds=1)
+    found = scrg.find_corrections(samples, student, teacher, [0] * len(samples), pad, len(tokenizer))
+    regenerated = {c.position for c in found if c is not None and c.token != eos and c.position < limit - 1}
+    assert len(regenerated) >= 2, found  # different prefixes, different budgets
+    revised, _ = scrg(samples, student, teacher, Revision(_greedy(eos, pad), eos, pad, len(tokenizer), limit))
+    for before, after, c in zip(samples, revised, found):
+        assert len(after.response_ids) <= limit
+        if c is not None:
+            assert after.response_ids[: c.position + 1] == before.response_ids[: c.position] + [c.token]
+
+
 def test_scrg_batched_equals_row_by_row(tokenizer, records):
     student = tiny_model(len(tokenizer), seed=1).double()
     teacher = tiny_model(len(tokenizer), seed=2, hidden=48).double()

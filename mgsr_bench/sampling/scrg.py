@@ -43,12 +43,12 @@ DIFFERENCES = ("fkl", "rkl", "jsd")
 class Revision:
     """What a reviser needs from the batch source: its sampler and its settings.
 
-    ``generate(model, prompts, max_new_tokens, keep_logits)`` samples continuations with the
-    source's own settings; ``max_new_tokens`` is the response length limit the samples were drawn
-    with; ``micro_batch`` rows go through one no-grad forward.
+    ``generate(model, prompts, limits, keep_logits)`` samples continuations with the source's own
+    settings, each prompt up to its own token limit; ``max_new_tokens`` is the response length
+    limit the samples were drawn with; ``micro_batch`` rows go through one no-grad forward.
     """
 
-    generate: Callable[[PreTrainedModel, list[list[int]], int, bool], Decoded]
+    generate: Callable[[PreTrainedModel, list[list[int]], int | list[int], bool], Decoded]
     eos_id: int
     pad_id: int
     vocab_size: int
@@ -188,11 +188,11 @@ class SCRG:
                     still.append(i)
             if regenerate:
                 prompts = [samples[i].prompt_ids + prefix for i, prefix, _ in regenerate]
-                out = revision.generate(student, prompts, max(b for _, _, b in regenerate), logits is not None)
-                for k, ((i, prefix, budget), cont) in enumerate(zip(regenerate, out.tokens)):
-                    samples[i] = Example(samples[i].prompt_ids, prefix + cont[:budget], origin=samples[i].origin)
+                out = revision.generate(student, prompts, [b for _, _, b in regenerate], logits is not None)
+                for k, ((i, prefix, _), cont) in enumerate(zip(regenerate, out.tokens)):
+                    samples[i] = Example(samples[i].prompt_ids, prefix + cont, origin=samples[i].origin)
                     if logits is not None:
-                        logits[i] = torch.cat([logits[i], out.logits[k][:budget].to(logits[i].device)])
+                        logits[i] = torch.cat([logits[i], out.logits[k].to(logits[i].device)])
             active = [i for i in still if starts[i] < len(samples[i].response_ids)]
         stats = {"scrg_corrected": len(corrected) / len(samples) if samples else 0.0}
         if rel_positions:

@@ -119,9 +119,9 @@ class BatchSource:
         stats, self.stats = self.stats, {}
         return stats
 
-    def generate(self, model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int,
+    def generate(self, model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int | list[int],
                  keep_logits: bool = False) -> Decoded:
-        """Sampled continuations of ``prompts`` with this source's settings."""
+        """Sampled continuations of ``prompts`` with this source's settings (one token limit, or one per prompt)."""
         return decode(model, prompts, self.eos_id, self.pad_id, max_new_tokens, self.vocab_size,
                       temperature=self.temperature, keep_logits=keep_logits)
 
