@@ -166,3 +166,40 @@ def test_fdistill_js_takes_each_kl_term_on_its_own_samples():
     loss = get_method("fdistill-js").token_losses(s, t, TokenBatch(torch.zeros(6, dtype=torch.long), origin))
     kl_p_m, kl_q_m = jsd_terms(s, t, 0.5)
     torch.testing.assert_close(loss, torch.cat([kl_p_m[:3], kl_q_m[3:]]))
+
+
+def test_sequences_past_a_models_positions_are_refused_before_any_compute(tokenizer, records, teacher):
+    """GPT-2's learned positions end in an index error mid-run: the training data, the sampled
+    responses (longest prompt + train.gen_max_new_tokens) and evaluation's budget (--max-length)
+    are checked against each model's positions first, in one line naming the fix."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from mgsr_bench.data.collate import Example
+    from mgsr_bench.errors import UserError
+    from mgsr_bench.eval.generate import EvalSettings, generate
+
+    examples = [Example(list(range(3, 13)), list(range(20, 20 + n))) for n in (6, 3, 5, 4)] * 2  # at most 16 tokens
+
+    def gpt2(positions):
+        return GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2,
+                                          n_positions=positions))
+
+    cfg = train_config({"steps": 1, "micro_batch": 4, "val_metric": "loss", "val_size": 4,
+                        "gen_max_new_tokens": 16})
+    short = gpt2(15)
+    before = [p.detach().clone() for p in short.parameters()]
+    with pytest.raises(UserError, match="longest training or validation example is 16 tokens, past the "
+                                        "student's 15 positions"):
+        train(short, teacher, tokenizer, get_method("kd"), examples, [], examples[:4], cfg)
+    assert all(torch.equal(a, b) for a, b in zip(before, short.parameters()))  # nothing trained
+    with pytest.raises(UserError, match="past the teacher's 15 positions"):
+        train(tiny_model(len(tokenizer), seed=1), gpt2(15), tokenizer, get_method("kd"), examples, [],
+              examples[:4], cfg)
+    # 20 positions hold the data (16 tokens) but not a prompt and its 16 sampled tokens (26)
+    with pytest.raises(UserError, match="longest prompt plus train.gen_max_new_tokens is 26 tokens, past the "
+                                        "student's 20 positions: lower train.gen_max_new_tokens"):
+        train(gpt2(20), teacher, tokenizer, get_method("gkd", lmbda=1.0), examples, [], examples[:4], cfg)
+    train(gpt2(20), teacher, tokenizer, get_method("kd"), examples, [], examples[:4], cfg)  # kd samples nothing
+    with pytest.raises(UserError, match="past the model's 64 positions: lower --max-length or --max-new-tokens"):
+        generate(gpt2(64), tokenizer, [records[0]["prompt"]], EvalSettings(max_length=128))
+    generate(gpt2(64), tokenizer, [records[0]["prompt"]], EvalSettings(max_length=64))

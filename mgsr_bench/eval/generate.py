@@ -12,6 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mgsr_bench.config import DEFAULT_SEEDS
 from mgsr_bench.errors import UserError
+from mgsr_bench.models.loading import check_positions
 from mgsr_bench.sampling.decode import decode
 
 
@@ -82,6 +83,11 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     if seed is not None:
         torch.manual_seed(seed)
     encoded = encode_prompts(tokenizer, prompts, settings)
+    longest = max((len(r) for r in encoded), default=0)
+    check_positions(model, "model", settings.max_length if settings.max_new_tokens is None else
+                    min(settings.max_length, longest + settings.max_new_tokens),
+                    "a prompt with its generation budget (--max-length, --max-new-tokens)",
+                    "lower --max-length or --max-new-tokens")
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     outputs: list[str] = [""] * len(prompts)
     batches = range(0, len(order), settings.batch_size)

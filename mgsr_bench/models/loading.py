@@ -125,6 +125,23 @@ def check_vocabulary_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
                         "resize its embeddings or use the tokenizer it was trained with")
 
 
+def position_limit(model: torch.nn.Module) -> int | None:
+    """How many positions a model was built for (GPT-2's ``n_positions``, the others'
+    ``max_position_embeddings``), or None when its config names none."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "n_positions", None) or getattr(text, "max_position_embeddings", None)
+
+
+def check_positions(model: torch.nn.Module, role: str, length: int, what: str, fix: str) -> None:
+    """Refuse, before any compute, a sequence of ``length`` tokens past the model's positions: learned
+    position embeddings (GPT-2, OPT) end in an index error mid-run, rotary ones run past their
+    trained context."""
+    limit = position_limit(model)
+    if limit is not None and length > limit:
+        raise UserError(f"{what} is {length} tokens, past the {role}'s {limit} positions: {fix}")
+
+
 def whole_shape(tensor: torch.Tensor) -> torch.Size:
     """A weight's shape; for a parameter DeepSpeed's ZeRO-3 partitioned as it loaded (which this
     process holds only a slice of, its own shape being empty), the whole parameter's (``ds_shape``)."""

@@ -43,7 +43,7 @@ from mgsr_bench.eval.metrics import corpus_scores
 from mgsr_bench.losses.chunked import chunked_linear_loss
 from mgsr_bench.methods import Method
 from mgsr_bench.models.heads import last_hidden_states, output_head
-from mgsr_bench.models.loading import count_parameters, weight_shapes
+from mgsr_bench.models.loading import check_positions, count_parameters, weight_shapes
 from mgsr_bench.methods.builtin import SFT
 from mgsr_bench.sampling import BatchSource
 from mgsr_bench.train import distributed
@@ -231,6 +231,17 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         else:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     rank, world = accelerator.process_index, accelerator.num_processes
+    spec = method.source_spec()
+    uses_teacher = method.needs_teacher or spec.teacher_prob > 0 or spec.both or spec.reviser is not None
+    examples = [*train_examples, *valid_examples]
+    longest = max((len(e.prompt_ids) + len(e.response_ids) for e in examples), default=0)
+    sampled = max((len(e.prompt_ids) for e in train_examples), default=0) + cfg.gen_max_new_tokens
+    for model, role in ((student, "student"), *(((teacher, "teacher"),) if uses_teacher else ())):
+        check_positions(model, role, longest, "the longest training or validation example",
+                        "use a model with more positions, or shorter examples")
+        if spec.samples:
+            check_positions(model, role, sampled, "the longest prompt plus train.gen_max_new_tokens",
+                            "lower train.gen_max_new_tokens")
     if len(train_examples) < cfg.global_batch * world:
         raise UserError(f"{len(train_examples)} training examples cannot fill one global batch of "
                         f"{cfg.global_batch * world} (micro_batch x grad_accum x processes); lower train.micro_batch")
@@ -266,8 +277,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
                 layer.reset_parameters()
         module.to(accelerator.device).train()
         module_optimizer = torch.optim.AdamW(module.parameters(), lr=method.module_lr)
-    spec = method.source_spec()
-    if method.needs_teacher or spec.teacher_prob > 0 or spec.both or spec.reviser is not None:
+    if uses_teacher:
         if teacher is None:
             raise ValueError(f"method {method.name!r} needs a teacher")
         teacher = distributed.prepare_teacher(teacher, accelerator, cfg.shard_teacher)
