@@ -83,7 +83,7 @@ def jsd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: 
         raise ValueError(f"beta must be in (0, 1), got {beta}")
     log_q = _log_probs(student_logits, temperature)
     log_p = _log_probs(teacher_logits, temperature)
-    log_m = torch.logsumexp(torch.stack([log_p + math.log(beta), log_q + math.log(1 - beta)]), dim=0)
+    log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log(1 - beta))
     return (log_p.exp() * (log_p - log_m)).sum(-1), (log_q.exp() * (log_q - log_m)).sum(-1)
 
 
@@ -111,8 +111,7 @@ def skew_forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
         raise ValueError(f"alpha must be in [0, 1), got {alpha}")
     log_q = _log_probs(student_logits, temperature)
     log_p = _log_probs(teacher_logits, temperature)
-    log_mix = log_q if alpha == 0 else torch.logsumexp(
-        torch.stack([log_p + math.log(alpha), log_q + math.log(1 - alpha)]), dim=0)
+    log_mix = log_q if alpha == 0 else torch.logaddexp(log_p + math.log(alpha), log_q + math.log(1 - alpha))
     return (log_p.exp() * (log_p - log_mix)).sum(-1)
 
 
@@ -126,8 +125,7 @@ def skew_reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
         raise ValueError(f"alpha must be in [0, 1), got {alpha}")
     log_q = _log_probs(student_logits, temperature)
     log_p = _log_probs(teacher_logits, temperature)
-    log_mix = log_p if alpha == 0 else torch.logsumexp(
-        torch.stack([log_p + math.log(1 - alpha), log_q + math.log(alpha)]), dim=0)
+    log_mix = log_p if alpha == 0 else torch.logaddexp(log_p + math.log(1 - alpha), log_q + math.log(alpha))
     return (log_q.exp() * (log_q - log_mix)).sum(-1)
 
 
