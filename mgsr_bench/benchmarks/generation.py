@@ -22,17 +22,31 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 SETS = {"dolly": "dolly/valid.jsonl", "selfinst": "self-inst/valid.jsonl", "vicuna": "vicuna/valid.jsonl",
         "sni": "sinst/11_/valid.jsonl"}
+
+
+def shared_root() -> Path:
+    """The project's shared material (``../shared``, or ``$MGSR_BENCH_SHARED``)."""
+    return Path(os.environ.get("MGSR_BENCH_SHARED", Path(__file__).resolve().parents[3] / "shared"))
+
+
+def gpt2_tokenizer() -> Any:
+    """The real GPT-2 tokenizer from the shared material (V = 50257), EOS as its padding."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(shared_root() / "tokenizers" / "gpt2")
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def shared_prompts(limit: int | None) -> dict[str, list[str]]:
     from mgsr_bench.data.instruct import load_instruct
     from mgsr_bench.errors import UserError
 
-    root = Path(os.environ.get("MGSR_BENCH_SHARED", Path(__file__).resolve().parents[3] / "shared"))
-    folder = root / "data" / "instruct"
+    folder = shared_root() / "data" / "instruct"
     if not folder.is_dir():
         raise UserError(f"shared evaluation data not found at {folder}; set MGSR_BENCH_SHARED")
     return {name: [r["prompt"] for r in load_instruct(folder / path)][:limit] for name, path in SETS.items()}
@@ -50,11 +64,9 @@ def models(kind: str, device: str):
         tokenizer, teacher = load_suite_models(suite)
         return [("tiny teacher", teacher.to(device), tokenizer),
                 ("tiny student", load_model(suite.student_init_dir).to(device), tokenizer)]
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    root = Path(os.environ.get("MGSR_BENCH_SHARED", Path(__file__).resolve().parents[3] / "shared"))
-    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizers" / "gpt2")
-    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = gpt2_tokenizer()
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = GPT2LMHeadModel(GPT2Config(n_positions=1024)).to(device=device, dtype=dtype).eval()

@@ -19,7 +19,8 @@ from mgsr_bench.sampling.sources import SourceSpec
 class Method:
     """Base class for a registered method.
 
-    Subclasses set ``name`` and ``needs_teacher`` (whether the loss uses teacher logits), accept
+    Subclasses set ``name``, ``needs_teacher`` (whether the loss uses teacher logits) and
+    ``chunk_tensors`` (its memory, for the planner), accept
     their options as keyword arguments in ``__init__`` (unknown options are an error, caught by the
     recipe loader), implement :meth:`token_losses` and, when they train on samples, override
     :meth:`source_spec`. Methods with more structure override the optional hooks: :meth:`annotate`
@@ -32,6 +33,11 @@ class Method:
 
     name: ClassVar[str]
     needs_teacher: ClassVar[bool] = True
+    #: fp32 ``(rows, V)`` tensors that one chunk of this loss holds at its peak, forward and gradient
+    #: together (student and teacher logits included), at the default options: the memory planner's
+    #: loss term. Measured by ``python -m mgsr_bench.benchmarks.loss_memory``, which prints it for every
+    #: registered method; the default is the largest of the built-in methods'.
+    chunk_tensors: ClassVar[float] = 11.0
 
     def source_spec(self) -> SourceSpec:
         """Where the responses of each step's batch come from (default: the ground truth only)."""

@@ -23,6 +23,7 @@ class SFT(Method):
     """Supervised fine-tuning: cross-entropy on the ground-truth response tokens; no teacher."""
 
     name = "sft"
+    chunk_tensors = 3.0
     needs_teacher = False
 
     def token_losses(self, student_logits, teacher_logits, tokens) -> torch.Tensor:
@@ -55,6 +56,7 @@ class KD(_Distillation):
     """Word-level KD (Hinton et al., 2015; Kim & Rush, 2016): forward KL(p || q) on ground truth."""
 
     name = "kd"
+    chunk_tensors = 7.0
 
     def __init__(self, temperature: float = 1.0, sft_weight: float = 0.0, cross_entropy_form: bool = False) -> None:
         super().__init__(temperature, sft_weight)
@@ -69,6 +71,7 @@ class RKL(_Distillation):
     """Reverse KL(q || p) on ground-truth responses."""
 
     name = "rkl"
+    chunk_tensors = 7.0
 
     def divergence(self, student_logits, teacher_logits):
         return D.reverse_kl(student_logits, teacher_logits, self.temperature)
@@ -79,6 +82,7 @@ class JSD(_Distillation):
     """Generalized JSD(beta), TRL's convention, on ground-truth responses (GKD with lambda = 0)."""
 
     name = "jsd"
+    chunk_tensors = 11.0
 
     def __init__(self, beta: float = 0.5, temperature: float = 1.0, sft_weight: float = 0.0) -> None:
         super().__init__(temperature, sft_weight)
@@ -95,6 +99,7 @@ class TVD(_Distillation):
     """Total variation distance on ground-truth responses."""
 
     name = "tvd"
+    chunk_tensors = 7.0
 
     def divergence(self, student_logits, teacher_logits):
         return D.total_variation(student_logits, teacher_logits, self.temperature)
@@ -105,6 +110,7 @@ class SkewForwardKL(_Distillation):
     """DistiLLM's skew forward KL(p || a p + (1 - a) q) on ground-truth responses."""
 
     name = "sfkl"
+    chunk_tensors = 10.0
 
     def __init__(self, alpha: float = 0.1, temperature: float = 1.0, sft_weight: float = 0.0) -> None:
         super().__init__(temperature, sft_weight)
@@ -168,6 +174,7 @@ class ABKD(_Distillation):
     """
 
     name = "abkd"
+    chunk_tensors = 9.0
 
     def __init__(self, alpha: float = 0.5, beta: float = 0.5, temperature: float = 1.0,
                  sft_weight: float = 0.0) -> None:
@@ -198,6 +205,7 @@ class FDistillKL(_FDistill):
     """f-distill KL: KL(p || q) per step on teacher-sampled responses."""
 
     name = "fdistill-kl"
+    chunk_tensors = 7.0
 
     def source_spec(self) -> SourceSpec:
         return SourceSpec(teacher_prob=1.0)
@@ -211,6 +219,7 @@ class FDistillRKL(_FDistill):
     """f-distill RKL: KL(q || p) per step on student-sampled responses."""
 
     name = "fdistill-rkl"
+    chunk_tensors = 7.0
 
     def source_spec(self) -> SourceSpec:
         return SourceSpec(student_prob=1.0)
@@ -229,6 +238,7 @@ class FDistillJS(_FDistill):
     """
 
     name = "fdistill-js"
+    chunk_tensors = 11.0
 
     def token_losses(self, student_logits, teacher_logits, tokens) -> torch.Tensor:
         kl_p_m, kl_q_m = D.jsd_terms(student_logits, teacher_logits, 0.5, self.temperature)
@@ -243,6 +253,7 @@ class FDistillTVD(_FDistill):
     """f-distill TVD: 0.5 * sum |p - q| per step on teacher- and student-sampled rows (half each)."""
 
     name = "fdistill-tvd"
+    chunk_tensors = 7.0
 
     def divergence(self, student_logits, teacher_logits):
         return D.total_variation(student_logits, teacher_logits, self.temperature)
@@ -253,6 +264,7 @@ class DistiLLM(_Distillation):
     """DistiLLM (Ko et al., 2024): skew KL with the adaptive off-policy replay of student samples."""
 
     name = "distillm"
+    chunk_tensors = 10.0
 
     def __init__(self, divergence: str = "srkl", alpha: float = 0.1, init_threshold: float = 0.0,
                  loss_eps: float = 0.1, capacity: int = 1000, replay_ratio: str = "decreasing",

@@ -36,6 +36,7 @@ class MGSR(Method):
     """Multi-granularity semantic revision; the options are listed in docs/methods/mgsr.md."""
 
     name = "mgsr"
+    chunk_tensors = 8.5
 
     def __init__(self, *,
                  # objective
