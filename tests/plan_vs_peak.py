@@ -10,7 +10,7 @@ import json
 import sys
 
 from mgsr_bench.models.pairs import get_pair
-from mgsr_bench.train.memory_plan import Sampling, plan_pair
+from mgsr_bench.train.memory_plan import plan_pair
 
 ALLOWANCE = "runtime allowance (CUDA context / CPU allocator)"
 
@@ -19,8 +19,8 @@ def main(path: str) -> None:
     for r in json.load(open(path)):
         if r["method"] == "trl-gkd":
             continue
-        plan = plan_pair(get_pair("gpt2-xl-gpt2"), micro_batch=r["micro_batch"], seq_len=r["seq_len"],
-                         gradient_checkpointing=False, sampling=Sampling.of_method(r["method"]))
+        plan = plan_pair(get_pair("gpt2-xl-gpt2"), r["method"], micro_batch=r["micro_batch"], seq_len=r["seq_len"],
+                         gradient_checkpointing=False)
         print(f"PLAN VS PEAK {r['method']}: planned {plan.total:.2f} GiB ({plan.total - plan.terms[ALLOWANCE]:.2f} "
               f"without the allowance); measured allocated {r['peak_memory_gib']:.2f}, "
               f"reserved {r.get('peak_reserved_gib', float('nan')):.2f}")

@@ -11,7 +11,7 @@ import torch
 from mgsr_bench.errors import UserError
 from mgsr_bench.models.pairs import get_pair, load_pairs
 
-from conftest import tiny_model
+from conftest import SHARED, tiny_model
 
 
 def test_the_registry_has_the_field_s_pairs_and_users_can_extend_it(tmp_path, monkeypatch):
@@ -43,47 +43,82 @@ from mgsr_bench.config import train_config
 from mgsr_bench.data.collate import Example
 from mgsr_bench.methods import get_method
 from mgsr_bench.train import train
-from mgsr_bench.train.memory_plan import CPU_OVERHEAD_GIB, plan_memory, shape_of
-import accelerate
+from mgsr_bench.train.memory_plan import CPU_OVERHEAD_GIB, Sampling, plan_memory, shape_of
 torch.set_num_threads(2)
 def status(field):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field + ":"))
+method, ckpt, tokenizer = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
+if tokenizer == "none":  # token ids only: a small vocabulary, wider models
+    V, S, B, widths = 8000, 256, 4, ((512, 6, 8), (384, 4, 6))
+    class Tok:
+        eos_token_id = pad_token_id = 0
+        def __len__(self):
+            return V
+    tok = Tok()
+    rows = [Example(torch.randint(1, V, (S // 2,)).tolist(), torch.randint(1, V, (S // 2,)).tolist())
+            for _ in range(16)]
+else:  # the real GPT-2 tokenizer (MGSR's spans read text): V = 50257, narrow models
+    from mgsr_bench.benchmarks.generation import gpt2_tokenizer
+    tok = gpt2_tokenizer()
+    V, S, B, widths = len(tok), 256, 8, ((256, 4, 4), (128, 2, 2))
+    words = "the cat sat on the mat and looked at the dog in the garden with a red ball".split()
+    g = torch.Generator().manual_seed(0)
+    def ids(n):
+        text = " ".join(words[i] for i in torch.randint(0, len(words), (S,), generator=g).tolist())
+        return tok(text, add_special_tokens=False).input_ids[:n]
+    rows = [Example(ids(S // 2), ids(S // 2 - 1) + [tok.eos_token_id]) for _ in range(16)]
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current resident size
 before = status("VmRSS")
-V, S, B = 8000, 256, 4
 torch.manual_seed(0)
-teacher = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=512, n_layer=6, n_head=8, n_positions=S))
-student = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=384, n_layer=4, n_head=6, n_positions=S))
-class Tok:
-    eos_token_id = pad_token_id = 0
-    def __len__(self):
-        return V
-rows = [Example(torch.randint(1, V, (S // 2,)).tolist(), torch.randint(1, V, (S // 2,)).tolist()) for _ in range(16)]
-ckpt = sys.argv[1] == "1"
+teacher, student = (GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=h, n_layer=l, n_head=a, n_positions=S))
+                    for h, l, a in widths)
+# gkd on its own samples every step; mgsr's schedule samples while its buffer fills (SCRG revises them)
+m = get_method(method, **{"gkd": {"lmbda": 1.0}, "mgsr": {"init_threshold": 1.0}}.get(method, {}))
 cfg = train_config({"steps": 2, "micro_batch": B, "eval_every": 100, "val_metric": "loss", "val_size": 4,
-                    "mixed_precision": "no", "gradient_checkpointing": ckpt})
-train(student, teacher, Tok(), get_method("kd"), rows, [], rows[:4], cfg)
+                    "mixed_precision": "no", "gradient_checkpointing": ckpt, "gen_max_new_tokens": S // 2})
+result = train(student, teacher, tok, m, rows, [], rows[:4], cfg)
 peak = status("VmHWM")
 plan = plan_memory(shape_of(teacher.config), shape_of(student.config), dtype="float32", compute_dtype="float32",
-                   micro_batch=B, seq_len=S, gradient_checkpointing=ckpt,
-                   overhead_gib=CPU_OVERHEAD_GIB)
-print(json.dumps({"measured": (peak - before) / 2 ** 30, "planned": plan.total}))
+                   micro_batch=B, seq_len=S, gradient_checkpointing=ckpt, sampling=Sampling.of_method(method),
+                   loss_tensors=m.chunk_tensors, overhead_gib=CPU_OVERHEAD_GIB)
+print(json.dumps({"measured": (peak - before) / 2 ** 30, "planned": plan.total, "phase": plan.peak_phase,
+                  "summed": plan.total + sum(sum(p.values()) for p in plan.phases.values()
+                                             if p is not plan.phases[plan.peak_phase]),
+                  "sources": [h["source"] for h in result.history]}))
 """
+
+
+def _measure(method: str, ckpt: str, tokenizer: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, method, ckpt, tokenizer], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
 def test_the_planner_tracks_the_measured_peak_of_a_training_run_on_cpu():
-    """A GPT-2-shaped pair (29M -> 13M parameters, 4 x 256 tokens, fp32) trained for two steps in a
-    fresh process: the plan is within 25% of the peak resident memory the run added (Linux's
-    VmHWM, reset after the imports), with and
-    without gradient checkpointing, and both agree that checkpointing saves memory."""
-    out = {}
-    for ckpt in ("0", "1"):
-        proc = subprocess.run([sys.executable, "-c", _MEASURE, ckpt], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        out[ckpt] = json.loads(proc.stdout.strip().splitlines()[-1])
+    """A GPT-2-shaped pair (29M -> 13M parameters, 4 x 256 tokens, fp32) trained with kd for two
+    steps in a fresh process: the plan is within 25% of the peak resident memory the run added
+    (Linux's VmHWM, reset after the imports), with and without gradient checkpointing, and both
+    agree that checkpointing saves memory."""
+    out = {ckpt: _measure("kd", ckpt, "none") for ckpt in ("0", "1")}
+    for ckpt in out:
         assert out[ckpt]["planned"] == pytest.approx(out[ckpt]["measured"], rel=0.25), out
     assert out["1"]["planned"] < out["0"]["planned"] and out["1"]["measured"] < out["0"]["measured"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
+@pytest.mark.skipif(not (SHARED / "tokenizers" / "gpt2").is_dir(), reason="needs the shared GPT-2 tokenizer")
+def test_the_planner_tracks_the_peaks_of_sampling_methods_with_their_own_loss_and_scrgs_phase():
+    """At V = 50257 (8 x 256 tokens, 128 sampled, fp32): gkd, whose JSD chunk holds 11 fp32
+    (rows, V) tensors, and mgsr, whose SCRG phase (the sampler's kept logits and the revision's
+    divergence) is as large as its training phase. Each plan is within 25% of the measured peak;
+    mgsr's phases summed, as the planner once did, would be more than 50% over."""
+    gkd, mgsr = _measure("gkd", "0", "gpt2"), _measure("mgsr", "0", "gpt2")
+    assert gkd["sources"] == ["student", "student"] and mgsr["sources"] == ["student", "student"]
+    for out in (gkd, mgsr):
+        assert out["planned"] == pytest.approx(out["measured"], rel=0.25), (gkd, mgsr)
+    assert mgsr["summed"] > 1.5 * mgsr["measured"], mgsr
 
 
 # Parameter counts of the registry's models as their model cards state them, to three figures
@@ -111,12 +146,47 @@ def test_every_registry_model_is_planned_offline_at_its_published_size(offline):
 
 def test_every_registered_pair_fits_its_recommended_settings_by_the_planner(offline):
     """Each pair's micro-batch, accumulation, GPU count, memory and launcher config, planned for
-    MGSR (student samples, SCRG's teacher passes and kept logits: the most demanding method)."""
-    from mgsr_bench.train.memory_plan import Sampling, plan_pair
+    every registered method (its sampling and its loss chunk: MGSR's SCRG, the JSD family's 11
+    tensors per row)."""
+    from mgsr_bench.methods.registry import available_methods
+    from mgsr_bench.train.memory_plan import plan_pair
 
     for pair in load_pairs().values():
-        plan = plan_pair(pair, sampling=Sampling.of_method("mgsr"))
-        assert plan.fits, f"{pair.name}:\n{plan.render()}"
+        for method in available_methods():
+            plan = plan_pair(pair, method)
+            assert plan.fits, f"{pair.name}, {method}:\n{plan.render()}"
+
+
+def test_the_plan_counts_what_the_run_holds_plus_the_larger_of_its_two_phases():
+    """Sampling and validation run between optimizer steps, when torch's gradients, activations
+    and the loss chunk are gone: the total is the held terms plus the larger phase, and the render
+    says which phase it counted. Long samples on a large step batch make sampling the peak."""
+    from mgsr_bench.train.memory_plan import SAMPLING, TRAINING, plan_pair
+
+    pair = get_pair("gpt2-xl-gpt2")
+    for plan in (plan_pair(pair, "mgsr"), plan_pair(pair, "mgsr", grad_accum=16), plan_pair(pair, "kd")):
+        sums = {name: sum(terms.values()) for name, terms in plan.phases.items()}
+        assert plan.total == pytest.approx(sum(plan.held.values()) + max(sums.values()))
+        assert f"{plan.peak_phase} (counted)" in plan.render()
+    offline, short, long = plan_pair(pair, "kd"), plan_pair(pair, "mgsr"), plan_pair(pair, "mgsr", grad_accum=16)
+    assert list(offline.phases) == [TRAINING] and short.peak_phase == TRAINING and long.peak_phase == SAMPLING
+    assert "student gradients (fp32)" in short.phases[TRAINING] and "generation KV cache" in long.phases[SAMPLING]
+    assert long.total < sum(long.held.values()) + sum(sum(p.values()) for p in long.phases.values())
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
+@pytest.mark.skipif(not (SHARED / "tokenizers" / "gpt2").is_dir(), reason="needs the shared GPT-2 tokenizer")
+def test_each_methods_declared_loss_memory_is_what_its_chunk_measures():
+    """The planner's loss term is ``Method.chunk_tensors`` fp32 (rows, V) tensors; the loss-memory
+    benchmark measures them for every registered method at V = 50257 (a fresh process): each
+    declared figure is within 10% of its measurement, so a loss that grows fails here."""
+    proc = subprocess.run([sys.executable, "-m", "mgsr_bench.benchmarks.loss_memory"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(out) >= {"sft", "kd", "gkd", "distillm", "mgsr"}
+    for name, figures in out.items():
+        assert figures["declared"] == pytest.approx(figures["measured"], rel=0.1), (name, figures)
 
 
 def test_sharding_splits_the_teacher_and_validation_and_sampling_gather_the_models():
@@ -160,11 +230,12 @@ def test_deepspeed_plans_its_own_fp32_copy_and_zero3_plans_full_logits():
         assert plan.terms["student fp32 master weights (DeepSpeed's)"] == pytest.approx(4 * 1.5e9 / 4 / 2 ** 30)
     assert "student fp32 master weights (DeepSpeed's)" not in fsdp.terms
     rows = 8 * 512 // 2
-    assert fsdp.terms["loss chunk (logits, fp32)"] == pytest.approx(6 * 1024 * 152064 * 4 / 2 ** 30)
-    assert zero3.terms["loss on all response rows (fp32)"] == pytest.approx(6 * rows * 152064 * 4 / 2 ** 30)
+    assert fsdp.terms["loss chunk (fp32 x 11)"] == pytest.approx(11 * 1024 * 152064 * 4 / 2 ** 30)
+    assert zero3.terms["loss on all response rows (fp32 x 11)"] == pytest.approx(11 * rows * 152064 * 4 / 2 ** 30)
     assert zero3.terms["full logits (student + teacher)"] == pytest.approx(2 * 8 * 512 * 152064 * 2 / 2 ** 30)
-    unchunked = plan_memory(teacher, student, gpus=4, strategy="fsdp", micro_batch=8, loss_chunk=0)
-    assert "loss chunk (logits, fp32)" not in unchunked.terms and "full logits (student + teacher)" in unchunked.terms
+    unchunked = plan_memory(teacher, student, gpus=4, strategy="fsdp", micro_batch=8, loss_chunk=0, loss_tensors=7)
+    assert "loss chunk (fp32 x 7)" not in unchunked.terms and "full logits (student + teacher)" in unchunked.terms
+    assert unchunked.terms["loss on all response rows (fp32 x 7)"] == pytest.approx(7 * rows * 152064 * 4 / 2 ** 30)
 
 
 def test_plan_cli_says_what_fits_and_what_to_change(cli):

@@ -443,11 +443,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     Defaults come from the pair's entry (`mgsr-bench list pairs`); each option overrides one.
     Exit status 1 when the plan does not fit.
     """
+    from mgsr_bench.methods import get_method
     from mgsr_bench.models.pairs import get_pair
-    from mgsr_bench.train.memory_plan import Sampling, plan_pair
+    from mgsr_bench.train.memory_plan import plan_pair
 
     pair = get_pair(args.pair)
-    sampling = Sampling.of_method(args.method)  # an unknown method is refused here, with the nearest name
+    get_method(args.method)  # an unknown method is refused here, with the nearest name
     for name in ("gpus", "micro_batch", "seq_len"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
@@ -455,7 +456,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise UserError("--gpu-mem must be > 0 (GiB)")
     plan = plan_pair(pair, gpus=args.gpus, gpu_mem_gib=args.gpu_mem, strategy=args.strategy,
                      micro_batch=args.micro_batch, seq_len=args.seq_len, gradient_checkpointing=args.checkpointing,
-                     sampling=sampling)
+                     method=args.method)
     print(f"{pair.name}: {pair.teacher} -> {pair.student} ({pair.finetune}, {pair.dtype}), method {args.method}")
     print(plan.render(), end="")
     return 0 if plan.fits else 1
@@ -618,8 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="gradient checkpointing on or off (default: the pair's)")
     p.add_argument("--method", default="mgsr",
-                   help="the method whose sampling to count (default: mgsr, the most demanding: student samples, "
-                        "SCRG's teacher passes and kept logits; kd: none)")
+                   help="the method whose sampling and loss to count (default: mgsr: student samples, SCRG's "
+                        "teacher passes and kept logits; kd: no sampling)")
     p.set_defaults(func=cmd_plan)
 
     # `bench` hands its arguments to the benchmark's own parser (see main())

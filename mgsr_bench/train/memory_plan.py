@@ -17,15 +17,23 @@ weights are read). The rest follows the harness as it runs:
   recomputation in large transformer models", eq. 2, scaled to the compute dtype): per layer
   ``s b h (34 + 5 a s / h)`` bytes in 16-bit; with gradient checkpointing, each layer's input
   ``2 s b h`` plus one layer recomputed;
-* the loss chunk: about six ``chunk x V`` fp32 tensors (student and teacher logits, softmaxes,
-  gradient), as the chunked-loss benchmark measured; with full logits (``loss_chunk=0``, and always
+* the loss chunk: the method's ``chunk_tensors`` fp32 ``chunk x V`` tensors (student and teacher
+  logits, softmaxes, intermediates, gradient: 3 for SFT, 7 for KL, 11 for the JSD family), as
+  ``python -m mgsr_bench.benchmarks.loss_memory`` measures them; with full logits (``loss_chunk=0``, and always
   under ``zero3``, whose freed head weights the chunked loss cannot read) the chunk is every
   response row, and the student's and teacher's whole ``(batch, seq, V)`` logits come on top;
 * generation, from the method's sources (:class:`Sampling`): the sampling model's KV cache for
   the rank's whole step batch (``micro_batch x grad_accum`` rows: samples are drawn for the step
   at once) of ``s`` tokens; under ``fsdp`` and ``zero3`` the sampling models' whole weights,
   gathered for the sampling call (in the compute dtype); MGSR's SCRG also keeps the sampler's
-  logits (rows x generated tokens x V x 4 bytes) and runs the teacher over the samples;
+  logits (rows x generated tokens x V x 4 bytes) and, on top, either the decoder's stacking of
+  them (a second copy) or the revision's divergence over one micro-batch of samples (seven fp32
+  tensors of that shape), whichever is larger;
+* phases: the terms above fall into what the whole run holds (weights, optimizer state), what
+  exists only during the forward and backward pass (activations, the loss chunk, torch's gradients,
+  freed after each optimizer step), and what exists only while sampling or validating (KV cache,
+  gathered weights, SCRG's logits). Sampling runs between optimizer steps, so the peak is the held
+  memory plus the larger phase, not the sum;
 * a fixed allowance for the CUDA context and the allocator's fragmentation (on CPU, one for the
   allocator's arenas and scratch buffers, calibrated on the development machine).
 """
@@ -136,8 +144,10 @@ STRATEGY_OF_CONFIG = {"cpu": "ddp", "single_gpu": "ddp", "ddp": "ddp", "fsdp": "
                       "zero2": "zero2", "zero3": "zero3"}
 
 
-def plan_pair(pair: Any, **overrides: Any) -> Plan:
-    """The plan of a registered pair with its own settings, any of them overridden."""
+def plan_pair(pair: Any, method: str = "mgsr", **overrides: Any) -> Plan:
+    """The plan of a registered pair trained with ``method`` (its sampling and its loss's memory),
+    at the pair's own settings, any of them overridden."""
+    from mgsr_bench.methods import get_method
     from mgsr_bench.suite.build import SUITES
 
     if pair.teacher == "tiny":
@@ -149,7 +159,8 @@ def plan_pair(pair: Any, **overrides: Any) -> Plan:
                 "dtype": pair.dtype, "compute_dtype": "float32" if pair.dtype == "float32" else "bfloat16",
                 "micro_batch": pair.micro_batch, "grad_accum": pair.grad_accum,
                 "gradient_checkpointing": pair.gradient_checkpointing,
-                "overhead_gib": CPU_OVERHEAD_GIB if pair.accelerate == "cpu" else OVERHEAD_GIB}
+                "overhead_gib": CPU_OVERHEAD_GIB if pair.accelerate == "cpu" else OVERHEAD_GIB,
+                "sampling": Sampling.of_method(method), "loss_tensors": get_method(method).chunk_tensors}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if pair.finetune == "lora":
         if settings["strategy"] in ("fsdp", "zero3"):
@@ -159,39 +170,62 @@ def plan_pair(pair: Any, **overrides: Any) -> Plan:
     return plan_memory(shape_of(configs[0]), shape_of(configs[1]), **settings)
 
 
+TRAINING, SAMPLING = "while training (forward and backward)", "while sampling and validating"
+
+
 @dataclass
 class Plan:
-    """The estimate, term by term (GiB per GPU), and the verdict."""
+    """The estimate, term by term (GiB per GPU), and the verdict.
 
-    terms: dict[str, float]
+    ``held`` is memory the whole run holds; each phase's terms exist only during it, and the phases
+    never overlap (generation and validation run between optimiser steps, when the gradients have
+    been freed), so the peak is ``held`` plus the larger phase.
+    """
+
+    held: dict[str, float]
+    phases: dict[str, dict[str, float]]
     gpu_mem_gib: float
     advice: list[str] = field(default_factory=list)
 
     @property
+    def terms(self) -> dict[str, float]:
+        """Every term, held and per phase, by name."""
+        return {**self.held, **{k: v for phase in self.phases.values() for k, v in phase.items()}}
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=lambda name: sum(self.phases[name].values()))
+
+    @property
     def total(self) -> float:
-        return sum(self.terms.values())
+        return sum(self.held.values()) + sum(self.phases[self.peak_phase].values())
 
     @property
     def fits(self) -> bool:
         return self.total <= self.gpu_mem_gib
 
     def render(self) -> str:
-        width = max(len(k) for k in self.terms)
-        lines = [f"  {k:<{width}}  {v:8.2f} GiB" for k, v in self.terms.items()]
+        width = max(len(k) for k in self.terms) + 2
+        lines = [f"  {k:<{width}}  {v:8.2f} GiB" for k, v in self.held.items()]
+        for name, terms in self.phases.items():
+            counted = "counted" if name == self.peak_phase else "not counted: the other phase is larger"
+            lines.append(f"  {name} ({counted}): {sum(terms.values()):.2f} GiB")
+            lines += [f"    {k:<{width - 2}}  {v:8.2f} GiB" for k, v in terms.items()]
         verdict = (f"fits: {self.total:.2f} of {self.gpu_mem_gib:g} GiB per GPU" if self.fits else
                    f"does NOT fit: {self.total:.2f} GiB per GPU > {self.gpu_mem_gib:g} GiB")
-        return "\n".join([*lines, f"  {'total':<{width}}  {self.total:8.2f} GiB", verdict,
+        return "\n".join([*lines, f"  {'total (held + the larger phase)':<{width}}  {self.total:8.2f} GiB", verdict,
                           *[f"  - {a}" for a in self.advice]]) + "\n"
 
 
 def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: float = 80.0,
                 strategy: str = "ddp", dtype: str = "bfloat16", compute_dtype: str = "bfloat16",
                 micro_batch: int = 8, grad_accum: int = 1, seq_len: int = 512, gradient_checkpointing: bool = False,
-                lora_params: int | None = None, loss_chunk: int = 1024, sampling: Sampling = Sampling(),
-                gen_tokens: int | None = None, shard_teacher: bool = True,
+                lora_params: int | None = None, loss_chunk: int = 1024, loss_tensors: float = 11.0,
+                sampling: Sampling = Sampling(), gen_tokens: int | None = None, shard_teacher: bool = True,
                 overhead_gib: float = OVERHEAD_GIB) -> Plan:
     """Per-GPU estimate; ``lora_params`` set means a LoRA student with that many trainable parameters;
-    ``gen_tokens`` is the length of sampled responses (default: half the sequence)."""
+    ``loss_tensors`` is the method's :attr:`~mgsr_bench.methods.Method.chunk_tensors`; ``gen_tokens``
+    is the length of sampled responses (default: half the sequence)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
     n = gpus
@@ -201,21 +235,27 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
     shard_states = strategy != "ddp"
     deepspeed = strategy in ("zero2", "zero3")
     module_bytes, module_dtype = (cbytes, compute_dtype) if deepspeed else (4, "float32")
-    terms: dict[str, float] = {}
+    held: dict[str, float] = {}
+    training: dict[str, float] = {}
+    sampling_terms: dict[str, float] = {}
     if lora_params is None:
-        terms[f"student weights ({module_dtype})"] = module_bytes * student.params / (n if shard_weights else 1) / GIB
+        held[f"student weights ({module_dtype})"] = module_bytes * student.params / (n if shard_weights else 1) / GIB
         if deepspeed:
-            terms["student fp32 master weights (DeepSpeed's)"] = 4 * student.params / n / GIB
-        terms["student gradients (fp32)"] = 4 * student.params / (n if shard_states else 1) / GIB
-        terms["AdamW state (fp32 x 2)"] = 8 * student.params / (n if shard_states else 1) / GIB
+            held["student fp32 master weights (DeepSpeed's)"] = 4 * student.params / n / GIB
+        # the harness frees torch's gradients after every optimiser step; DeepSpeed keeps its partitions
+        (held if deepspeed else training)["student gradients (fp32)"] = \
+            4 * student.params / (n if shard_states else 1) / GIB
+        held["AdamW state (fp32 x 2)"] = 8 * student.params / (n if shard_states else 1) / GIB
     else:
-        terms[f"student weights (frozen, {module_dtype})"] = module_bytes * student.params / GIB
-        terms["LoRA weights + grads + AdamW"] = 16 * lora_params / GIB
+        held[f"student weights (frozen, {module_dtype})"] = module_bytes * student.params / GIB
+        held["LoRA weights + grads + AdamW"] = 16 * lora_params / GIB
     if strategy == "ddp" and n > 1:  # accelerate's DDP keeps its all-reduce buckets beside .grad (no bucket views)
-        terms["DDP gradient buckets (fp32)"] = 4 * (student.params if lora_params is None else lora_params) / GIB
+        held["DDP gradient buckets (fp32)"] = 4 * (student.params if lora_params is None else lora_params) / GIB
     teacher_shards = n if shard_weights and shard_teacher else 1
-    terms[f"teacher weights (frozen, {'sharded' if teacher_shards > 1 else 'replicated'})"] = \
+    held[f"teacher weights (frozen, {'sharded' if teacher_shards > 1 else 'replicated'})"] = \
         wbytes * teacher.params / teacher_shards / GIB
+    held["runtime allowance (CUDA context / CPU allocator)"] = overhead_gib
+
     s, b, h, a = seq_len, micro_batch, student.hidden, student.heads
     per_layer = s * b * h * (34 + 5 * a * s / h) * act_scale
     if gradient_checkpointing:
@@ -223,37 +263,47 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
         activations = student.layers * s * b * h * module_bytes + per_layer
     else:
         activations = student.layers * per_layer
-    terms["student activations" + (" (checkpointed)" if gradient_checkpointing else "")] = activations / GIB
-    terms["teacher forward (one layer, no grad)"] = s * b * teacher.hidden * 20 * act_scale / GIB
+    training["student activations" + (" (checkpointed)" if gradient_checkpointing else "")] = activations / GIB
+    training["teacher forward (one layer, no grad)"] = s * b * teacher.hidden * 20 * act_scale / GIB
     vocab = max(student.vocab, teacher.vocab)
     responses = s * b // 2  # response tokens are at most half of the sequence in the protocol (256 of 512)
     if loss_chunk == 0 or strategy == "zero3":  # the harness's full-logits path
         # accelerate hands DDP's and FSDP's outputs back in fp32 (convert_outputs_to_fp32); DeepSpeed's as computed
-        terms["full logits (student + teacher)"] = b * s * vocab * ((cbytes if deepspeed else 4) + cbytes) / GIB
-        terms["loss on all response rows (fp32)"] = 6 * responses * vocab * 4 / GIB
+        training["full logits (student + teacher)"] = b * s * vocab * ((cbytes if deepspeed else 4) + cbytes) / GIB
+        training[f"loss on all response rows (fp32 x {loss_tensors:g})"] = loss_tensors * responses * vocab * 4 / GIB
     else:
-        terms["loss chunk (logits, fp32)"] = 6 * min(loss_chunk, responses) * vocab * 4 / GIB
+        training[f"loss chunk (fp32 x {loss_tensors:g})"] = loss_tensors * min(loss_chunk, responses) * vocab * 4 / GIB
         # the chunk loop's own gradient of the output head (fp32, until the backward takes it) and
         # autocast's cached copy of the head in the compute dtype
-        terms["loss chunk: head gradient + cast head"] = \
+        training["loss chunk: head gradient + cast head"] = \
             student.vocab * student.hidden * (4 + (cbytes if cbytes < 4 else 0)) / GIB
+
     rows = b * grad_accum
+    gen = gen_tokens or s // 2
     # each sampler with its cache's bytes per element: a student kept in fp32 under autocast caches
     # rotary models' keys in fp32 (cos/sin follow the residual stream) and values in the compute
     # dtype, planned so for every architecture
     samplers = [(m, kv) for m, used, kv in ((student, sampling.student, (module_bytes + cbytes) / 2),
                                             (teacher, sampling.teacher, cbytes)) if used]
     if samplers:  # one sampling model at a time: the larger cache counts
-        terms["generation KV cache"] = max(2 * m.layers * rows * s * m.kv_dim * kv for m, kv in samplers) / GIB
+        sampling_terms["generation KV cache"] = max(2 * m.layers * rows * s * m.kv_dim * kv for m, kv in samplers) / GIB
     if shard_weights:  # every validation gathers the whole student (so does sampling), and a sampling teacher
         gathered = student.params * cbytes
         if teacher_shards > 1 and (sampling.teacher or sampling.scrg):
             gathered += teacher.params * wbytes
-        terms["weights gathered (validation, sampling)"] = gathered / GIB
+        sampling_terms["weights gathered (validation, sampling)"] = gathered / GIB
     if sampling.scrg:
-        terms["SCRG: kept sampler logits (fp32)"] = rows * (gen_tokens or s // 2) * student.vocab * 4 / GIB
-    terms["runtime allowance (CUDA context / CPU allocator)"] = overhead_gib
-    plan = Plan(terms, gpu_mem_gib)
+        kept = rows * gen * student.vocab * 4
+        sampling_terms["SCRG: kept sampler logits (fp32)"] = kept / GIB
+        # on top of them: the decoder stacking them row by row (a second copy, briefly), or the
+        # revision's divergence over one micro-batch of samples (their logits, the teacher's, and
+        # five fp32 intermediates of the same shape), whichever is larger
+        sampling_terms["SCRG: stacking, or the revision's divergence (fp32 x 7)"] = \
+            max(kept, 7 * min(b, rows) * gen * vocab * 4) / GIB
+    phases = {TRAINING: training}
+    if sampling_terms:
+        phases[SAMPLING] = sampling_terms
+    plan = Plan(held, phases, gpu_mem_gib)
     if not plan.fits:
         plan.advice = _advice(plan, strategy, gradient_checkpointing, micro_batch, lora_params is not None)
     return plan
