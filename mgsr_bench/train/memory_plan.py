@@ -13,10 +13,14 @@ weights are read). The rest follows the harness as it runs:
   ``fsdp`` and ``zero3`` (``train.shard_teacher``, on by default);
 * sharding: ``ddp`` none; ``zero2`` gradients and optimizer state / N; ``fsdp`` and ``zero3``
   weights, gradients and optimizer state / N;
-* activations of the student's backward (Korthikanti et al. 2022, "Reducing activation
-  recomputation in large transformer models", eq. 2, scaled to the compute dtype): per layer
-  ``s b h (34 + 5 a s / h)`` bytes in 16-bit; with gradient checkpointing, each layer's input
-  ``2 s b h`` plus one layer recomputed;
+* activations of the student's backward: per layer ``s b (c_h h + c_I I + c_s s)`` bytes, the
+  tensors autograd saves in transformers' layers as measured (:data:`ACTIVATION_BYTES`, by compute
+  dtype and MLP kind; Korthikanti et al. 2022's ``34 s b h`` assumes fused kernels transformers
+  does not use, and its ``5 a s^2 b`` attention matrix is never kept by SDPA's fused kernels), plus
+  ``11.5 a s`` per token where torch's CPU attention keeps it (attention dropout), and on the CPU
+  one layer's ``(b, a, s, s)`` scores, which its kernels build under a padding mask; with
+  gradient checkpointing, each layer's input ``s b h`` in the module's dtype plus one layer
+  recomputed;
 * the loss chunk: the method's ``chunk_tensors`` fp32 ``chunk x V`` tensors (student and teacher
   logits, softmaxes, intermediates, gradient: 3 for SFT, 7 for KL, 11 for the JSD family), as
   ``python -m mgsr_bench.benchmarks.loss_memory`` measures them; with full logits (``loss_chunk=0``, and always
@@ -53,6 +57,18 @@ OVERHEAD_GIB = 1.5  # CUDA context, allocator fragmentation, buffers
 # CPU: allocator arenas, kernel scratch buffers and accelerate's state; calibrated on the 2-core
 # development machine (a training run's peak exceeded the modelled terms by 0.17-0.21 GiB)
 CPU_OVERHEAD_GIB = 0.2
+#: Bytes one student layer saves for its backward pass, per token: ``hidden x h + mlp x I +
+#: per_position x s`` (``h`` the hidden width, ``I`` the MLP width, ``s`` the sequence length), by
+#: compute dtype (bf16 is autocast over the fp32 module, as the harness trains) and MLP kind (GPT-2's
+#: GELU, OPT's ReLU, LLaMA's and Qwen's gated SiLU; each with its own dropout), with transformers'
+#: SDPA attention, which keeps no ``(s, s)`` matrix. Measured by
+#: ``python -m mgsr_bench.benchmarks.activation_memory``.
+ACTIVATION_BYTES = {"float32": {"gelu": (48, 20, 4), "relu": (40, 4, 4), "gated": (40, 16, 4)},
+                    "bfloat16": {"gelu": (31, 10.5, 0.5), "relu": (31, 2.5, 0.5), "gated": (37, 8.75, 0)}}
+ACTIVATION_BYTES["float16"] = ACTIVATION_BYTES["bfloat16"]
+#: ... and per head and position where attention is an explicit ``(s, s)`` matrix: torch's CPU
+#: attention with dropout (GPT-2's ``attn_pdrop``) falls back to it; CUDA's fused kernels do not
+MATERIALISED_ATTENTION_BYTES = 11.5
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,13 @@ class Shape:
     heads: int
     kv_dim: int  # key/value width per layer (heads_kv x head_dim)
     vocab: int
+    intermediate: int = 0  # the MLP's width (0: 4 x hidden)
+    mlp: str = "gelu"  # the MLP's kind, a key of ACTIVATION_BYTES: gelu, relu or gated
+    attn_dropout: float = 0.0
+
+    @property
+    def mlp_width(self) -> int:
+        return self.intermediate or 4 * self.hidden
 
 
 def shape_of(config: Any) -> Shape:
@@ -99,7 +122,16 @@ def shape_of(config: Any) -> Shape:
     heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head")
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or hidden // heads
-    return Shape(params, layers, hidden, heads, kv_heads * head_dim, text.vocab_size)
+    intermediate = next((v for k in ("intermediate_size", "ffn_dim", "n_inner") if (v := getattr(text, k, None))),
+                        4 * hidden)
+    if any(name.endswith(("gate_proj", "gate_up_proj")) for name, _ in model.named_modules()):
+        mlp = "gated"
+    else:
+        act = str(getattr(text, "activation_function", None) or getattr(text, "hidden_act", "gelu"))
+        mlp = "relu" if "relu" in act else "gelu"
+    dropout = getattr(text, "attn_pdrop", None) or getattr(text, "attention_dropout", None) or 0.0
+    return Shape(params, layers, hidden, heads, kv_heads * head_dim, text.vocab_size, intermediate, mlp,
+                 float(dropout))
 
 
 def lora_parameters(config: Any, target_modules: tuple[str, ...], r: int) -> int:
@@ -160,6 +192,7 @@ def plan_pair(pair: Any, method: str = "mgsr", **overrides: Any) -> Plan:
                 "micro_batch": pair.micro_batch, "grad_accum": pair.grad_accum,
                 "gradient_checkpointing": pair.gradient_checkpointing,
                 "overhead_gib": CPU_OVERHEAD_GIB if pair.accelerate == "cpu" else OVERHEAD_GIB,
+                "device": "cpu" if pair.accelerate == "cpu" else "cuda",
                 "sampling": Sampling.of_method(method), "loss_tensors": get_method(method).chunk_tensors}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if pair.finetune == "lora":
@@ -222,10 +255,11 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
                 micro_batch: int = 8, grad_accum: int = 1, seq_len: int = 512, gradient_checkpointing: bool = False,
                 lora_params: int | None = None, loss_chunk: int = 1024, loss_tensors: float = 11.0,
                 sampling: Sampling = Sampling(), gen_tokens: int | None = None, shard_teacher: bool = True,
-                overhead_gib: float = OVERHEAD_GIB) -> Plan:
+                overhead_gib: float = OVERHEAD_GIB, device: str = "cuda") -> Plan:
     """Per-GPU estimate; ``lora_params`` set means a LoRA student with that many trainable parameters;
     ``loss_tensors`` is the method's :attr:`~mgsr_bench.methods.Method.chunk_tensors`; ``gen_tokens``
-    is the length of sampled responses (default: half the sequence)."""
+    is the length of sampled responses (default: half the sequence); ``device`` ``cpu`` counts the
+    attention matrices torch's CPU kernels build (CUDA's fused kernels build none)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
     n = gpus
@@ -257,13 +291,19 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
     held["runtime allowance (CUDA context / CPU allocator)"] = overhead_gib
 
     s, b, h, a = seq_len, micro_batch, student.hidden, student.heads
-    per_layer = s * b * h * (34 + 5 * a * s / h) * act_scale
+    hidden_bytes, mlp_bytes, position_bytes = ACTIVATION_BYTES[compute_dtype][student.mlp]
+    per_token = hidden_bytes * h + mlp_bytes * student.mlp_width + position_bytes * s
+    if device == "cpu" and student.attn_dropout > 0:
+        per_token += MATERIALISED_ATTENTION_BYTES * a * s
+    per_layer = s * b * per_token
     if gradient_checkpointing:
         # each layer's saved input is the residual stream, in the module's dtype (fp32 under autocast)
         activations = student.layers * s * b * h * module_bytes + per_layer
     else:
         activations = student.layers * per_layer
     training["student activations" + (" (checkpointed)" if gradient_checkpointing else "")] = activations / GIB
+    if device == "cpu":  # torch's CPU attention under a padding mask builds one layer's (b, a, s, s) scores at a time
+        training["attention scores, one layer (CPU kernels)"] = b * a * s * s * cbytes / GIB
     training["teacher forward (one layer, no grad)"] = s * b * teacher.hidden * 20 * act_scale / GIB
     vocab = max(student.vocab, teacher.vocab)
     responses = s * b // 2  # response tokens are at most half of the sequence in the protocol (256 of 512)
