@@ -3,11 +3,11 @@
 # the performance benchmark (`mgsr-bench bench`: GPT-2 1.5B -> 124M in bf16, TRL's GKDTrainer beside
 # gkd when trl imports) and the memory planner at its shapes, the GPU-only tests and the harness
 # tests on CUDA, FSDP2 and ZeRO-3 training runs through fsdp.yaml and zero3.yaml on one GPU, a
-# sharded run killed and resumed, the chunked-loss and generation benchmarks, and the smoke-sized
+# sharded run killed and resumed, the activation, chunked-loss and generation benchmarks, and the smoke-sized
 # main job. Every step has its own time limit and the whole check a
 # deadline (GPU_CHECK_SECONDS, default 420): a step that would start too late is skipped and says
 # so. GPU_CHECK_STEPS (default: all) names the steps to run, for a rerun of a few:
-# bench plan tests fsdp zero3 resume chunked generation run.
+# bench plan tests fsdp zero3 resume activations chunked generation run.
 # Logs and figures go under $OUT as they are written, so a check cut short keeps what it measured.
 #
 # Device call: first, here, `bash tests/gpu_wheels.sh` (the wheels the image lacks into .whl/, and
@@ -22,7 +22,7 @@ export OUT=${OUT:-/tmp/gpu-check}  # the steps run in shells of their own
 mkdir -p "$OUT"
 LOG="$OUT/check.log"  # every text log in one file: at most 8 files come back from $OUT
 DEADLINE=$(( $(date +%s) + ${GPU_CHECK_SECONDS:-420} ))
-STEPS=" ${GPU_CHECK_STEPS:-bench plan tests fsdp zero3 resume chunked generation run} "
+STEPS=" ${GPU_CHECK_STEPS:-bench plan tests fsdp zero3 resume activations chunked generation run} "
 
 # step NAME SECONDS COMMAND...: run COMMAND, its output appended to the log as it comes, within
 # SECONDS and the deadline; skipped when not selected or when under 20 s would be left for it
@@ -112,6 +112,9 @@ PY
 export -f descendants alive resume
 step resume 120 bash -c resume
 
+# the bytes each architecture's layers save under CUDA's kernels, beside the planner's (CPU-measured) table
+step activations 40 bash -c 'python3 -m mgsr_bench.benchmarks.activation_memory --device cuda > "$OUT/activations.json"; e=$?
+    cat "$OUT/activations.json"; exit $e'
 step chunked 40 python3 -m mgsr_bench.benchmarks.chunked_loss --device cuda --repeats 3 --json "$OUT/chunked_loss.json"
 if [ -d "${MGSR_BENCH_SHARED:-../shared}/data/instruct" ]; then
     step generation 60 python3 -m mgsr_bench.benchmarks.generation --model gpt2-124m --limit 16 --json "$OUT/generation.json"

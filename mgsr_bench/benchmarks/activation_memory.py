@@ -1,6 +1,7 @@
 """Benchmark: the bytes a transformer layer saves for its backward pass, per token.
 
-    python -m mgsr_bench.benchmarks.activation_memory
+    python -m mgsr_bench.benchmarks.activation_memory                 # CPU kernels
+    python -m mgsr_bench.benchmarks.activation_memory --device cuda   # CUDA's (on a GPU)
 
 The memory planner counts a student's activations per layer and token as
 ``hidden x h + mlp x I + per_position x s`` bytes (``h`` the hidden width, ``I`` the MLP width,
@@ -14,8 +15,10 @@ MLP widths and two sequence lengths (the differences give the coefficients), in 
 autocast of an fp32 module as the harness trains. GPT-2's attention dropout is off except in the
 materialised row: it makes torch's CPU attention fall back to the explicit matrix, where CUDA's
 fused kernels keep it implicit. Counting saved tensors, not the allocator, makes the figures
-exact and the same on every machine with the same torch and transformers; they are CPU kernels'
-(a GPU check compares the planner with measured CUDA peaks: ``tests/plan_vs_peak.py``).
+exact and the same on every machine with the same torch and transformers. The table holds the CPU
+kernels' figures; ``--device cuda`` measures CUDA's, whose fused attention keeps no matrix even
+under dropout (the GPU check runs it; ``tests/plan_vs_peak.py`` compares whole plans with CUDA
+peaks).
 
 Prints one JSON object: dtype -> kind -> coefficient -> ``{"measured": ..., "declared": ...}``.
 """
@@ -44,13 +47,14 @@ def _config(kind: str, layers: int, mlp: int, dropout: bool) -> Any:
                        num_key_value_heads=HEADS, intermediate_size=mlp)
 
 
-def saved_bytes(kind: str, layers: int, mlp: int, seq: int, dtype: str, dropout: bool = False) -> int:
+def saved_bytes(kind: str, layers: int, mlp: int, seq: int, dtype: str, dropout: bool = False,
+                device: str = "cpu") -> int:
     """Bytes of the distinct non-parameter storages autograd saves in one forward of the body."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(_config(kind, layers, mlp, dropout)).train()
+    model = AutoModelForCausalLM.from_config(_config(kind, layers, mlp, dropout)).to(device).train()
     body = model.transformer if kind == "gelu" else model.model
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
@@ -61,21 +65,21 @@ def saved_bytes(kind: str, layers: int, mlp: int, seq: int, dtype: str, dropout:
             seen[storage.data_ptr()] = storage.nbytes()
         return t
 
-    ids = torch.randint(1, 1000, (BATCH, seq))
-    mask = torch.ones(BATCH, seq, dtype=torch.long)
+    ids = torch.randint(1, 1000, (BATCH, seq), device=device)
+    mask = torch.ones(BATCH, seq, dtype=torch.long, device=device)
     mask[0, : seq // 4] = 0  # left padding, as the harness's prompts have
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
+    autocast = torch.autocast(device, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
         body(input_ids=ids, attention_mask=mask)
     return sum(seen.values())
 
 
-def coefficients(kind: str, dtype: str) -> dict[str, float]:
+def coefficients(kind: str, dtype: str, device: str = "cpu") -> dict[str, float]:
     """One layer's saved bytes per token as ``hidden x h + mlp x I + per_position x s`` (and, for
     GELU, the materialised attention's bytes per head and position)."""
 
     def layer(mlp: int, seq: int, dropout: bool = False) -> float:
-        one, two = (saved_bytes(kind, n, mlp, seq, dtype, dropout) for n in (1, 2))
+        one, two = (saved_bytes(kind, n, mlp, seq, dtype, dropout, device) for n in (1, 2))
         return (two - one) / (BATCH * seq)
 
     (i0, i1), (s0, s1) = WIDTHS, LENGTHS
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     from mgsr_bench.train.memory_plan import ACTIVATION_BYTES, MATERIALISED_ATTENTION_BYTES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.parse_args(argv)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    args = parser.parse_args(argv)
     torch.set_num_threads(2)
     out: dict[str, Any] = {}
     for dtype in ("float32", "bfloat16"):
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             if kind == "gelu":
                 declared["materialised"] = MATERIALISED_ATTENTION_BYTES
             out.setdefault(dtype, {})[kind] = {name: {"measured": value, "declared": declared[name]}
-                                               for name, value in coefficients(kind, dtype).items()}
+                                               for name, value in coefficients(kind, dtype, args.device).items()}
     print(json.dumps(out))
 
 
