@@ -49,26 +49,20 @@ torch.set_num_threads(2)
 def status(field):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field + ":"))
 method, ckpt, tokenizer = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
-if tokenizer == "none":  # token ids only: a small vocabulary, wider models
-    V, S, B, widths = 8000, 256, 4, ((512, 6, 8), (384, 4, 6))
+if tokenizer in ("none", "tiny"):  # token ids only: a small vocabulary
+    if tokenizer == "none":  # wider GPT-2 models
+        V, S, B, widths = 8000, 256, 4, ((512, 6, 8), (384, 4, 6))
+    else:  # the registry's tiny pair: the tiny suite's LLaMA shapes at its own settings
+        from mgsr_bench.suite.build import SUITES
+        suite, pair = SUITES["tiny"], get_pair("tiny")
+        V, S, B = suite.vocab_size, 512, pair.micro_batch
     class Tok:
         eos_token_id = pad_token_id = 0
         def __len__(self):
             return V
     tok = Tok()
     rows = [Example(torch.randint(1, V, (S // 2,)).tolist(), torch.randint(1, V, (S // 2,)).tolist())
-            for _ in range(16)]
-elif tokenizer == "tiny":  # the registry's tiny pair: the tiny suite's LLaMA shapes at its own settings
-    from mgsr_bench.suite.build import SUITES
-    suite, pair = SUITES["tiny"], get_pair("tiny")
-    V, S, B = suite.vocab_size, 512, pair.micro_batch
-    class Tok:
-        eos_token_id = pad_token_id = 0
-        def __len__(self):
-            return V
-    tok = Tok()
-    rows = [Example(torch.randint(1, V, (S // 2,)).tolist(), torch.randint(1, V, (S // 2,)).tolist())
-            for _ in range(2 * B)]
+            for _ in range(max(16, 2 * B))]
 else:  # the real GPT-2 tokenizer (MGSR's spans read text): V = 50257, narrow models
     from mgsr_bench.benchmarks.generation import gpt2_tokenizer
     tok = gpt2_tokenizer()
