@@ -113,8 +113,8 @@ export -f descendants alive resume
 step resume 120 bash -c resume
 
 # the bytes each architecture's layers save under CUDA's kernels, beside the planner's (CPU-measured) table
-step activations 40 bash -c 'python3 -m mgsr_bench.benchmarks.activation_memory --device cuda > "$OUT/activations.json"; e=$?
-    cat "$OUT/activations.json"; exit $e'
+step activations 40 bash -c 'python3 -m mgsr_bench.benchmarks.activation_memory --device cuda \
+    > "$OUT/activations.json"; e=$?; cat "$OUT/activations.json"; exit $e'
 step chunked 40 python3 -m mgsr_bench.benchmarks.chunked_loss --device cuda --repeats 3 --json "$OUT/chunked_loss.json"
 if [ -d "${MGSR_BENCH_SHARED:-../shared}/data/instruct" ]; then
     step generation 60 python3 -m mgsr_bench.benchmarks.generation --model gpt2-124m --limit 16 --json "$OUT/generation.json"

@@ -9,8 +9,9 @@ The memory planner counts a student's activations per layer and token as
 explicit ``(s, s)`` matrix, with coefficients by compute dtype and MLP kind
 (:data:`mgsr_bench.train.memory_plan.ACTIVATION_BYTES`). This measures them: the tensors autograd
 saves during the forward pass of transformers' own GPT-2 (GELU MLP), OPT (ReLU MLP) and LLaMA
-(gated SiLU MLP, as Qwen2's) bodies, in training mode with their own dropout, counted through ``torch.autograd.graph.saved_tensors_hooks`` (each
-storage once, parameters excluded), for one and two layers (the difference is one layer), at two
+(gated SiLU MLP, as Qwen2's) bodies, in training mode with their own dropout, counted through
+``torch.autograd.graph.saved_tensors_hooks`` (each storage once, parameters excluded), for one
+and two layers (the difference is one layer), at two
 MLP widths and two sequence lengths (the differences give the coefficients), in fp32 and under bf16
 autocast of an fp32 module as the harness trains. GPT-2's attention dropout is off except in the
 materialised row: it makes torch's CPU attention fall back to the explicit matrix, where CUDA's

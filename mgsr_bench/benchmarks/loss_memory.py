@@ -4,8 +4,9 @@
 
 The memory planner counts a method's loss chunk as ``Method.chunk_tensors`` such tensors; this
 measures them. For each method, one chunk of 384 response rows over the tokenizer's vocabulary
-(the real GPT-2 tokenizer's, V = 50257, from the shared material; the rows annotated as the method annotates them, a third each from the ground truth, the student
-and the teacher) goes through :func:`mgsr_bench.losses.chunked.chunked_linear_loss` forward and
+(the real GPT-2 tokenizer's, V = 50257, from the shared material; the rows annotated as the
+method annotates them, a third each from the ground truth, the student and the teacher) goes
+through :func:`mgsr_bench.losses.chunked.chunked_linear_loss` forward and
 backward; the peak is the growth of Linux's resident-set peak (``VmHWM``, reset before each
 method through ``/proc/self/clear_refs``), divided by ``rows x V x 4`` bytes. The hidden width is
 64, so the heads' own weights and gradients are a small part of the figure. Prints one JSON
@@ -40,7 +41,8 @@ def measure(tokenizer: Any, methods: list[str]) -> dict[str, dict[str, float]]:
     from mgsr_bench.methods import get_method
 
     if not RESET.exists():
-        raise UserError("the loss-memory benchmark reads Linux's resettable peak (/proc/self/clear_refs): run it on Linux")
+        raise UserError("the loss-memory benchmark reads Linux's resettable peak (/proc/self/clear_refs): "
+                        "run it on Linux")
     vocab = len(tokenizer)
     g = torch.Generator().manual_seed(0)
     examples = []
