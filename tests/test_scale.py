@@ -44,7 +44,7 @@ from mgsr_bench.data.collate import Example
 from mgsr_bench.methods import get_method
 from mgsr_bench.train import train
 from mgsr_bench.models.pairs import get_pair
-from mgsr_bench.train.memory_plan import CPU_OVERHEAD_GIB, Sampling, plan_memory, plan_pair, shape_of
+from mgsr_bench.train.memory_plan import Sampling, plan_memory, plan_pair, shape_of
 torch.set_num_threads(2)
 def status(field):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field + ":"))
@@ -92,8 +92,7 @@ if tokenizer == "tiny":  # the registry entry's own plan, as `mgsr-bench plan ti
 else:
     plan = plan_memory(shape_of(teacher.config), shape_of(student.config), dtype="float32",
                        compute_dtype="float32", micro_batch=B, seq_len=S, gradient_checkpointing=ckpt,
-                       sampling=Sampling.of_method(method), loss_tensors=m.chunk_tensors,
-                       overhead_gib=CPU_OVERHEAD_GIB, device="cpu")
+                       sampling=Sampling.of_method(method), loss_tensors=m.chunk_tensors, device="cpu")
 print(json.dumps({"measured": (peak - before) / 2 ** 30, "planned": plan.total, "phase": plan.peak_phase,
                   "summed": plan.total + sum(sum(p.values()) for p in plan.phases.values()
                                              if p is not plan.phases[plan.peak_phase]),

@@ -191,7 +191,6 @@ def plan_pair(pair: Any, method: str = "mgsr", **overrides: Any) -> Plan:
                 "dtype": pair.dtype, "compute_dtype": "float32" if pair.dtype == "float32" else "bfloat16",
                 "micro_batch": pair.micro_batch, "grad_accum": pair.grad_accum,
                 "gradient_checkpointing": pair.gradient_checkpointing,
-                "overhead_gib": CPU_OVERHEAD_GIB if pair.accelerate == "cpu" else OVERHEAD_GIB,
                 "device": "cpu" if pair.accelerate == "cpu" else "cuda",
                 "sampling": Sampling.of_method(method), "loss_tensors": get_method(method).chunk_tensors}
     settings.update({k: v for k, v in overrides.items() if v is not None})
@@ -255,11 +254,12 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
                 micro_batch: int = 8, grad_accum: int = 1, seq_len: int = 512, gradient_checkpointing: bool = False,
                 lora_params: int | None = None, loss_chunk: int = 1024, loss_tensors: float = 11.0,
                 sampling: Sampling = Sampling(), gen_tokens: int | None = None, shard_teacher: bool = True,
-                overhead_gib: float = OVERHEAD_GIB, device: str = "cuda") -> Plan:
+                device: str = "cuda") -> Plan:
     """Per-GPU estimate; ``lora_params`` set means a LoRA student with that many trainable parameters;
     ``loss_tensors`` is the method's :attr:`~mgsr_bench.methods.Method.chunk_tensors`; ``gen_tokens``
     is the length of sampled responses (default: half the sequence); ``device`` ``cpu`` counts the
-    attention matrices torch's CPU kernels build (CUDA's fused kernels build none)."""
+    attention matrices torch's CPU kernels build (CUDA's fused kernels build none) and the CPU's
+    runtime allowance instead of CUDA's."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
     n = gpus
@@ -288,7 +288,7 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
     teacher_shards = n if shard_weights and shard_teacher else 1
     held[f"teacher weights (frozen, {'sharded' if teacher_shards > 1 else 'replicated'})"] = \
         wbytes * teacher.params / teacher_shards / GIB
-    held["runtime allowance (CUDA context / CPU allocator)"] = overhead_gib
+    held["runtime allowance (CUDA context / CPU allocator)"] = CPU_OVERHEAD_GIB if device == "cpu" else OVERHEAD_GIB
 
     s, b, h, a = seq_len, micro_batch, student.hidden, student.heads
     hidden_bytes, mlp_bytes, position_bytes = ACTIVATION_BYTES[compute_dtype][student.mlp]
