@@ -35,6 +35,8 @@ config = SuiteConfig(name="tiny-micro", n_train=800, n_valid=16, n_test=8, vocab
                      student_init_train={**train, "steps": 4, "eval_every": 4})
 root = Path(sys.argv[2])
 build_suite(config, root)
+import json
+assert json.loads((root / "suite.json").read_text())["report"]["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
 print(torch.get_num_threads(), weights_digest(root / "teacher"), weights_digest(root / "student-init"))
 """
 

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from mgsr_bench.errors import UserError
 from mgsr_bench.results import build_board, load_records, make_record, read_record, render_leaderboard, write_record
@@ -30,6 +31,8 @@ def test_record_round_trip(tmp_path):
     path = write_record(rec, tmp_path / "kd.json")
     assert read_record(path) == json.loads(json.dumps(rec))
     assert rec["config_hash"] and rec["versions"]["torch"] and "created" in rec
+    # the CPU's vector kernels (AVX2, AVX-512) decide a CPU build's floating-point sums
+    assert rec["machine"]["cpu_kernels"] == torch.backends.cpu.get_cpu_capability() != ""
 
 
 def test_bad_records_name_the_field(tmp_path):

@@ -64,6 +64,7 @@ def make_record(*, label: str, method: str, config: dict[str, Any], pair: dict[s
         "scores": scores, "training": training, "wall_time_s": round(wall_time_s, 2),
         "versions": package_versions(), "git_commit": git_commit(),
         "machine": {"platform": platform.platform(), "processor": platform.machine(),
+                    "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
                     "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -194,7 +194,8 @@ def build_suite(config: SuiteConfig, root: Path) -> None:
         teacher = config.teacher.build(vocab, config.seed)
         student = config.student.build(vocab, config.seed + 1)
         report: dict[str, Any] = {"teacher_params": count_parameters(teacher),
-                                  "student_params": count_parameters(student), "vocab_size": vocab}
+                                  "student_params": count_parameters(student), "vocab_size": vocab,
+                                  "cpu_kernels": torch.backends.cpu.get_cpu_capability()}
         print(f"[mgsr-bench] building suite {config.key()} (first time only): teacher "
               f"{report['teacher_params'] / 1e6:.2f}M params, {config.teacher_train['steps']} steps; student "
               f"{report['student_params'] / 1e6:.2f}M params, SFT init {config.student_init_train['steps']} steps",
