@@ -1,6 +1,7 @@
 """Issue 7 on CPU: the pair registry, the memory planner against measured peaks, LoRA students."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +45,7 @@ from mgsr_bench.data.collate import Example
 from mgsr_bench.methods import get_method
 from mgsr_bench.train import train
 from mgsr_bench.models.pairs import get_pair
-from mgsr_bench.train.memory_plan import Sampling, plan_memory, plan_pair, shape_of
+from mgsr_bench.train.memory_plan import SAMPLING, Sampling, plan_memory, plan_pair, shape_of
 torch.set_num_threads(2)
 def status(field):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field + ":"))
@@ -93,16 +94,24 @@ else:
     plan = plan_memory(shape_of(teacher.config), shape_of(student.config), dtype="float32",
                        compute_dtype="float32", micro_batch=B, seq_len=S, gradient_checkpointing=ckpt,
                        sampling=Sampling.of_method(method), loss_tensors=m.chunk_tensors, device="cpu")
-print(json.dumps({"measured": (peak - before) / 2 ** 30, "planned": plan.total, "phase": plan.peak_phase,
-                  "summed": plan.total + sum(sum(p.values()) for p in plan.phases.values()
-                                             if p is not plan.phases[plan.peak_phase]),
-                  "sources": [h["source"] for h in result.history]}))
+allowance = next(v for k, v in plan.held.items() if k.startswith("runtime allowance"))
+training = max(sum(p.values()) for k, p in plan.phases.items() if k != SAMPLING)
+print(json.dumps({"measured": (peak - before) / 2 ** 30, "planned": plan.total, "modelled": plan.total - allowance,
+                  "phase": plan.peak_phase, "sources": [h["source"] for h in result.history],
+                  # training and sampling summed, as the planner once did
+                  "summed": sum(plan.held.values()) + training + sum(plan.phases.get(SAMPLING, {}).values())}))
 """
 
 
 def _measure(method: str, ckpt: str, tokenizer: str) -> dict:
+    """Two training steps in a fresh process: the resident peak they add (GiB), the plan (``planned``)
+    and its modelled terms without the runtime allowance (``modelled``). glibc's allocator runs with a
+    fixed mmap threshold, so that freed tensors leave the resident set: by default it raises the
+    threshold as large blocks are freed and keeps later ones in its heap, 0.0-0.3 GiB more between
+    runs (the allowance); fixed, the peak is the live memory and the same from run to run."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     proc = subprocess.run([sys.executable, "-c", _MEASURE, method, ckpt, tokenizer], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -110,28 +119,28 @@ def _measure(method: str, ckpt: str, tokenizer: str) -> dict:
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
 def test_the_planner_tracks_the_measured_peak_of_a_training_run_on_cpu():
     """A GPT-2-shaped pair (29M -> 13M parameters, 4 x 256 tokens, fp32) trained with kd for two
-    steps in a fresh process: the plan is within 25% of the peak resident memory the run added
-    (Linux's VmHWM, reset after the imports), with and without gradient checkpointing, and both
-    agree that checkpointing saves memory."""
+    steps in a fresh process: the modelled terms are within 15% of the peak resident memory the run
+    added (Linux's VmHWM, reset after the imports), with and without gradient checkpointing (they
+    came within 2% and 8%), and both agree that checkpointing saves memory."""
     out = {ckpt: _measure("kd", ckpt, "none") for ckpt in ("0", "1")}
     for ckpt in out:
-        assert out[ckpt]["planned"] == pytest.approx(out[ckpt]["measured"], rel=0.25), out
+        assert out[ckpt]["modelled"] == pytest.approx(out[ckpt]["measured"], rel=0.15), out
     assert out["1"]["planned"] < out["0"]["planned"] and out["1"]["measured"] < out["0"]["measured"]
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
 def test_the_planner_tracks_the_measured_peaks_of_the_registry_s_tiny_pair():
     """The registry's `tiny` pair (the tiny suite's LLaMA shapes, 1.97M -> 0.32M, V = 1024) at its
-    own settings (32 x 512 tokens, fp32, the CPU) trained for two steps from random weights, with kd
-    and with gkd on its own samples: `mgsr-bench plan tiny`'s estimate is within 25% of each
-    measured peak (they came within 3-10%). Korthikanti's GPT formula, which the planner used
-    before, said 1.18 GiB against 0.79 measured. With gradient checkpointing the resident peak
-    varies too much between runs here (0.46-0.65 GiB against 0.65 planned; glibc's allocator keeps
-    or returns the freed teacher pass) to bound it: both only have to agree that it saves memory."""
+    own settings (32 x 512 tokens, fp32, the CPU) trained for two steps from random weights, with kd,
+    kd with gradient checkpointing, and gkd on its own samples: the modelled terms of `mgsr-bench
+    plan tiny` are within 15% of each measured peak (they came within 2-10%). With checkpointing
+    the teacher's forward and the backward's recomputed layer are apart: summed, as the planner did
+    before, they said 0.45 GiB against 0.32 measured. Korthikanti's GPT formula, which the planner
+    used before that, said 1.18 GiB for kd against 0.79 measured (under the default allocator)."""
     out = {(m, ckpt): _measure(m, ckpt, "tiny") for m, ckpt in (("kd", "0"), ("kd", "1"), ("gkd", "0"))}
     assert out["gkd", "0"]["sources"] == ["student", "student"]
-    for key in (("kd", "0"), ("gkd", "0")):
-        assert out[key]["planned"] == pytest.approx(out[key]["measured"], rel=0.25), (key, out)
+    for key in out:
+        assert out[key]["modelled"] == pytest.approx(out[key]["measured"], rel=0.15), (key, out)
     checkpointed, whole = out["kd", "1"], out["kd", "0"]
     assert checkpointed["planned"] < whole["planned"] and checkpointed["measured"] < whole["measured"], out
 
@@ -156,12 +165,13 @@ def test_each_architecture_s_declared_activation_bytes_are_what_its_layers_save(
 def test_the_planner_tracks_the_peaks_of_sampling_methods_with_their_own_loss_and_scrgs_phase():
     """At V = 50257 (8 x 256 tokens, 128 sampled, fp32): gkd, whose JSD chunk holds 11 fp32
     (rows, V) tensors, and mgsr, whose SCRG phase (the sampler's kept logits and the revision's
-    divergence) is as large as its training phase. Each plan is within 25% of the measured peak;
-    mgsr's phases summed, as the planner once did, would be more than 50% over."""
+    divergence) is as large as its training phase. Each plan's modelled terms are within 15% of
+    the measured peak (they came within 1-3%); mgsr's training and sampling summed, as the planner
+    once did, would be more than 50% over."""
     gkd, mgsr = _measure("gkd", "0", "gpt2"), _measure("mgsr", "0", "gpt2")
     assert gkd["sources"] == ["student", "student"] and mgsr["sources"] == ["student", "student"]
     for out in (gkd, mgsr):
-        assert out["planned"] == pytest.approx(out["measured"], rel=0.25), (gkd, mgsr)
+        assert out["modelled"] == pytest.approx(out["measured"], rel=0.15), (gkd, mgsr)
     assert mgsr["summed"] > 1.5 * mgsr["measured"], mgsr
 
 
@@ -201,11 +211,14 @@ def test_every_registered_pair_fits_its_recommended_settings_by_the_planner(offl
             assert plan.fits, f"{pair.name}, {method}:\n{plan.render()}"
 
 
-def test_the_plan_counts_what_the_run_holds_plus_the_larger_of_its_two_phases():
-    """Sampling and validation run between optimizer steps, when torch's gradients, activations
-    and the loss chunk are gone: the total is the held terms plus the larger phase, and the render
-    says which phase it counted. Long samples on a large step batch make sampling the peak."""
-    from mgsr_bench.train.memory_plan import SAMPLING, TRAINING, plan_pair
+def test_the_plan_counts_what_the_run_holds_plus_the_largest_of_its_phases():
+    """A training step's stages (the teacher's forward, the loss, a checkpointed layer's
+    recomputation) follow one another, and sampling and validation run between optimizer steps,
+    when torch's gradients, activations and the loss chunk are gone: the total is the held terms
+    plus the largest phase, and the render says which phase it counted. Long samples on a large
+    step batch make sampling the peak; the loss is the training peak at V = 50257, the recomputed
+    layer with checkpointing on the CPU."""
+    from mgsr_bench.train.memory_plan import LOSS_PASS, RECOMPUTE, SAMPLING, TEACHER_PASS, plan_pair
 
     pair = get_pair("gpt2-xl-gpt2")
     for plan in (plan_pair(pair, "mgsr"), plan_pair(pair, "mgsr", grad_accum=16), plan_pair(pair, "kd")):
@@ -213,9 +226,13 @@ def test_the_plan_counts_what_the_run_holds_plus_the_larger_of_its_two_phases():
         assert plan.total == pytest.approx(sum(plan.held.values()) + max(sums.values()))
         assert f"{plan.peak_phase} (counted)" in plan.render()
     offline, short, long = plan_pair(pair, "kd"), plan_pair(pair, "mgsr"), plan_pair(pair, "mgsr", grad_accum=16)
-    assert list(offline.phases) == [TRAINING] and short.peak_phase == TRAINING and long.peak_phase == SAMPLING
-    assert "student gradients (fp32)" in short.phases[TRAINING] and "generation KV cache" in long.phases[SAMPLING]
+    assert list(offline.phases) == [TEACHER_PASS, LOSS_PASS] and list(long.phases)[-1] == SAMPLING
+    assert short.peak_phase == LOSS_PASS and long.peak_phase == SAMPLING
+    assert "student gradients (fp32)" in short.phases[LOSS_PASS] and "generation KV cache" in long.phases[SAMPLING]
     assert long.total < sum(long.held.values()) + sum(sum(p.values()) for p in long.phases.values())
+    checkpointed = plan_pair(get_pair("tiny"), "kd", gradient_checkpointing=True)
+    assert checkpointed.peak_phase == RECOMPUTE and "teacher forward (one layer, no grad)" not in \
+        checkpointed.phases[RECOMPUTE]
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")

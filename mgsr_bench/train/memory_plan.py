@@ -19,8 +19,8 @@ weights are read). The rest follows the harness as it runs:
   does not use, and its ``5 a s^2 b`` attention matrix is never kept by SDPA's fused kernels), plus
   ``11.5 a s`` per token where torch's CPU attention keeps it (attention dropout), and on the CPU
   one layer's ``(b, a, s, s)`` scores, which its kernels build under a padding mask; with
-  gradient checkpointing, each layer's input ``s b h`` in the module's dtype plus one layer
-  recomputed;
+  gradient checkpointing, each layer's input ``s b h`` in the module's dtype, and one layer
+  recomputed during the backward;
 * the loss chunk: the method's ``chunk_tensors`` fp32 ``chunk x V`` tensors (student and teacher
   logits, softmaxes, intermediates, gradient: 3 for SFT, 7 for KL, 11 for the JSD family), as
   ``python -m mgsr_bench.benchmarks.loss_memory`` measures them; with full logits (``loss_chunk=0``, and always
@@ -34,12 +34,14 @@ weights are read). The rest follows the harness as it runs:
   them (a second copy) or the revision's divergence over one micro-batch of samples (seven fp32
   tensors of that shape), whichever is larger;
 * phases: the terms above fall into what the whole run holds (weights, optimizer state), what
-  exists only during the forward and backward pass (activations, the loss chunk, torch's gradients,
-  freed after each optimizer step), and what exists only while sampling or validating (KV cache,
-  gathered weights, SCRG's logits). Sampling runs between optimizer steps, so the peak is the held
-  memory plus the larger phase, not the sum;
-* a fixed allowance for the CUDA context and the allocator's fragmentation (on CPU, one for the
-  allocator's arenas and scratch buffers, calibrated on the development machine).
+  exists only during one stage of a training step, and what exists only while sampling or
+  validating (KV cache, gathered weights, SCRG's logits). A step's stages follow the harness: the
+  student's forward keeps its activations (or checkpoints) and torch's gradients exist through the
+  step; on top of them come, one after another, the teacher's no-grad forward, the loss, and with
+  checkpointing the backward's recomputed layer. Sampling runs between optimizer steps, so the peak
+  is the held memory plus the largest phase, not the sum;
+* a fixed allowance for the CUDA context and the allocator's fragmentation (on CPU, for what
+  glibc's allocator keeps of freed tensors, measured on the development machine).
 """
 
 from __future__ import annotations
@@ -54,9 +56,10 @@ GIB = 1024 ** 3
 STRATEGIES = ("ddp", "zero2", "fsdp", "zero3")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 OVERHEAD_GIB = 1.5  # CUDA context, allocator fragmentation, buffers
-# CPU: allocator arenas, kernel scratch buffers and accelerate's state; calibrated on the 2-core
-# development machine (a training run's peak exceeded the modelled terms by 0.17-0.21 GiB)
-CPU_OVERHEAD_GIB = 0.2
+# CPU: what glibc's allocator keeps of freed tensors (it raises its mmap threshold as large blocks
+# are freed and serves later ones from its heap): on the 2-core development machine training runs'
+# resident peaks exceeded their live memory (the peak with the threshold fixed) by 0.01-0.29 GiB
+CPU_OVERHEAD_GIB = 0.3
 #: Bytes one student layer saves for its backward pass, per token: ``hidden x h + mlp x I +
 #: per_position x s`` (``h`` the hidden width, ``I`` the MLP width, ``s`` the sequence length), by
 #: compute dtype (bf16 is autocast over the fp32 module, as the harness trains) and MLP kind (GPT-2's
@@ -202,7 +205,14 @@ def plan_pair(pair: Any, method: str = "mgsr", **overrides: Any) -> Plan:
     return plan_memory(shape_of(configs[0]), shape_of(configs[1]), **settings)
 
 
-TRAINING, SAMPLING = "while training (forward and backward)", "while sampling and validating"
+#: The phases of a run, which never overlap: a training step's three stages (the student's forward
+#: comes first and keeps its activations through all three; the teacher's no-grad forward, the
+#: loss and a checkpointed layer's recomputation each free what they build before the next starts)
+#: and sampling with validation, between optimizer steps.
+TEACHER_PASS = "training: the teacher's forward, after the student's"
+LOSS_PASS = "training: the loss"
+RECOMPUTE = "training: the backward, recomputing a checkpointed layer"
+SAMPLING = "while sampling and validating"
 
 
 @dataclass
@@ -210,8 +220,10 @@ class Plan:
     """The estimate, term by term (GiB per GPU), and the verdict.
 
     ``held`` is memory the whole run holds; each phase's terms exist only during it, and the phases
-    never overlap (generation and validation run between optimiser steps, when the gradients have
-    been freed), so the peak is ``held`` plus the larger phase.
+    never overlap (a training step's stages follow one another; generation and validation run
+    between optimiser steps, when the gradients have been freed), so the peak is ``held`` plus the
+    largest phase. Terms a whole training step holds (activations, gradients) appear in each of its
+    stages.
     """
 
     held: dict[str, float]
@@ -240,12 +252,12 @@ class Plan:
         width = max(len(k) for k in self.terms) + 2
         lines = [f"  {k:<{width}}  {v:8.2f} GiB" for k, v in self.held.items()]
         for name, terms in self.phases.items():
-            counted = "counted" if name == self.peak_phase else "not counted: the other phase is larger"
+            counted = "counted" if name == self.peak_phase else "not counted: another phase is larger"
             lines.append(f"  {name} ({counted}): {sum(terms.values()):.2f} GiB")
             lines += [f"    {k:<{width - 2}}  {v:8.2f} GiB" for k, v in terms.items()]
         verdict = (f"fits: {self.total:.2f} of {self.gpu_mem_gib:g} GiB per GPU" if self.fits else
                    f"does NOT fit: {self.total:.2f} GiB per GPU > {self.gpu_mem_gib:g} GiB")
-        return "\n".join([*lines, f"  {'total (held + the larger phase)':<{width}}  {self.total:8.2f} GiB", verdict,
+        return "\n".join([*lines, f"  {'total (held + the largest phase)':<{width}}  {self.total:8.2f} GiB", verdict,
                           *[f"  - {a}" for a in self.advice]]) + "\n"
 
 
@@ -270,14 +282,14 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
     deepspeed = strategy in ("zero2", "zero3")
     module_bytes, module_dtype = (cbytes, compute_dtype) if deepspeed else (4, "float32")
     held: dict[str, float] = {}
-    training: dict[str, float] = {}
+    step: dict[str, float] = {}  # what a training step holds through its stages
     sampling_terms: dict[str, float] = {}
     if lora_params is None:
         held[f"student weights ({module_dtype})"] = module_bytes * student.params / (n if shard_weights else 1) / GIB
         if deepspeed:
             held["student fp32 master weights (DeepSpeed's)"] = 4 * student.params / n / GIB
         # the harness frees torch's gradients after every optimiser step; DeepSpeed keeps its partitions
-        (held if deepspeed else training)["student gradients (fp32)"] = \
+        (held if deepspeed else step)["student gradients (fp32)"] = \
             4 * student.params / (n if shard_states else 1) / GIB
         held["AdamW state (fp32 x 2)"] = 8 * student.params / (n if shard_states else 1) / GIB
     else:
@@ -290,33 +302,42 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
         wbytes * teacher.params / teacher_shards / GIB
     held["runtime allowance (CUDA context / CPU allocator)"] = CPU_OVERHEAD_GIB if device == "cpu" else OVERHEAD_GIB
 
-    s, b, h, a = seq_len, micro_batch, student.hidden, student.heads
+    s, b, h = seq_len, micro_batch, student.hidden
     hidden_bytes, mlp_bytes, position_bytes = ACTIVATION_BYTES[compute_dtype][student.mlp]
     per_token = hidden_bytes * h + mlp_bytes * student.mlp_width + position_bytes * s
     if device == "cpu" and student.attn_dropout > 0:
-        per_token += MATERIALISED_ATTENTION_BYTES * a * s
-    per_layer = s * b * per_token
+        per_token += MATERIALISED_ATTENTION_BYTES * student.heads * s
+    per_layer = s * b * per_token / GIB
+
+    def scores(model: Shape) -> dict[str, float]:
+        """torch's CPU attention under a padding mask builds one layer's (b, heads, s, s) scores at a time."""
+        return {"attention scores, one layer (CPU kernels)": b * model.heads * s * s * cbytes / GIB} \
+            if device == "cpu" else {}
+
+    stages: dict[str, dict[str, float]] = {}
     if gradient_checkpointing:
         # each layer's saved input is the residual stream, in the module's dtype (fp32 under autocast)
-        activations = student.layers * s * b * h * module_bytes + per_layer
+        step["student activations (checkpointed: each layer's input)"] = \
+            student.layers * s * b * h * module_bytes / GIB
     else:
-        activations = student.layers * per_layer
-    training["student activations" + (" (checkpointed)" if gradient_checkpointing else "")] = activations / GIB
-    if device == "cpu":  # torch's CPU attention under a padding mask builds one layer's (b, a, s, s) scores at a time
-        training["attention scores, one layer (CPU kernels)"] = b * a * s * s * cbytes / GIB
-    training["teacher forward (one layer, no grad)"] = s * b * teacher.hidden * 20 * act_scale / GIB
+        step["student activations"] = student.layers * per_layer
+    stages[TEACHER_PASS] = {**step, "teacher forward (one layer, no grad)":
+                            s * b * teacher.hidden * 20 * act_scale / GIB, **scores(teacher)}
     vocab = max(student.vocab, teacher.vocab)
     responses = s * b // 2  # response tokens are at most half of the sequence in the protocol (256 of 512)
+    loss = stages[LOSS_PASS] = dict(step)
     if loss_chunk == 0 or strategy == "zero3":  # the harness's full-logits path
         # accelerate hands DDP's and FSDP's outputs back in fp32 (convert_outputs_to_fp32); DeepSpeed's as computed
-        training["full logits (student + teacher)"] = b * s * vocab * ((cbytes if deepspeed else 4) + cbytes) / GIB
-        training[f"loss on all response rows (fp32 x {loss_tensors:g})"] = loss_tensors * responses * vocab * 4 / GIB
+        loss["full logits (student + teacher)"] = b * s * vocab * ((cbytes if deepspeed else 4) + cbytes) / GIB
+        loss[f"loss on all response rows (fp32 x {loss_tensors:g})"] = loss_tensors * responses * vocab * 4 / GIB
     else:
-        training[f"loss chunk (fp32 x {loss_tensors:g})"] = loss_tensors * min(loss_chunk, responses) * vocab * 4 / GIB
+        loss[f"loss chunk (fp32 x {loss_tensors:g})"] = loss_tensors * min(loss_chunk, responses) * vocab * 4 / GIB
         # the chunk loop's own gradient of the output head (fp32, until the backward takes it) and
         # autocast's cached copy of the head in the compute dtype
-        training["loss chunk: head gradient + cast head"] = \
+        loss["loss chunk: head gradient + cast head"] = \
             student.vocab * student.hidden * (4 + (cbytes if cbytes < 4 else 0)) / GIB
+    if gradient_checkpointing:
+        stages[RECOMPUTE] = {**step, "one layer recomputed (its saved activations)": per_layer, **scores(student)}
 
     rows = b * grad_accum
     gen = gen_tokens or s // 2
@@ -340,7 +361,7 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
         # five fp32 intermediates of the same shape), whichever is larger
         sampling_terms["SCRG: stacking, or the revision's divergence (fp32 x 7)"] = \
             max(kept, 7 * min(b, rows) * gen * vocab * 4) / GIB
-    phases = {TRAINING: training}
+    phases = dict(stages)
     if sampling_terms:
         phases[SAMPLING] = sampling_terms
     plan = Plan(held, phases, gpu_mem_gib)
