@@ -314,7 +314,7 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
         return {"attention scores, one layer (CPU kernels)": b * model.heads * s * s * cbytes / GIB} \
             if device == "cpu" else {}
 
-    stages: dict[str, dict[str, float]] = {}
+    stages: dict[str, dict[str, float]] = {}  # the phases: a training step's stages, then sampling
     if gradient_checkpointing:
         # each layer's saved input is the residual stream, in the module's dtype (fp32 under autocast)
         step["student activations (checkpointed: each layer's input)"] = \
@@ -361,10 +361,9 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
         # five fp32 intermediates of the same shape), whichever is larger
         sampling_terms["SCRG: stacking, or the revision's divergence (fp32 x 7)"] = \
             max(kept, 7 * min(b, rows) * gen * vocab * 4) / GIB
-    phases = dict(stages)
     if sampling_terms:
-        phases[SAMPLING] = sampling_terms
-    plan = Plan(held, phases, gpu_mem_gib)
+        stages[SAMPLING] = sampling_terms
+    plan = Plan(held, stages, gpu_mem_gib)
     if not plan.fits:
         plan.advice = _advice(plan, strategy, gradient_checkpointing, micro_batch, lora_params is not None)
     return plan
