@@ -23,7 +23,7 @@ def test_suite_data_is_deterministic_and_disjoint():
 
 
 _BUILD = """
-import sys, torch
+import json, sys, torch
 torch.set_num_threads(int(sys.argv[1]))
 from pathlib import Path
 from mgsr_bench.models import weights_digest
@@ -35,7 +35,6 @@ config = SuiteConfig(name="tiny-micro", n_train=800, n_valid=16, n_test=8, vocab
                      student_init_train={**train, "steps": 4, "eval_every": 4})
 root = Path(sys.argv[2])
 build_suite(config, root)
-import json
 assert json.loads((root / "suite.json").read_text())["report"]["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
 print(torch.get_num_threads(), weights_digest(root / "teacher"), weights_digest(root / "student-init"))
 """
