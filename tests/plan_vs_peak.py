@@ -10,9 +10,7 @@ import json
 import sys
 
 from mgsr_bench.models.pairs import get_pair
-from mgsr_bench.train.memory_plan import plan_pair
-
-ALLOWANCE = "runtime allowance (CUDA context / CPU allocator)"
+from mgsr_bench.train.memory_plan import ALLOWANCE, plan_pair
 
 
 def main(path: str) -> None:

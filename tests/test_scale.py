@@ -45,7 +45,7 @@ from mgsr_bench.data.collate import Example
 from mgsr_bench.methods import get_method
 from mgsr_bench.train import train
 from mgsr_bench.models.pairs import get_pair
-from mgsr_bench.train.memory_plan import SAMPLING, Sampling, plan_memory, plan_pair, shape_of
+from mgsr_bench.train.memory_plan import ALLOWANCE, SAMPLING, Sampling, plan_memory, plan_pair, shape_of
 torch.set_num_threads(2)
 def status(field):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field + ":"))
@@ -94,10 +94,10 @@ else:
     plan = plan_memory(shape_of(teacher.config), shape_of(student.config), dtype="float32",
                        compute_dtype="float32", micro_batch=B, seq_len=S, gradient_checkpointing=ckpt,
                        sampling=Sampling.of_method(method), loss_tensors=m.chunk_tensors, device="cpu")
-allowance = next(v for k, v in plan.held.items() if k.startswith("runtime allowance"))
 training = max(sum(p.values()) for k, p in plan.phases.items() if k != SAMPLING)
-print(json.dumps({"measured": (peak - before) / 2 ** 30, "planned": plan.total, "modelled": plan.total - allowance,
-                  "phase": plan.peak_phase, "sources": [h["source"] for h in result.history],
+print(json.dumps({"measured": (peak - before) / 2 ** 30, "planned": plan.total,
+                  "modelled": plan.total - plan.held[ALLOWANCE], "phase": plan.peak_phase,
+                  "sources": [h["source"] for h in result.history],
                   # training and sampling summed, as the planner once did
                   "summed": sum(plan.held.values()) + training + sum(plan.phases.get(SAMPLING, {}).values())}))
 """

@@ -213,6 +213,8 @@ TEACHER_PASS = "training: the teacher's forward, after the student's"
 LOSS_PASS = "training: the loss"
 RECOMPUTE = "training: the backward, recomputing a checkpointed layer"
 SAMPLING = "while sampling and validating"
+#: The held term that is no tensor: what the runtime adds (compare peaks without it)
+ALLOWANCE = "runtime allowance (CUDA context / CPU allocator)"
 
 
 @dataclass
@@ -300,7 +302,7 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
     teacher_shards = n if shard_weights and shard_teacher else 1
     held[f"teacher weights (frozen, {'sharded' if teacher_shards > 1 else 'replicated'})"] = \
         wbytes * teacher.params / teacher_shards / GIB
-    held["runtime allowance (CUDA context / CPU allocator)"] = CPU_OVERHEAD_GIB if device == "cpu" else OVERHEAD_GIB
+    held[ALLOWANCE] = CPU_OVERHEAD_GIB if device == "cpu" else OVERHEAD_GIB
 
     s, b, h = seq_len, micro_batch, student.hidden
     hidden_bytes, mlp_bytes, position_bytes = ACTIVATION_BYTES[compute_dtype][student.mlp]
