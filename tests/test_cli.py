@@ -121,7 +121,7 @@ def test_train_eval_leaderboard_on_saved_models(hub_style_pair):
                 "--seeds", "10,20", "--out", str(p / "eval"))
     assert proc.returncode == 0, proc.stderr
     rec = json.loads((p / "eval" / "records" / "run.json").read_text())
-    assert set(rec["scores"]["test"]["per_seed"]) == {"10", "20"}
+    assert set(rec["scores"]["test"]["per_seed"]) == {"10", "20"} and rec["config"]["dtype"] == "float32"
     low, high = rec["scores"]["test"]["rougeL"]["ci95"]
     assert low <= rec["scores"]["test"]["rougeL"]["mean"] <= high
     # a `train` run folder evaluates its model/, a `run` folder each of its models/*
@@ -129,9 +129,10 @@ def test_train_eval_leaderboard_on_saved_models(hub_style_pair):
     for name in ("a", "b"):
         shutil.copytree(p / "run" / "model", p / "many" / "models" / name)
     proc = _cli("eval", str(p / "run"), str(p / "many"), "--data", f"test={p / 'test.jsonl'}", "--seeds", "10",
-                "--out", str(p / "folders"))
+                "--out", str(p / "folders"), "--dtype", "bfloat16")
     assert proc.returncode == 0, proc.stderr
     assert sorted(f.name for f in (p / "folders" / "records").iterdir()) == ["a.json", "b.json", "run.json"]
+    assert json.loads((p / "folders" / "records" / "a.json").read_text())["config"]["dtype"] == "bfloat16"
     assert sorted(f.name for f in (p / "folders").iterdir()) == ["records"]  # the generations' cache is gone
     proc = _cli("leaderboard", str(p / "eval"), "--format", "csv")
     assert proc.returncode == 0 and proc.stdout.splitlines()[0] == "method,kind,test_mean,test_std,avg"

@@ -52,3 +52,23 @@ def test_mgsr_trains_in_bf16_on_gpu_with_scrg_and_its_subnetwork(tokenizer, reco
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
     assert next(method.module().parameters()).device.type == "cuda"
     assert set(result.method_state) == {"module", "optimizer"}
+
+
+
+def test_eval_scores_a_saved_model_on_the_gpu(hub_style_pair, monkeypatch):
+    """`mgsr-bench eval` moves each model to the GPU before it generates (it used to score on the CPU)."""
+    import mgsr_bench.pipeline as pipeline
+    from mgsr_bench.cli.main import main
+
+    seen = []
+    score = pipeline.evaluate_model
+
+    def recording(model, *args, **kwargs):
+        seen.append((next(model.parameters()).device.type, next(model.parameters()).dtype))
+        return score(model, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "evaluate_model", recording)
+    p = hub_style_pair
+    assert main(["eval", str(p / "student"), "--data", f"test={p / 'test.jsonl'}", "--seeds", "10",
+                 "--dtype", "bfloat16", "--out", str(p / "eval")]) == 0
+    assert seen == [("cuda", torch.bfloat16)]

@@ -99,7 +99,7 @@ def _refuse_several_processes(message: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Build or reuse the tiny suite, train each recipe's student, evaluate all, print the leaderboard."""
-    from mgsr_bench.models import load_model
+    from mgsr_bench.models import load_model, on_compute_device
     from mgsr_bench.pipeline import evaluate_and_record, finished, resolve_recipe, save_model_atomic, train_student
     from mgsr_bench.results import load_records
     from mgsr_bench.results.publish import write_leaderboard
@@ -124,6 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     suite = ensure_suite(suite_config)
     tokenizer, teacher = load_suite_models(suite)
+    teacher = on_compute_device(teacher)  # where the students train and are scored
     datasets = {split: suite.split(split) for split in EVAL_SPLITS}
     suite_data = suite.root / "data"
     train_records, valid_records = suite.split("train"), suite.split("valid")
@@ -265,10 +266,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     ``--data NAME=PATH`` reads MiniLLM JSONL, instruction/input/output JSONL, self-instruct's raw file
     or FastChat's ``QUESTIONS+ANSWERS``; when NAME is one of the protocol's sets (dolly, selfinst,
-    vicuna, sni, unni) its filters are applied with each model's tokenizer.
+    vicuna, sni, unni) its filters are applied with each model's tokenizer. Each model is loaded in
+    ``--dtype`` and scored on the machine's GPU when it has one (``CUDA_VISIBLE_DEVICES=``: the CPU).
     """
+    import torch
+
     from mgsr_bench.data.instruct import PROTOCOLS, apply_protocol, load_instruct
-    from mgsr_bench.models import load_model, load_tokenizer
+    from mgsr_bench.models import load_model, load_tokenizer, on_compute_device
     from mgsr_bench.pipeline import evaluate_and_record
     from mgsr_bench.suite.build import EVAL_SPLITS, ensure_suite
 
@@ -299,12 +303,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for label, model_path in models:
         t0 = time.perf_counter()
         tokenizer = load_tokenizer(model_path, args.trust_remote_code)
-        model = load_model(model_path, trust_remote_code=args.trust_remote_code)
+        model = on_compute_device(load_model(model_path, getattr(torch, args.dtype),
+                                             trust_remote_code=args.trust_remote_code))
         make_output_folder(out)  # once a model has loaded: a refused model leaves no empty folder
         kept = {name: apply_protocol(rows, name, tokenizer, settings.max_prompt) if args.data and name in PROTOCOLS
                 else rows for name, rows in datasets.items()}
         record = evaluate_and_record(model, tokenizer, label=label, method="eval", datasets=kept, settings=settings,
-                                     pair={"student": str(model_path)}, config={"model": str(model_path)},
+                                     pair={"student": str(model_path)},
+                                     config={"model": str(model_path), "dtype": args.dtype},
                                      record_path=out / "records" / f"{label}.json", started=t0,
                                      lm_eval=_lm_eval(args, model, tokenizer, suite_data))
         print(f"{label}: " + ", ".join(f"{name} ROUGE-L {s['rougeL']['mean']:.2f} ± {s['rougeL']['std']:.2f}"
@@ -570,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="use the smoke-sized tiny suite's splits")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow code shipped with Hub models to run (off: such models are refused)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="weights' dtype for evaluation, recorded in the record's config (default: float32; "
+                        "bfloat16 halves a large model's memory on a GPU)")
     _add_eval_options(p)
     p.set_defaults(func=cmd_eval)
 

@@ -107,6 +107,16 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32,
     return model.eval()  # as from_pretrained returns it
 
 
+def on_compute_device(model: PreTrainedModel) -> PreTrainedModel:
+    """``model`` moved to this process's device, the one training uses: accelerate's choice, a GPU
+    (or another accelerator) when there is one, else the CPU (``CUDA_VISIBLE_DEVICES=`` keeps a
+    GPU machine's run on the CPU). Evaluation generates on it, so that a model is scored where
+    it trains, not on the CPU beside an idle GPU."""
+    from accelerate import PartialState
+
+    return model.to(PartialState().device)
+
+
 def check_same_vocabulary(teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase) -> None:
     """Refuse a pair whose tokenizers map tokens to different ids."""
     if teacher.get_vocab() != student.get_vocab():
