@@ -20,7 +20,7 @@ def _cli(*args, env=None, cwd=None):
                           env={**os.environ, **(env or {})}, cwd=cwd, timeout=600)
 
 
-@pytest.mark.parametrize("command", ["run", "train", "eval", "leaderboard", "list"])
+@pytest.mark.parametrize("command", ["run", "train", "eval", "agreement", "leaderboard", "list"])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])

@@ -1,4 +1,5 @@
-"""The ``mgsr-bench`` command line: run, train, eval, leaderboard, compare, history, plan, bench, list."""
+"""The ``mgsr-bench`` command line: run, train, eval, agreement, leaderboard, compare, history, plan, bench,
+list."""
 
 from __future__ import annotations
 
@@ -320,6 +321,65 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agreement(args: argparse.Namespace) -> int:
+    """Teacher-forced on reference responses, where each model puts its probability: its mass on
+    tokens the teacher rules out, its entropy, both KLs to the teacher, the references' NLL and top-1
+    agreement (token means; docs/evaluation.md). Models as for ``eval``; the teacher is scored too,
+    as the floor. Defaults: the tiny suite's teacher and its ``test`` split."""
+    import pandas as pd
+
+    from mgsr_bench.data.collate import tokenize_records
+    from mgsr_bench.data.instruct import load_instruct
+    from mgsr_bench.data.jsonl import write_atomic
+    from mgsr_bench.eval.agreement import agreement
+    from mgsr_bench.models import (check_same_vocabulary, check_vocabulary_fits, load_model, load_tokenizer,
+                                   on_compute_device)
+    from mgsr_bench.suite.build import ensure_suite
+
+    if not 0 < args.threshold < 1:
+        raise UserError(f"--threshold must be in (0, 1), got {args.threshold}")
+    for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    if args.output:
+        check_output_file(args.output, "--output")
+    models = _models_to_evaluate(args.models, None)
+    if any(label == "teacher" for label, _ in models):
+        raise UserError("a model labelled 'teacher' would take the teacher's row (the teacher is always scored): "
+                        "pass it under another folder name")
+    records = load_instruct(args.data) if args.data else None
+    teacher_path = tokenizer_path = args.teacher
+    if args.teacher is None or records is None:
+        suite = ensure_suite(_suite_config(args.quick))
+        if args.teacher is None:
+            teacher_path, tokenizer_path = suite.teacher_dir, suite.tokenizer_dir
+        if records is None:
+            records = suite.split(args.split)
+    records = records[: args.limit]
+    tokenizer = load_tokenizer(tokenizer_path, args.trust_remote_code)
+    for _, path in models:
+        check_same_vocabulary(tokenizer, load_tokenizer(path, args.trust_remote_code))
+    teacher = on_compute_device(load_model(teacher_path, trust_remote_code=args.trust_remote_code))
+    check_vocabulary_fits(teacher, tokenizer, "teacher")
+    examples = tokenize_records(records, tokenizer)
+    rows = {"teacher": agreement(teacher, teacher, examples, len(tokenizer), tokenizer.pad_token_id,
+                                 args.threshold, args.batch_size)}
+    for label, path in models:
+        model = on_compute_device(load_model(path, trust_remote_code=args.trust_remote_code))
+        check_vocabulary_fits(model, tokenizer, label)
+        rows[label] = agreement(model, teacher, examples, len(tokenizer), tokenizer.pad_token_id, args.threshold,
+                                args.batch_size)
+    frame = pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
+    tokens = int(frame.pop("tokens").iloc[0])
+    print(f"{len(examples)} references, {tokens} response tokens; off_support: mass on tokens the teacher "
+          f"gives < {args.threshold:g}\n")
+    print(frame.to_markdown(floatfmt=".4f"))
+    if args.output:
+        write_atomic(args.output, json.dumps({"threshold": args.threshold, "references": len(examples),
+                                              "tokens": tokens, "models": rows}, indent=2) + "\n")
+    return 0
+
+
 def _models_to_evaluate(names: list[str], label: str | None) -> list[tuple[str, str]]:
     """(label, model path or Hub name) per model: a model folder; a `train` run folder (its `model/`);
     a `run` folder (each of its `models/*`); anything else is taken as a Hub name."""
@@ -581,6 +641,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "bfloat16 halves a large model's memory on a GPU)")
     _add_eval_options(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("agreement", help="teacher-forced: where each model puts its probability vs the teacher",
+                       description=cmd_agreement.__doc__)
+    p.add_argument("models", nargs="+", help="model folders, `train` or `run` folders, or Hub names")
+    p.add_argument("--teacher", help="teacher model folder or Hub name (default: the tiny suite's)")
+    p.add_argument("--data", help="references to score, any file `eval --data` reads (default: the tiny suite's)")
+    p.add_argument("--split", choices=["test", "shifted", "valid"], default="test",
+                   help="the tiny suite's split when no --data is given (default: test)")
+    p.add_argument("--limit", type=int, help="score only the first N references (default: all)")
+    p.add_argument("--threshold", type=finite_float, default=1e-3,
+                   help="teacher probability below which a token counts as off its support (default: 1e-3)")
+    p.add_argument("--batch-size", type=int, default=8, help="references per forward (default: 8)")
+    p.add_argument("--quick", action="store_true", help="use the smoke-sized tiny suite")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow code shipped with Hub models to run (off: such models are refused)")
+    p.add_argument("--output", help="also write the figures as JSON to this file")
+    p.set_defaults(func=cmd_agreement)
 
     p = sub.add_parser("leaderboard", help="render methods x datasets from run records",
                        description=cmd_leaderboard.__doc__)
