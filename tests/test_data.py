@@ -31,11 +31,15 @@ from mgsr_bench.suite.build import ModelShape, SuiteConfig, build_suite
 train = {"micro_batch": 32, "lr": 3e-3, "val_metric": "loss", "seed": 0}
 config = SuiteConfig(name="tiny-micro", n_train=800, n_valid=16, n_test=8, vocab_size=300,
                      teacher=ModelShape(128, 2, 4, 352), student=ModelShape(64, 1, 2, 176),
-                     teacher_train={**train, "steps": 12, "eval_every": 12},
+                     teacher_train={**train, "steps": 12, "eval_every": 6},
                      student_init_train={**train, "steps": 4, "eval_every": 4})
 root = Path(sys.argv[2])
 build_suite(config, root)
-assert json.loads((root / "suite.json").read_text())["report"]["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
+report = json.loads((root / "suite.json").read_text())["report"]
+assert report["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
+assert [step for step, _ in report["teacher_train"]["val_loss_history"]] == [6, 12]
+stage = report["teacher_train"]
+assert stage["best_val_loss"] == dict(stage["val_loss_history"])[stage["best_step"]] > 0  # the loss, not minus it
 print(torch.get_num_threads(), weights_digest(root / "teacher"), weights_digest(root / "student-init"))
 """
 

@@ -163,8 +163,12 @@ def _train_stage(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, da
     train_ex = tokenize_records(data["train"], tokenizer)
     valid_ex = tokenize_records(data["valid"], tokenizer)
     result = train(model, None, tokenizer, get_method("sft"), train_ex, data["valid"], valid_ex, cfg, desc=desc)
-    return {"best_step": result.best_step, f"best_val_{cfg.val_metric}": result.best_score,
-            "wall_time_s": round(result.wall_time_s, 1), "steps": cfg.steps}
+    metric = f"val_{cfg.val_metric}"
+    # every validation point, so that suite.json shows whether the stage was still improving at its end;
+    # the best is read from it (the harness's score is minus the loss when the metric is the loss)
+    history = [[h["step"], h[metric]] for h in result.history if metric in h]
+    return {"best_step": result.best_step, f"best_{metric}": dict(history)[result.best_step],
+            "wall_time_s": round(result.wall_time_s, 1), "steps": cfg.steps, f"{metric}_history": history}
 
 
 def building_folder(root: Path) -> Path:
