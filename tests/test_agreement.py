@@ -45,7 +45,7 @@ def test_the_command_scores_the_teacher_and_each_model(hub_style_pair, cli):
     p = hub_style_pair
     out = p / "agreement.json"
     proc = cli("agreement", str(p / "student"), "--teacher", str(p / "teacher"), "--data", str(p / "test.jsonl"),
-               "--limit", "10", "--output", str(out))
+               "--limit", "10", "--dtype", "bfloat16", "--output", str(out))
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["references"] == 10 and set(result["models"]) == {"teacher", "student"}

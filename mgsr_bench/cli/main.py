@@ -327,6 +327,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     agreement (token means; docs/evaluation.md). Models as for ``eval``; the teacher is scored too,
     as the floor. Defaults: the tiny suite's teacher and its ``test`` split."""
     import pandas as pd
+    import torch
 
     from mgsr_bench.data.collate import tokenize_records
     from mgsr_bench.data.instruct import load_instruct
@@ -359,13 +360,14 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(tokenizer_path, args.trust_remote_code)
     for _, path in models:
         check_same_vocabulary(tokenizer, load_tokenizer(path, args.trust_remote_code))
-    teacher = on_compute_device(load_model(teacher_path, trust_remote_code=args.trust_remote_code))
+    dtype = getattr(torch, args.dtype)
+    teacher = on_compute_device(load_model(teacher_path, dtype, trust_remote_code=args.trust_remote_code))
     check_vocabulary_fits(teacher, tokenizer, "teacher")
     examples = tokenize_records(records, tokenizer)
     rows = {"teacher": agreement(teacher, teacher, examples, len(tokenizer), tokenizer.pad_token_id,
                                  args.threshold, args.batch_size)}
     for label, path in models:
-        model = on_compute_device(load_model(path, trust_remote_code=args.trust_remote_code))
+        model = on_compute_device(load_model(path, dtype, trust_remote_code=args.trust_remote_code))
         check_vocabulary_fits(model, tokenizer, label)
         rows[label] = agreement(model, teacher, examples, len(tokenizer), tokenizer.pad_token_id, args.threshold,
                                 args.batch_size)
@@ -578,6 +580,12 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm-eval-limit", type=int, help="at most this many documents per lm-eval task")
 
 
+def _add_dtype_option(p: argparse.ArgumentParser, recorded: str = "") -> None:
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help=f"the models' weights' dtype{recorded} (default: float32; bfloat16 halves a large "
+                        "model's memory on a GPU)")
+
+
 def _add_store_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pair", help="only records of this pair (suite name or TEACHER->STUDENT)")
     p.add_argument("--commit", help="only records written at this commit (prefix)")
@@ -636,9 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="use the smoke-sized tiny suite's splits")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow code shipped with Hub models to run (off: such models are refused)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                   help="weights' dtype for evaluation, recorded in the record's config (default: float32; "
-                        "bfloat16 halves a large model's memory on a GPU)")
+    _add_dtype_option(p, ", recorded in the record's config")
     _add_eval_options(p)
     p.set_defaults(func=cmd_eval)
 
@@ -656,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="use the smoke-sized tiny suite")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow code shipped with Hub models to run (off: such models are refused)")
+    _add_dtype_option(p)
     p.add_argument("--output", help="also write the figures as JSON to this file")
     p.set_defaults(func=cmd_agreement)
 
