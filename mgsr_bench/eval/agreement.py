@@ -61,9 +61,9 @@ def agreement(model: PreTrainedModel, teacher: PreTrainedModel, examples: list[E
         mask, selected = token_batch(batch)
         inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
         mask = mask.to(device)
-        values = position_values(selected_logits(model, inputs, mask, vocab_size),
-                                 selected_logits(teacher, inputs, mask, vocab_size),
-                                 selected.targets.to(device), threshold)
+        logits = selected_logits(model, inputs, mask, vocab_size)
+        teacher_logits = logits if teacher is model else selected_logits(teacher, inputs, mask, vocab_size)
+        values = position_values(logits, teacher_logits, selected.targets.to(device), threshold)
         for name, value in values.items():
             sums[name] += float(value.double().sum())
         tokens += len(selected)
