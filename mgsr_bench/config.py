@@ -36,6 +36,8 @@ RECIPE_DIRS = (PROJECT_ROOT / "baselines", PROJECT_ROOT / "methods")
 NO_CHECKOUT = ("this install has no checkout beside it (a non-editable pip install leaves baselines/, methods/ "
                "and leaderboards/ in the clone): install from a clone with pip install -e .")
 NO_RECIPES = f"{NO_CHECKOUT}, or point MGSR_BENCH_RECIPES at folders of recipes"
+# Fields added after runs were checkpointed and recorded, with the value that reproduces those runs
+LATER_FIELDS: dict[str, Any] = {"val_max_new_tokens": 64, "patience": 0}
 
 
 @dataclass
@@ -52,6 +54,10 @@ class TrainConfig:
     eval_every: int = 100
     val_metric: str = "rougeL"  # "rougeL" (greedy, on val_size examples) or "loss"
     val_size: int = 120
+    val_max_new_tokens: int = 64  # length limit of validation's greedy responses (val_metric rougeL)
+    # stop after this many validations in a row without a new best score (0: run all `steps`); `steps`
+    # stays the upper bound and the cosine schedule's length
+    patience: int = 0
     seed: int = 1
     mixed_precision: str = "auto"  # "auto": bf16 where the device supports it, else fp32
     loss_chunk_size: int = 1024  # response tokens per chunk of full-vocabulary logits; 0 = full logits
@@ -72,8 +78,11 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.gen_max_new_tokens < 1:
-            raise UserError(f"train.gen_max_new_tokens must be >= 1, got {self.gen_max_new_tokens}")
+        for name in ("gen_max_new_tokens", "val_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.patience < 0:
+            raise UserError(f"train.patience must be >= 0 (0: never stop early), got {self.patience}")
         if self.gen_temperature <= 0:
             raise UserError(f"train.gen_temperature must be > 0, got {self.gen_temperature}")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
@@ -94,6 +103,13 @@ class TrainConfig:
             raise UserError(f"train.val_metric must be 'rougeL' or 'loss', got {self.val_metric!r}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise UserError(f"train.mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that make a run what it is (a checkpoint's run hash): every field, except those
+        added later whose default reproduces the runs made before them, at that default; so checkpoints
+        written before such a field existed still resume."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
 
     @property
     def global_batch(self) -> int:

@@ -203,3 +203,102 @@ def test_sequences_past_a_models_positions_are_refused_before_any_compute(tokeni
     with pytest.raises(UserError, match="past the model's 64 positions: lower --max-length or --max-new-tokens"):
         generate(gpt2(64), tokenizer, [records[0]["prompt"]], EvalSettings(max_length=128))
     generate(gpt2(64), tokenizer, [records[0]["prompt"]], EvalSettings(max_length=64))
+
+
+class Killed(Exception):
+    """Stands for a kill in the middle of a run."""
+
+
+def scripted_validation(monkeypatch, scores, seen=None):
+    """Replace the validation score with ``scores`` in order (a ``Killed`` entry kills the run there);
+    with ``seen``, keep a copy of the weights each validation saw."""
+    from mgsr_bench.train import loop
+
+    script = iter(scores)
+
+    def score(model, *args):
+        value = next(script)
+        if value is Killed:
+            raise Killed
+        if seen is not None:
+            seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return value
+
+    monkeypatch.setattr(loop, "validation_score", score)
+
+
+def _patience_run(tokenizer, records, monkeypatch, scores, checkpoint_dir=None, seen=None, **overrides):
+    examples = tokenize_records(records[:64], tokenizer)
+    cfg = train_config({"steps": 12, "micro_batch": 8, "lr": 5e-3, "eval_every": 2, "val_metric": "loss",
+                        "val_size": 8, "patience": 2, **overrides})
+    scripted_validation(monkeypatch, scores, seen)
+    student = tiny_model(len(tokenizer), seed=1)
+    result = train(student, None, tokenizer, get_method("sft"), examples, records[200:208], examples[:8], cfg,
+                   checkpoint_dir=checkpoint_dir)
+    return student, result
+
+
+def test_patience_stops_at_the_expected_step_with_the_best_weights(tokenizer, records, monkeypatch):
+    """Validated every 2 steps with patience 2: best at step 4, no new best at 6 and 8 (a tie is none),
+    so the run stops after step 8 of 12, holding step 4's weights, and says so."""
+    seen = []
+    student, result = _patience_run(tokenizer, records, monkeypatch, [1.0, 2.0, 1.5, 2.0, 9.0, 9.0], seen=seen)
+    assert (result.steps_run, result.stopped_early, result.best_step, result.best_score) == (8, True, 4, 2.0)
+    assert [h["step"] for h in result.history] == list(range(1, 9))
+    assert result.history[-1]["stopped_early"] and not any("stopped_early" in h for h in result.history[:-1])
+    assert len(seen) == 4  # no validation after the stop
+    assert all(torch.equal(v, seen[1][k]) for k, v in student.state_dict().items())
+    assert not all(torch.equal(v, seen[3][k]) for k, v in student.state_dict().items())  # it did train on
+    assert result.seconds_per_step == pytest.approx(result.wall_time_s / 8)
+
+
+def test_patience_zero_runs_every_step(tokenizer, records, monkeypatch):
+    _, result = _patience_run(tokenizer, records, monkeypatch, [1.0, 2.0, 1.5, 1.0, 0.5, 0.1], patience=0)
+    assert (result.steps_run, result.stopped_early, result.best_step) == (12, False, 4)
+    assert len(result.history) == 12 and not any("stopped_early" in h for h in result.history)
+    assert result.seconds_per_step == pytest.approx(result.wall_time_s / 12)
+
+
+def test_a_resumed_run_keeps_its_count_of_validations_without_improvement(tokenizer, records, monkeypatch,
+                                                                          tmp_path):
+    """Checkpointed at step 6, after one validation without a new best (step 6), and killed at step 8's
+    validation: the resumed run stops after step 8 like the uninterrupted one (a count restarted from 0
+    would run to step 10), with the same weights."""
+    scores = [1.0, 2.0, 1.5, 1.7, 3.0, 3.0]
+    whole, uninterrupted = _patience_run(tokenizer, records, monkeypatch, scores)
+    assert uninterrupted.steps_run == 8
+    with pytest.raises(Killed):
+        _patience_run(tokenizer, records, monkeypatch, [*scores[:3], Killed], tmp_path, checkpoint_every=3)
+    assert torch.load(tmp_path / "step-0000006.pt", weights_only=True)["stale_validations"] == 1
+    resumed, result = _patience_run(tokenizer, records, monkeypatch, scores[3:], tmp_path, checkpoint_every=3)
+    assert (result.steps_run, result.stopped_early, result.best_step) == (8, True, 4)
+    assert [h["step"] for h in result.history] == list(range(1, 9))
+    assert all(torch.equal(v, whole.state_dict()[k]) for k, v in resumed.state_dict().items())
+
+
+def test_validation_generates_up_to_val_max_new_tokens(tokenizer, records, monkeypatch):
+    from mgsr_bench.train import loop
+
+    asked = []
+    monkeypatch.setattr(loop, "generate", lambda model, tok, prompts, settings: asked.append(settings) or
+                        ["x"] * len(prompts))
+    cfg = train_config({"val_max_new_tokens": 128, "val_size": 4})
+    validation_score(tiny_model(len(tokenizer)), tokenizer, records[:4], [], cfg, torch.device("cpu"))
+    assert asked[0].max_new_tokens == 128 and asked[0].greedy
+
+
+@pytest.mark.parametrize("bad, message", [({"patience": -1}, "train.patience must be >= 0"),
+                                          ({"val_max_new_tokens": 0}, "train.val_max_new_tokens must be >= 1"),
+                                          ({"patience": 1.5}, "train.patience must be of type int")])
+def test_bad_stopping_settings_are_refused_in_one_line(bad, message):
+    from mgsr_bench.errors import UserError
+
+    with pytest.raises(UserError, match=message) as refused:
+        train_config(bad)
+    assert "\n" not in str(refused.value)
+
+
+def test_the_new_settings_at_their_defaults_keep_a_runs_identity():
+    """Checkpoints written before patience and val_max_new_tokens existed still resume (same run hash)."""
+    assert {"patience", "val_max_new_tokens"}.isdisjoint(train_config().identity())
+    assert train_config({"patience": 3}).identity()["patience"] == 3

@@ -3,9 +3,9 @@
 A checkpoint is the file ``step-NNNNNNN.pt``, written to a temporary name, flushed to disk and
 renamed, so a kill at any moment leaves the previous checkpoints intact and never a torn one; the
 newest ``keep`` are kept. It holds the optimiser's scheduler, a loss sub-network (MGSR's f_phi)
-with its optimiser, the history so far, the best validation point, the elapsed time, the hash of
-the run's configuration (a checkpoint is only resumed by the run that wrote it, with as many
-processes) and, for each process, its RNG states (Python, torch, CUDA) and its sample source's
+with its optimiser, the history so far, the best validation point, the count of validations
+without a new best (patience), the elapsed time, the hash of the run's configuration (a
+checkpoint is only resumed by the run that wrote it, with as many processes) and, for each process, its RNG states (Python, torch, CUDA) and its sample source's
 state (generators, DistiLLM's replay buffer of that process's own samples, threshold), so every
 process of a multi-process run continues with its own random stream. The data order needs no
 state: every global batch is drawn from a generator seeded with the training seed, so resuming at

@@ -10,7 +10,8 @@ What it guarantees, identically for every method:
   micro-batches with gradient accumulation (or across DDP processes) gives the same loss and
   gradients as one big batch;
 * AdamW, cosine schedule with linear warm-up, gradient clipping, mixed precision where the device
-  supports it (via accelerate), periodic validation, and the best weights by validation score;
+  supports it (via accelerate), periodic validation, the best weights by validation score, and
+  (with ``patience``) a stop once validation has stopped improving;
 * all of the above under every engine accelerate drives (DDP, FSDP2, DeepSpeed ZeRO-2/3): the few
   steps an engine changes (teacher placement, gathering weights for sampling, DeepSpeed's step,
   getting the weights out) are calls into :mod:`mgsr_bench.train.distributed`.
@@ -19,7 +20,6 @@ What it guarantees, identically for every method:
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import math
 import os
@@ -58,12 +58,28 @@ class TrainResult:
     best_step: int = 0
     best_score: float = -math.inf
     val_examples: int = 0  # validation records scored: val_size, or the whole set when it is smaller
+    steps_run: int = 0  # the last step trained: cfg.steps, or fewer when patience stopped the run
+    stopped_early: bool = False  # whether patience stopped the run before cfg.steps
     wall_time_s: float = 0.0
-    seconds_per_step: float = 0.0
+    seconds_per_step: float = 0.0  # wall_time_s / steps_run
     method_state: dict[str, Any] | None = None  # a loss sub-network's state (at the best step), if any
     # the trained student as an ordinary model: the one passed in, or a gathered copy of a sharded
     # one (None on processes other than the main one when the weights were sharded)
     model: PreTrainedModel | None = None
+
+
+@dataclass
+class Patience:
+    """Early stopping: the run stops once ``patience`` validations in a row bring no new best score
+    (0: never). The count is part of the run's state, so a checkpoint saves it."""
+
+    patience: int
+    stale: int = 0  # validations since the last new best
+
+    def stops(self, improved: bool) -> bool:
+        """Count one validation; whether the run stops after it."""
+        self.stale = 0 if improved else self.stale + 1
+        return 0 < self.patience <= self.stale
 
 
 def resolve_mixed_precision(setting: str) -> str:
@@ -187,7 +203,7 @@ def validation_score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      valid_examples: list[Example], cfg: TrainConfig, device: torch.device) -> float:
     """Higher is better: greedy ROUGE-L on the validation records, or minus the validation loss."""
     if cfg.val_metric == "rougeL":
-        greedy = EvalSettings(greedy=True, max_new_tokens=64, no_repeat_ngram_size=0)
+        greedy = EvalSettings(greedy=True, max_new_tokens=cfg.val_max_new_tokens, no_repeat_ngram_size=0)
         preds = generate(model, tokenizer, [r["prompt"] for r in valid], greedy)
         return corpus_scores(preds, [r["output"] for r in valid])["rougeL"]
     return -validation_loss(model, tokenizer, valid_examples, cfg, device)
@@ -245,7 +261,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     if len(train_examples) < cfg.global_batch * world:
         raise UserError(f"{len(train_examples)} training examples cannot fill one global batch of "
                         f"{cfg.global_batch * world} (micro_batch x grad_accum x processes); lower train.micro_batch")
-    run_hash = config_hash({"train": {k: v for k, v in dataclasses.asdict(cfg).items()
+    run_hash = config_hash({"train": {k: v for k, v in cfg.identity().items()
                                       if k not in ("checkpoint_every", "keep_checkpoints", "process_timeout_s")},
                             "method": method.name, "options": method.options(), "vocab": len(tokenizer),
                             "processes": world,
@@ -289,6 +305,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
 
     valid, valid_examples = valid[: cfg.val_size], valid_examples[: cfg.val_size]
     result = TrainResult(val_examples=len(valid))
+    patience = Patience(cfg.patience)
     best_state: dict[str, torch.Tensor] | None = None
     loaded = checkpoints.load() if checkpoints is not None else None  # weights and optimiser loaded in place
     first_step, elapsed_before = 1, 0.0
@@ -305,6 +322,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
             resumed["best_step"]
         best_state, result.method_state = resumed["best_state"], resumed["method_state"]
         first_step, elapsed_before = resumed["step"] + 1, resumed["elapsed"]
+        patience.stale = resumed.get("stale_validations", 0)  # absent from checkpoints written before patience
         for _ in range(resumed["step"]):  # the data order is a function of the seed: replay the draws
             next(batches)
         set_rng_state(this_process["rng"])
@@ -318,7 +336,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
                 "module": module.state_dict() if module is not None else None,
                 "module_optimizer": module_optimizer.state_dict() if module_optimizer is not None else None,
                 "history": result.history, "best_score": result.best_score, "best_step": result.best_step,
-                "method_state": result.method_state,
+                "stale_validations": patience.stale, "method_state": result.method_state,
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 "elapsed": elapsed_before + time.perf_counter() - start}
 
@@ -379,7 +397,10 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
                                                              accelerator.device)
                     source.observe_validation_loss(record["val_loss"])
                     record["replay_threshold"] = source.adaptive.threshold
-            if score > result.best_score:
+            improved = score > result.best_score  # the same on every process: so is the stop below
+            if patience.stops(improved) and step < cfg.steps:
+                result.stopped_early = record["stopped_early"] = True
+            if improved:
                 result.best_score, result.best_step = score, step
                 best_state = distributed.snapshot(accelerator, model)
                 if module is not None:  # the sub-network saved with the student is the one from the same step
@@ -389,10 +410,13 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         elif step % 10 == 0:
             bar.set_postfix(loss=f"{step_loss:.3f}", best=f"{result.best_score:.2f}")
         result.history.append(record)
+        result.steps_run = step
+        if result.stopped_early:  # no checkpoint at the last step run: a re-run replays to the same stop
+            break
         if checkpoints is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
             checkpoints.save(step, snapshot(step), own(), best_state)
     result.wall_time_s = elapsed_before + time.perf_counter() - start
-    result.seconds_per_step = result.wall_time_s / cfg.steps
+    result.seconds_per_step = result.wall_time_s / result.steps_run
     if module is not None and result.method_state is None:
         result.method_state = {"module": module.state_dict(), "optimizer": module_optimizer.state_dict()}
     if result.best_step:
