@@ -26,6 +26,10 @@ SCHEMA = "mgsr-bench/run-record"
 _CODE_PATHS = ("mgsr_bench", "baselines", "methods", "pyproject.toml")
 SCHEMA_VERSION = 1
 SCHEMA_FILE = "run-record.schema.json"  # JSON Schema of the current version, next to this module
+# One training seed's run among several of one recipe is labelled ``<label>@seed<N>`` (e.g. ``kd@seed2``):
+# '@' is legal in file names on every system and in no recipe name, so the label names its record,
+# model and checkpoint folders as a plain label does, and reads apart from the recipes' own hyphens.
+SEED_MARK = "@seed"
 
 
 def package_versions() -> dict[str, str]:
@@ -52,14 +56,39 @@ def git_commit() -> str | None:
     return sha + ("+dirty" if dirty else "")
 
 
+def seeded_label(label: str, seed: int) -> str:
+    """The label of the run of ``label`` with training seed ``seed``, one of several such runs."""
+    return f"{label}{SEED_MARK}{seed}"
+
+
+def record_group(record: dict[str, Any]) -> str:
+    """The row a record is aggregated into: its ``group`` (the label without a training seed), or
+    its label for records that carry no group."""
+    return record.get("group") or record["label"]
+
+
+def record_seed(record: dict[str, Any]) -> int | None:
+    """The training seed of the run a record scores: ``training.seed``, else the resolved config's
+    ``train.seed`` (student records that carry no ``training.seed``); None for the teacher and
+    ``eval``'s records, which score no run of the harness."""
+    training = record.get("training") or {}
+    if "seed" in training:
+        return training["seed"]
+    train = (record.get("config") or {}).get("train")
+    return train.get("seed") if isinstance(train, dict) else None
+
+
 def make_record(*, label: str, method: str, config: dict[str, Any], pair: dict[str, Any],
                 evaluation: dict[str, Any], scores: dict[str, Any], wall_time_s: float,
-                training: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Assemble a record; ``config`` is the resolved recipe (or evaluation settings) it hashes."""
+                training: dict[str, Any] | None = None, group: str | None = None) -> dict[str, Any]:
+    """Assemble a record; ``config`` is the resolved recipe (or evaluation settings) it hashes.
+    ``group`` is the row the record belongs to (default: its label); several training seeds' runs
+    of one recipe share it."""
     import torch
 
     return {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "label": label, "method": method,
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "label": label, "group": group or label,
+        "method": method,
         "config": config, "config_hash": config_hash(config), "pair": pair, "evaluation": evaluation,
         "scores": scores, "training": training, "wall_time_s": round(wall_time_s, 2),
         "versions": package_versions(), "git_commit": git_commit(),

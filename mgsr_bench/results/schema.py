@@ -2,9 +2,9 @@
 
 Only the keywords those files use are implemented (``type``, ``const``, ``enum``, ``required``,
 ``properties``, ``additionalProperties``, ``items``, ``minItems``, ``maxItems``, ``minimum``,
-``minLength``, ``pattern`` and local ``$ref``); none of the project's dependencies validates JSON
-Schema, and one error naming the offending field is what a user needs. The schema files themselves
-are standard draft 2020-12, usable by any JSON Schema tool.
+``maximum``, ``minLength``, ``pattern`` and local ``$ref``); none of the project's dependencies
+validates JSON Schema, and one error naming the offending field is what a user needs. The schema
+files themselves are standard draft 2020-12, usable by any JSON Schema tool.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ def schema_error(value: Any, schema: dict[str, Any], root: dict[str, Any] | None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and "minimum" in schema \
             and value < schema["minimum"]:
         return f"{where} must be >= {schema['minimum']}, got {value}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and "maximum" in schema \
+            and value > schema["maximum"]:
+        return f"{where} must be <= {schema['maximum']}, got {value}"
     if isinstance(value, str):
         if len(value) < schema.get("minLength", 0):
             return f"{where} must not be empty"
