@@ -1,23 +1,32 @@
 """Regression checks between two sets of run records, and a metric's history across commits.
 
 A drop counts as a regression only when it exceeds the noise: ``max(tolerance, k * se)``, where
-``se = sqrt(std_new^2 / n_new + std_base^2 / n_base)`` is the standard error of the difference of
-the two means over seeds (``std`` the seed std, ``n`` the number of seeds). Seed std measures
-decoding noise only; the tolerance is there for the training noise it does not see. Rows whose
-evaluation settings differ (seeds, decoding, lengths) are not compared, nor rows of another
-teacher/student pair: another pair name, or, where both records carry them, other digests of the
-teacher's or the student init's weights (two builds of the tiny suite can differ). Records without
-digests (made before they were recorded, or of Hub models) are compared on the pair name alone.
+``se = sqrt(var_new + var_base)`` is the standard error of the difference of the two sides' means
+(:func:`side_variance`). A side of one training run has ``var = std^2 / n`` (its sampling std over
+``n`` sampling seeds), which sees decoding noise only: the tolerance is there for the training noise
+it does not see. A side of several runs (training seeds, rows as :func:`latest_per_seed` forms them)
+has ``var = max(S^2 / m, sum_i(std_i^2 / n_i) / m^2)``: ``S`` the sample std of its ``m`` runs'
+means, which holds training and sampling noise alike, floored by the sampling noise alone, which
+``S`` from two or three runs can underestimate. When only one side has several runs, its ``S^2``
+stands for the single run's spread too (a run of the same recipe retrained): that side's variance
+is ``max(std^2 / n, S^2)``. The report's ``noise`` column says which applied to each row.
+
+Rows whose evaluation settings differ (seeds, decoding, lengths) are not compared, nor rows of
+another teacher/student pair: another pair name, or, where both records carry them, other digests
+of the teacher's or the student init's weights (two builds of the tiny suite can differ). Records
+without digests (made before they were recorded, or of Hub models) are compared on the pair name
+alone.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-from mgsr_bench.results.leaderboard import latest_per_label
+from mgsr_bench.results.leaderboard import latest_per_seed, sample_std
 
 STATUSES = ("regression", "improvement", "within noise", "settings differ", "pair differs", "new", "missing")
 WEIGHTS = ("teacher_weights", "student_weights")  # the pair's weight digests in a record (tiny suite)
@@ -34,47 +43,100 @@ def digest_on_one_side(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return any((k in a.get("pair", {})) != (k in b.get("pair", {})) for k in WEIGHTS)
 
 
+@dataclass
+class Side:
+    """One row's runs on one dataset, on one side of a comparison: each run's mean, sampling std and
+    number of sampling seeds."""
+
+    means: list[float]
+    stds: list[float]
+    seeds: list[int]
+
+    @classmethod
+    def of(cls, runs: list[dict[str, Any]], dataset: str, metric: str) -> "Side":
+        scores = [r["scores"][dataset] for r in runs]
+        return cls([s[metric]["mean"] for s in scores], [s[metric]["std"] for s in scores],
+                   [max(len(s["per_seed"]), 1) for s in scores])
+
+    @property
+    def runs(self) -> int:
+        return len(self.means)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.means) / self.runs
+
+    @property
+    def std(self) -> float:
+        """The spread shown: the sampling std of one run, the sample std over training seeds of several."""
+        return self.stds[0] if self.runs == 1 else sample_std(self.means)
+
+    @property
+    def sampling_variance(self) -> float:
+        """The variance of :attr:`mean` from decoding alone."""
+        return sum(s ** 2 / n for s, n in zip(self.stds, self.seeds)) / self.runs ** 2
+
+
+def side_variance(side: Side, other: Side) -> float:
+    """The variance of ``side.mean`` (the module's docstring gives the formula): from the spread
+    over training seeds where there are several runs, on this side or else on the other."""
+    if side.runs > 1:
+        return max(sample_std(side.means) ** 2 / side.runs, side.sampling_variance)
+    if other.runs > 1:
+        return max(side.sampling_variance, sample_std(other.means) ** 2)
+    return side.sampling_variance
+
+
+def noise_used(new: Side, base: Side) -> str:
+    """Which noise a row's threshold counts: ``sampling`` or the training seeds of each side."""
+    if new.runs == 1 and base.runs == 1:
+        return "sampling"
+    return f"training seeds (new {new.runs}, base {base.runs})"
+
+
 def compare_records(new: list[dict[str, Any]], base: list[dict[str, Any]], metric: str = "rougeL",
                     tolerance: float = 0.5, k: float = 2.0) -> pd.DataFrame:
-    """One row per label x dataset present on either side, with the decision."""
+    """One row per row label (group) x dataset present on either side, with the decision."""
     if tolerance < 0 or k < 0:
         raise ValueError("tolerance and k must be >= 0")
-    old = {r["label"]: r for r in latest_per_label(base)}
-    cur = {r["label"]: r for r in latest_per_label(new)}
+    old, cur = latest_per_seed(base), latest_per_seed(new)
     rows = []
     for label in sorted(set(old) | set(cur)):
-        datasets = sorted(set(old.get(label, {}).get("scores", {})) | set(cur.get(label, {}).get("scores", {})))
+        datasets = sorted({d for r in old.get(label, []) + cur.get(label, []) for d in r["scores"]})
         for dataset in datasets:
-            b = old.get(label, {}).get("scores", {}).get(dataset)
-            n = cur.get(label, {}).get("scores", {}).get(dataset)
             row: dict[str, Any] = {"label": label, "dataset": dataset}
-            if b is None or n is None:
-                row["status"] = "new" if b is None else "missing"
-                rows.append(row)
+            b = [r for r in old.get(label, []) if dataset in r["scores"]]
+            n = [r for r in cur.get(label, []) if dataset in r["scores"]]
+            if not b or not n:
+                rows.append({**row, "status": "new" if not b else "missing"})
                 continue
-            if old[label]["evaluation"] != cur[label]["evaluation"]:
+            if any(x["evaluation"] != y["evaluation"] for x in b for y in n):
                 rows.append({**row, "status": "settings differ"})
                 continue
-            if pair_differs(old[label], cur[label]):
+            if any(pair_differs(x, y) for x in b for y in n):
                 rows.append({**row, "status": "pair differs"})
                 continue
-            row["unchecked"] = digest_on_one_side(old[label], cur[label])
-            bm, bs, nm, ns = b[metric]["mean"], b[metric]["std"], n[metric]["mean"], n[metric]["std"]
-            se = math.sqrt(bs ** 2 / max(len(b["per_seed"]), 1) + ns ** 2 / max(len(n["per_seed"]), 1))
-            threshold = max(tolerance, k * se)
-            delta = nm - bm
-            status = "regression" if delta < -threshold else "improvement" if delta > threshold else "within noise"
-            rows.append({**row, "base": bm, "base_std": bs, "new": nm, "new_std": ns, "delta": delta,
-                         "threshold": threshold, "status": status})
+            row["unchecked"] = any(digest_on_one_side(x, y) for x in b for y in n)
+            rows.append({**row, **_decide(Side.of(n, dataset, metric), Side.of(b, dataset, metric), tolerance, k)})
     return pd.DataFrame(rows, columns=["label", "dataset", "base", "base_std", "new", "new_std", "delta",
-                                       "threshold", "status", "unchecked"])
+                                       "threshold", "status", "noise", "unchecked"])
+
+
+def _decide(new: Side, base: Side, tolerance: float, k: float) -> dict[str, Any]:
+    """The difference of the two means, its threshold and the status."""
+    se = math.sqrt(side_variance(new, base) + side_variance(base, new))
+    threshold = max(tolerance, k * se)
+    delta = new.mean - base.mean
+    status = "regression" if delta < -threshold else "improvement" if delta > threshold else "within noise"
+    return {"base": base.mean, "base_std": base.std, "new": new.mean, "new_std": new.std, "delta": delta,
+            "threshold": threshold, "status": status, "noise": noise_used(new, base)}
 
 
 def render_comparison(frame: pd.DataFrame, metric: str) -> str:
     """A readable report: regressions first, then improvements, the rest, and a one-line verdict."""
     order = {s: i for i, s in enumerate(STATUSES)}
     shown = frame.sort_values(by=["status", "label", "dataset"], key=lambda c: c.map(order) if c.name == "status" else c)
-    table = shown.drop(columns="unchecked")
+    table = shown.drop(columns="unchecked").fillna({"noise": ""})
     for col in ("base", "base_std", "new", "new_std", "threshold"):
         table[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
     table["delta"] = table["delta"].map(lambda v: "" if pd.isna(v) else f"{v:+.2f}")

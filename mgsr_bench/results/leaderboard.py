@@ -1,10 +1,13 @@
 """Methods x datasets tables from run records: markdown, CSV, LaTeX (booktabs) and a sortable HTML page.
 
-A :class:`Board` holds the numbers (pandas): per row the mean and the std over seeds of each
-dataset, the average of the dataset means, and the difference of that average from a reference
-row. Rows are the latest record per label; the teacher (an upper bound, not a competitor) and
-rows *reported by papers* (:mod:`mgsr_bench.results.reported`) are shown but never ranked: the best
-value of each column is taken over measured student rows only.
+A :class:`Board` holds the numbers (pandas): per row the mean and the std of each dataset, the
+average of the dataset means, and the difference of that average from a reference row. A row is a
+record's group (the label without its training seed, :func:`record_group`) with the newest record
+of each training seed: one run gives its mean ± std over sampling seeds; several runs give the
+mean over training seeds of each run's mean, ± the sample std over training seeds, because
+retraining moves a score more than resampling one model does. The teacher (an upper bound, not a
+competitor) and rows *reported by papers* (:mod:`mgsr_bench.results.reported`) are shown but never
+ranked: the best value of each column is taken over measured student rows only.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from mgsr_bench.errors import UserError
+from mgsr_bench.results.record import record_group, record_seed
 from mgsr_bench.results.store import ResultsStore
 
 # Rows in this order first (teacher on top, then the SFT reference), the rest alphabetically.
@@ -40,25 +44,45 @@ def load_records(folder: str | Path, **filters: Any) -> list[dict[str, Any]]:
     return records
 
 
+def _row_order(name: str) -> tuple[int, str]:
+    return (_FIRST.index(name) if name in _FIRST else len(_FIRST), name)
+
+
 def latest_per_label(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The newest record of each label, teacher and sft first, then alphabetical."""
     latest: dict[str, dict[str, Any]] = {}
     for r in records:
         if r["label"] not in latest or r["created"] >= latest[r["label"]]["created"]:
             latest[r["label"]] = r
-    order = sorted(latest, key=lambda lbl: (_FIRST.index(lbl) if lbl in _FIRST else len(_FIRST), lbl))
-    return [latest[lbl] for lbl in order]
+    return [latest[lbl] for lbl in sorted(latest, key=_row_order)]
+
+
+def latest_per_seed(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per row (:func:`record_group`), the newest record of each training seed, in seed order; rows
+    teacher and sft first, then alphabetical. A group's plain-label record and its ``@seed`` record
+    of the same seed are one run: the newer is kept."""
+    latest: dict[tuple[str, int | None], dict[str, Any]] = {}
+    for r in records:
+        key = (record_group(r), record_seed(r))
+        if key not in latest or r["created"] >= latest[key]["created"]:
+            latest[key] = r
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for (group, seed), r in sorted(latest.items(), key=lambda kv: (kv[0][1] is not None, kv[0][1] or 0)):
+        rows.setdefault(group, []).append(r)
+    return {name: rows[name] for name in sorted(rows, key=_row_order)}
 
 
 def select_rows(records: list[dict[str, Any]], names: list[str] | None) -> list[dict[str, Any]]:
-    """Records whose label is one of ``names``, or whose method is a name that is no label (all when None)."""
+    """Records whose label or group is one of ``names``, or whose method is a name that is no label
+    (all when None)."""
     if not names:
         return records
-    labels = {r["label"] for r in records}
+    labels = {r["label"] for r in records} | {record_group(r) for r in records}
     missing = sorted(set(names) - labels - {r["method"] for r in records})
     if missing:
         raise UserError(f"no records for {', '.join(missing)}; the records have {', '.join(sorted(labels))}")
-    return [r for r in records if r["label"] in names or (r["method"] in names and r["method"] not in labels)]
+    return [r for r in records if r["label"] in names or record_group(r) in names
+            or (r["method"] in names and r["method"] not in labels)]
 
 
 @dataclass
@@ -71,10 +95,23 @@ class Board:
     kind: dict[str, str]
     reference: str | None = None
     notes: dict[str, str] = field(default_factory=dict)  # row -> citation, for reported rows
+    # row -> its runs' training seeds (None for a run of no training seed: the teacher, eval's records)
+    seeds: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
+    # row -> sample std over training seeds of each run's average (NaN for a row of one run)
+    avg_stds: dict[str, float] = field(default_factory=dict)
 
     @property
     def datasets(self) -> list[str]:
         return list(self.means.columns)
+
+    def runs(self, row: str) -> int:
+        """How many training runs (seeds) a row aggregates; 0 for a reported row."""
+        return len(self.seeds.get(row, ()))
+
+    @property
+    def several_seeds(self) -> bool:
+        """Whether some row aggregates several training seeds (the tables then name each row's seeds)."""
+        return any(self.runs(r) > 1 for r in self.means.index)
 
     @property
     def avg(self) -> pd.Series:
@@ -98,21 +135,23 @@ class Board:
 def build_board(records: list[dict[str, Any]], metric: str = "rougeL", reference: str | None = None,
                 datasets: list[str] | None = None, labels: list[str] | None = None,
                 reported: list[dict[str, Any]] | None = None) -> Board:
-    """One metric's board from records (latest per label), with reported rows appended."""
+    """One metric's board from records (per group, the newest record of each training seed), with
+    reported rows appended."""
     if metric not in METRICS:
         raise UserError(f"unknown metric {metric!r}; use {' or '.join(METRICS)}")
-    rows = select_rows(latest_per_label(records), labels)
-    found = {d for r in rows for d in r["scores"]}
+    rows = latest_per_seed(select_rows(records, labels))
+    found = {d for runs in rows.values() for r in runs for d in r["scores"]}
     all_sets = [d for d in DATASET_ORDER if d in found] + sorted(found - set(DATASET_ORDER))
     chosen = datasets or all_sets
     unknown = [d for d in chosen if d not in all_sets]
     if unknown:
         raise UserError(f"no scores for dataset(s) {', '.join(unknown)}; the records have {', '.join(all_sets)}")
-    means = pd.DataFrame({d: {r["label"]: r["scores"][d][metric]["mean"] if d in r["scores"] else math.nan
-                              for r in rows} for d in chosen})
-    stds = pd.DataFrame({d: {r["label"]: r["scores"][d][metric]["std"] if d in r["scores"] else math.nan
-                             for r in rows} for d in chosen})
-    kind = {r["label"]: "teacher" if r["method"] == "teacher" else "measured" for r in rows}
+    numbers = {name: row_numbers(runs, chosen, metric) for name, runs in rows.items()}
+    means = pd.DataFrame({d: {name: n.means[d] for name, n in numbers.items()} for d in chosen})
+    stds = pd.DataFrame({d: {name: n.stds[d] for name, n in numbers.items()} for d in chosen})
+    kind = {name: "teacher" if runs[0]["method"] == "teacher" else "measured" for name, runs in rows.items()}
+    seeds = {name: tuple(record_seed(r) for r in runs) for name, runs in rows.items()}
+    avg_stds = {name: n.avg_std for name, n in numbers.items()}
     notes: dict[str, str] = {}
     for rep in reported or []:
         if rep["metric"] != metric:
@@ -124,7 +163,44 @@ def build_board(records: list[dict[str, Any]], metric: str = "rougeL", reference
         notes[label] = rep["citation"]
     if reference is not None and reference not in kind:
         raise UserError(f"--reference {reference!r} is not a row; rows: {', '.join(kind)}")
-    return Board(metric, means, stds, kind, reference, notes)
+    return Board(metric, means, stds, kind, reference, notes, seeds, avg_stds)
+
+
+@dataclass
+class RowNumbers:
+    """One row's numbers: per dataset the mean and its spread, and the spread of the average."""
+
+    means: dict[str, float]
+    stds: dict[str, float]
+    avg_std: float
+
+
+def row_numbers(runs: list[dict[str, Any]], datasets: list[str], metric: str) -> RowNumbers:
+    """A row of one run: its mean ± std over sampling seeds. A row of several runs (training
+    seeds): the mean of the runs' means ± their sample std, and the sample std of the runs'
+    averages over ``datasets``. A dataset that some run lacks is NaN, as the average then is."""
+    per_run = [{d: r["scores"][d][metric]["mean"] if d in r["scores"] else math.nan for d in datasets}
+               for r in runs]
+    if len(runs) == 1:
+        stds = {d: runs[0]["scores"][d][metric]["std"] if d in runs[0]["scores"] else math.nan for d in datasets}
+        return RowNumbers(per_run[0], stds, math.nan)
+    columns = {d: [run[d] for run in per_run] for d in datasets}
+    averages = [_mean(list(run.values())) for run in per_run]
+    return RowNumbers({d: _mean(v) for d, v in columns.items()}, {d: sample_std(v) for d, v in columns.items()},
+                      sample_std(averages))
+
+
+def _mean(values: list[float]) -> float:
+    """The mean; NaN for no values or when one is NaN (a missing score)."""
+    return sum(values) / len(values) if values else math.nan
+
+
+def sample_std(values: list[float]) -> float:
+    """The sample standard deviation (n - 1); NaN for fewer than two values or when one is NaN."""
+    if len(values) < 2:
+        return math.nan
+    mean = _mean(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -144,7 +220,20 @@ def _cells(board: Board, row: str, sep: str = " ± ") -> dict[str, str]:
         mean, std = board.means.at[row, d], board.stds.at[row, d]
         out[d] = _num(mean) if math.isnan(std) else f"{_num(mean)}{sep}{_num(std)}"
     out["avg"] = _num(board.avg[row])
+    if board.runs(row) > 1 and not math.isnan(board.avg_stds[row]):
+        out["avg"] += f"{sep}{_num(board.avg_stds[row])}"
     return out
+
+
+def _seed_list(board: Board, row: str) -> list[int]:
+    """A row's training seeds; none for the teacher, ``eval``'s and reported rows."""
+    return [seed for seed in board.seeds.get(row, ()) if seed is not None]
+
+
+def _seeds_text(board: Board, row: str) -> str:
+    """``n=3: 1, 2, 3`` (how many training runs the row holds, and their seeds), or – for none."""
+    seeds = _seed_list(board, row)
+    return f"n={len(seeds)}: {', '.join(map(str, seeds))}" if seeds else "–"
 
 
 def _is_best(board: Board, row: str, column: str, best: dict[str, float]) -> bool:
@@ -154,15 +243,19 @@ def _is_best(board: Board, row: str, column: str, best: dict[str, float]) -> boo
 
 
 def _title(board: Board) -> str:
-    return f"{METRICS[board.metric]} (mean ± std over seeds; best measured value in bold" + \
+    spread = ("mean ± std: over sampling seeds for a row of one training run; for a row of several, the mean "
+              "over its training seeds of each run's mean ± the sample std over training seeds"
+              if board.several_seeds else "mean ± std over seeds")
+    return f"{METRICS[board.metric]} ({spread}; best measured value in bold" + \
         (f"; Δ avg against {board.reference})" if board.reference else ")")
 
 
 def to_markdown(board: Board) -> str:
     best = board.best()
-    columns = ["method", *board.datasets, "avg"] + ([f"Δ vs {board.reference}"] if board.reference else [])
+    seeds = ["training seeds"] if board.several_seeds else []
+    columns = ["method", *seeds, *board.datasets, "avg"] + ([f"Δ vs {board.reference}"] if board.reference else [])
     lines = ["| " + " | ".join(columns) + " |",
-             "|:--|" + "--:|" * (len(columns) - 1)]
+             "|:--|" + ":--|" * len(seeds) + "--:|" * (len(columns) - 1 - len(seeds))]
     delta = board.delta
     for row in board.means.index:
         cells = _cells(board, row)
@@ -171,7 +264,7 @@ def to_markdown(board: Board) -> str:
                 "reported": f"{row} †"}.get(board.kind[row], row)
         if delta is not None:
             texts.append(_signed(delta[row]))
-        lines.append("| " + " | ".join([name, *texts]) + " |")
+        lines.append("| " + " | ".join([name, *([_seeds_text(board, row)] if seeds else []), *texts]) + " |")
     notes = [f"† reported by {board.notes[r]}; not measured here and not ranked." for r in board.means.index
              if board.kind[r] == "reported"]
     return "\n".join([_title(board), "", *lines, *([""] + sorted(set(notes)) if notes else [])]) + "\n"
@@ -180,10 +273,15 @@ def to_markdown(board: Board) -> str:
 def to_csv(board: Board) -> str:
     frame = pd.DataFrame(index=board.means.index)
     frame["kind"] = [board.kind[r] for r in frame.index]
+    if board.several_seeds:
+        frame["training_seeds"] = [" ".join(map(str, _seed_list(board, r))) for r in frame.index]
+        frame["n_training_seeds"] = pd.array([len(_seed_list(board, r)) or None for r in frame.index], dtype="Int64")
     for d in board.datasets:
         frame[f"{d}_mean"] = board.means[d].round(4)
         frame[f"{d}_std"] = board.stds[d].round(4)
     frame["avg"] = board.avg.round(4)
+    if board.several_seeds:
+        frame["avg_std"] = pd.Series(board.avg_stds).reindex(frame.index).round(4)
     if board.delta is not None:
         frame[f"delta_vs_{board.reference}"] = board.delta.round(4)
     return frame.to_csv(index_label="method")
@@ -201,8 +299,9 @@ def to_latex(board: Board) -> str:
     """A booktabs tabular; needs ``\\usepackage{booktabs}``. Reported rows sit below a rule, marked \\dag."""
     best = board.best()
     delta = board.delta
-    columns = ["Method", *board.datasets, "Avg."] + ([f"$\\Delta$ vs {_tex(board.reference)}"] if delta is not None
-                                                       else [])
+    seeds = ["$n$"] if board.several_seeds else []  # training runs per row
+    columns = ["Method", *seeds, *board.datasets, "Avg."] + (
+        [f"$\\Delta$ vs {_tex(board.reference)}"] if delta is not None else [])
     lines = [f"% {_title(board)}", "\\begin{tabular}{l" + "c" * (len(columns) - 1) + "}", "\\toprule",
              " & ".join(_tex(c) if not c.startswith("$") else c for c in columns) + " \\\\", "\\midrule"]
     previous = None
@@ -217,7 +316,8 @@ def to_latex(board: Board) -> str:
                             "reported": "$^\\dag$"}.get(board.kind[row], "")
         if delta is not None:
             texts.append(_signed(delta[row]).replace("-", "$-$") if not math.isnan(delta[row]) else "")
-        lines.append(" & ".join([name, *texts]).replace("–", "--") + " \\\\")
+        runs = [str(len(_seed_list(board, row)) or "–")] if seeds else []
+        lines.append(" & ".join([name, *runs, *texts]).replace("–", "--") + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     notes = sorted({board.notes[r] for r in board.means.index if board.kind[r] == "reported"})
     if notes:
@@ -263,13 +363,16 @@ def to_html(board: Board, title: str = "mgsr-bench leaderboard") -> str:
     """A self-contained page (inline CSS and JS, no network): click a header to sort by it."""
     best = board.best()
     delta = board.delta
-    columns = ["method", *board.datasets, "avg"] + ([f"Δ vs {board.reference}"] if delta is not None else [])
+    seeds = ["training seeds"] if board.several_seeds else []
+    columns = ["method", *seeds, *board.datasets, "avg"] + ([f"Δ vs {board.reference}"] if delta is not None else [])
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
     for row in board.means.index:
         cells = _cells(board, row)
         tds = [f'<td data-value="{html.escape(row, quote=True)}">{html.escape(row)}'
                + (" †" if board.kind[row] == "reported" else "") + "</td>"]
+        if seeds:  # sorts by the number of runs
+            tds.append(f'<td data-value="{len(_seed_list(board, row))}">{html.escape(_seeds_text(board, row))}</td>')
         for c in [*board.datasets, "avg"]:
             value = board.avg[row] if c == "avg" else board.means.at[row, c]
             cls = ' class="best"' if _is_best(board, row, c, best) else ""
@@ -290,14 +393,21 @@ def to_html(board: Board, title: str = "mgsr-bench leaderboard") -> str:
 
 # --- the markdown report's extra tables -----------------------------------------------------------
 
+def _family_means(record: dict[str, Any], dataset: str) -> dict[str, float] | None:
+    """One run's per-family exact match on ``dataset``, mean over its sampling seeds (None without families)."""
+    per_seed = record["scores"].get(dataset, {}).get("per_seed", {})
+    fams = [s["family_exact_match"] for s in per_seed.values() if "family_exact_match" in s]
+    return {f: sum(d[f] for d in fams) / len(fams) for f in fams[0]} if fams else None
+
+
 def family_frame(records: list[dict[str, Any]], dataset: str) -> pd.DataFrame | None:
-    """Per-family exact match (mean over seeds) on one dataset, or None when records carry no families."""
+    """Per-family exact match on one dataset per row (mean over sampling seeds; over the training
+    seeds' runs, the mean of those means), or None when records carry no families."""
     rows = {}
-    for r in latest_per_label(records):
-        per_seed = r["scores"].get(dataset, {}).get("per_seed", {})
-        fams = [s["family_exact_match"] for s in per_seed.values() if "family_exact_match" in s]
-        if fams:
-            rows[r["label"]] = {f: sum(d[f] for d in fams) / len(fams) for f in fams[0]}
+    for name, runs in latest_per_seed(records).items():
+        found = [f for f in (_family_means(r, dataset) for r in runs) if f is not None]
+        if found:
+            rows[name] = {f: sum(d[f] for d in found) / len(found) for f in found[0]}
     return pd.DataFrame.from_dict(rows, orient="index").round(1) if rows else None
 
 
