@@ -1,4 +1,5 @@
-"""Figures from run records with matplotlib: grouped bars per dataset, and training curves."""
+"""Figures from run records with matplotlib: a ranking of the rows (one line each, readable at 40
+rows), grouped bars per dataset, and training curves."""
 
 from __future__ import annotations
 
@@ -46,9 +47,111 @@ def bar_chart(board: Board, stem: Path) -> list[Path]:
                edgecolor="black" if board.kind[row] != "measured" else None, linewidth=0.5)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel(METRICS[board.metric])
-    ax.set_title(f"{METRICS[board.metric]} per dataset (mean over seeds, error bar: std over seeds)")
+    spread = ("std over sampling seeds, or over training seeds for a row of several" if board.several_seeds
+              else "std over seeds")
+    ax.set_title(f"{METRICS[board.metric]} per dataset (mean over seeds, error bar: {spread})")
     ax.legend(fontsize=7, ncol=max(1, len(rows) // 12), bbox_to_anchor=(1.01, 1), loc="upper left")
     ax.grid(axis="y", alpha=0.3)
+    paths = _save(fig, stem)
+    plt.close(fig)
+    return paths
+
+
+def ranking_order(board: Board) -> list[str]:
+    """The rows from the best average to the worst; rows without an average last, by name."""
+    avg = board.avg
+    return sorted(board.means.index, key=lambda r: (math.isnan(avg[r]), -avg[r] if not math.isnan(avg[r]) else 0, r))
+
+
+def _interval(board: Board, row: str, column: str) -> tuple[float, float, bool]:
+    """A row's mean in one panel, the half-width drawn around it, and whether that is over training
+    seeds (else the sampling std of a single run, or 0 where there is none)."""
+    mean = board.avg[row] if column == "avg" else board.means.at[row, column]
+    spread = board.avg_stds.get(row, math.nan) if column == "avg" else board.stds.at[row, column]
+    return mean, (0.0 if math.isnan(spread) else spread), board.runs(row) > 1
+
+
+def _limits(board: Board, rows: list[str], column: str) -> tuple[float, float]:
+    """A panel's x range: the measured rows' intervals, padded. The teacher (far above every student)
+    would otherwise squeeze the students into a corner; rows outside the range sit at its edge."""
+    shown = [r for r in rows if board.kind[r] == "measured"] or rows
+    ends = [(m - h, m + h) for m, h, _ in (_interval(board, r, column) for r in shown) if not math.isnan(m)]
+    if not ends:
+        return 0.0, 1.0
+    lo, hi = min(e[0] for e in ends), max(e[1] for e in ends)
+    pad = max(0.06 * (hi - lo), 0.5)
+    return lo - pad, hi + pad
+
+
+def _draw_panel(ax, board: Board, rows: list[str], column: str) -> None:
+    """One dataset's (or the average's) column of the ranking: a bar and a dot per row."""
+    lo, hi = _limits(board, rows, column)
+    for y, row in enumerate(rows):
+        if y % 2:
+            ax.axhspan(y - 0.5, y + 0.5, color="#f0f0f0", zorder=0)
+        mean, half, several = _interval(board, row, column)
+        if math.isnan(mean):
+            continue
+        color = _COLORS[board.kind[row]]
+        if not lo <= mean <= hi:  # beyond the students' range: an arrow at the edge, with the value
+            edge = hi if mean > hi else lo
+            ax.annotate(f"{mean:.1f}", (edge, y), xytext=(-3 if mean > hi else 3, 0), textcoords="offset points",
+                        ha="right" if mean > hi else "left", va="center", fontsize=7.5, color=color)
+            ax.plot(edge, y, marker=">" if mean > hi else "<", color=color, markersize=5, clip_on=False, zorder=3)
+            continue
+        if half:
+            ax.hlines(y, mean - half, mean + half, color=color if several else "#a9bde0",
+                      linewidth=2.4 if several else 1.4, zorder=2)
+        ax.plot(mean, y, marker="o", markersize=4.5, zorder=3, color="black" if several else color,
+                markerfacecolor="white" if board.kind[row] == "reported" else ("black" if several else color))
+    if board.reference is not None:
+        ref = board.avg[board.reference] if column == "avg" else board.means.at[board.reference, column]
+        if lo <= ref <= hi:
+            ax.axvline(ref, color="#777777", linestyle="--", linewidth=0.8, zorder=1)
+    ax.set_xlim(lo, hi)
+    ax.set_title(column, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    ax.tick_params(axis="x", labelsize=8)
+
+
+_COLORS = {"measured": "#2f6fd0", "teacher": "#666666", "reported": "#b25b00"}
+
+
+def ranking_figure(board: Board):
+    """One panel per dataset and one for the average, one line per row sorted by average (best on
+    top): a dot at the mean and a bar of ± 1 std (dark with a black dot: over training seeds; light:
+    a single run's sampling std), the reference row's value dashed. Each panel's range is the
+    measured rows'; the teacher, beyond it, sits at the edge with its value. Row names label the
+    left axis (the reference in bold, the teacher in grey); each row's number of training runs is
+    written at the right."""
+    plt = _pyplot()
+    rows, columns = ranking_order(board), [*board.datasets, "avg"]
+    fig, axes = plt.subplots(1, len(columns), sharey=True, squeeze=False,
+                             figsize=(1.8 + 2.6 * len(columns), 1.4 + 0.27 * len(rows)))
+    for ax, column in zip(axes[0], columns):
+        _draw_panel(ax, board, rows, column)
+    first, last = axes[0][0], axes[0][-1]
+    first.set_yticks(range(len(rows)), rows, fontsize=8.5)
+    first.set_ylim(len(rows) - 0.5, -0.5)  # best on top
+    for tick, row in zip(first.get_yticklabels(), rows):
+        tick.set_color(_COLORS[board.kind[row]] if board.kind[row] != "measured" else "black")
+        tick.set_fontweight("bold" if row == board.reference else "normal")
+    for y, row in enumerate(rows):
+        if board.runs(row) > 1:
+            last.annotate(f"n={board.runs(row)}", (1.03, y), xycoords=("axes fraction", "data"), va="center",
+                          fontsize=7.5, color="#444444")
+    bar = ("± 1 std over training seeds (dark, n at the right), or over one run's sampling seeds (light)"
+           if board.several_seeds else "± 1 std over sampling seeds")
+    reference = f"; dashed: {board.reference}" if board.reference else ""
+    fig.suptitle(f"{METRICS[board.metric]}, rows by average\ndot: mean; bar: {bar}{reference}", fontsize=9.5)
+    fig.tight_layout()
+    return fig
+
+
+def ranking_chart(board: Board, stem: Path) -> list[Path]:
+    """:func:`ranking_figure` written as ``stem``.png and .svg."""
+    plt = _pyplot()
+    fig = ranking_figure(board)
     paths = _save(fig, stem)
     plt.close(fig)
     return paths
