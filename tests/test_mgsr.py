@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from mgsr_bench.config import available_recipes, load_recipe, train_config
+from mgsr_bench.errors import UserError
 from mgsr_bench.data.collate import ORIGINS, Example, TokenBatch, tokenize_records
 from mgsr_bench.data.spans import extract_spans, span_links, token_pieces
-from mgsr_bench.losses.dac_kl import BandNet, dac_kl, teacher_head
+from mgsr_bench.losses.chunked import chunked_linear_loss
+from mgsr_bench.losses.dac_kl import BandNet, band_kl, dac_kl, teacher_head
 from mgsr_bench.losses.span import span_pair_losses
 from mgsr_bench.methods import get_method
 from mgsr_bench.sampling import decode
@@ -241,6 +243,132 @@ def test_adversarial_subnetwork_ascends_the_dac_loss():
         torch.testing.assert_close(a, -b)
 
 
+def test_dac_kl_drop_keeps_its_values():
+    """``outside: drop`` (the default) gives the values DAC-KL gave before the option existed."""
+    s, t = _logits()
+    log_p, sorted_probs, ids, _ = teacher_head(t, 6)
+    target = torch.tensor([5, 6, 0, 3])  # rank 1, rank 4, rank 4 and beyond the six ranks
+    lower = torch.tensor([0.1, 0.2, 0.3, 0.05], dtype=torch.float64)
+    upper = torch.tensor([0.7, 0.9, 0.6, 0.95], dtype=torch.float64)
+    before = {True: [0.000347180339515332, 0.547355788000341, 3.71483619393036, 1.60242398195202],
+              False: [5.08418962029956, 1.25668192251433, 2.74492240695806, 2.35094962770071]}
+    for renormalize, expected in before.items():
+        loss, kept = dac_kl(s, log_p, sorted_probs, ids, target, lower, upper, 0.02, renormalize)
+        dropped, _ = dac_kl(s, log_p, sorted_probs, ids, target, lower, upper, 0.02, renormalize, outside="drop")
+        assert loss.tolist() == pytest.approx(expected, rel=1e-12)
+        assert torch.equal(loss, dropped)
+        assert kept.tolist() == pytest.approx([0.86372382170218, 0.917984021264035, 0.738204263867013,
+                                               0.900347068884118], rel=1e-12)
+
+
+def _reference_band_kl(t, s, w, target, k, renormalize, outside):
+    """Steps 5-6 of the spec for one row, in plain float64 arithmetic: ``w`` per teacher rank."""
+    p, q = F.softmax(t, -1).tolist(), F.softmax(s, -1).tolist()
+    ranks = sorted(range(len(p)), key=lambda v: -p[v])[:k]
+    P = [w[r] * p[v] for r, v in enumerate(ranks) if v != target] + [p[target]]
+    Q = [w[r] * q[v] for r, v in enumerate(ranks) if v != target] + [q[target]]
+    if outside == "bucket":
+        P, Q = P + [1 - sum(P)], Q + [1 - sum(Q)]
+    if renormalize:
+        P, Q = [x / sum(P) for x in P], [x / sum(Q) for x in Q]
+    kl = sum(a * math.log(a / b) for a, b in zip(P, Q) if a > 0)
+    return kl if renormalize else kl - sum(P) + sum(Q)
+
+
+def _hand_band(ids, target, w):
+    """log of hand-made band weights per rank, ``-inf`` at the target's rank (band_kl's contract)."""
+    log_w = torch.tensor(w, dtype=torch.float64).log().expand(ids.shape).clone()
+    return log_w.masked_fill(ids == target.unsqueeze(-1), float("-inf"))
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+@pytest.mark.parametrize("outside", ["drop", "bucket"])
+def test_band_kl_matches_a_float64_reference(outside, renormalize):
+    s, t = _logits(n=3, v=7, seed=3)
+    k, w = 4, [0.95, 0.6, 0.3, 0.05]
+    log_p, _, ids, _ = teacher_head(t, k)
+    target = torch.tensor([ids[0, 0].item(), ids[1, 2].item(),
+                           next(v for v in range(7) if v not in ids[2])])  # rank 1, rank 3, beyond the ranks
+    loss, _ = band_kl(log_p, F.log_softmax(s, -1), _hand_band(ids, target, w), ids, target, renormalize, outside)
+    for row in range(3):
+        expected = _reference_band_kl(t[row], s[row], w, int(target[row]), k, renormalize, outside)
+        assert loss[row].item() == pytest.approx(expected, rel=1e-10, abs=1e-14)
+
+
+def test_bucket_penalises_the_students_mass_outside_the_band_when_the_band_matches():
+    """The student holds the teacher's in-band and target proportions, at half the mass, and puts the
+    rest outside: ``drop`` sees nothing (0), ``bucket`` sees the two-entry KL of the kept masses."""
+    _, t = _logits(n=2, v=9, seed=5)
+    k, w = 4, [0.9, 0.7, 0.4, 0.2]
+    p = F.softmax(t, -1)
+    log_p, _, ids, _ = teacher_head(t, k)
+    target = ids[:, 0]
+    ranked = torch.zeros_like(p, dtype=torch.bool).scatter(-1, ids, True)
+    held = (p * ranked).sum(-1, keepdim=True)  # the teacher's mass on its ranks (the target among them)
+    q = torch.where(ranked, 0.5 * p, p * (1 - 0.5 * held) / (1 - held))
+    log_w = _hand_band(ids, target, w)
+    drop, kept = band_kl(log_p, q.log(), log_w, ids, target, outside="drop")
+    bucket, _ = band_kl(log_p, q.log(), log_w, ids, target, outside="bucket")
+    two_entry = kept * math.log(2) + (1 - kept) * ((1 - kept) / (1 - 0.5 * kept)).log()
+    torch.testing.assert_close(drop, torch.zeros_like(drop), atol=1e-12, rtol=0)
+    torch.testing.assert_close(bucket, two_entry, rtol=1e-10, atol=0)
+    assert (bucket > 0.05).all()
+
+
+def test_bucket_keeps_a_small_outside_mass_exact_in_float32():
+    """A student with about 1e-6 of its mass outside the band: float32 holds it to float32's precision
+    (summed over what is left out), where ``1 - sum`` would keep only a few bits of it."""
+    t = torch.randn(2, 9, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    k, w = 4, [1 - 2 ** -20] * 4  # exact in float32 too
+    log_p, _, ids, _ = teacher_head(t, k)
+    s = torch.zeros_like(t).scatter(-1, ids, 20.0)  # the student's mass sits on the teacher's ranks
+    target = ids[:, 0]
+    expected = [_reference_band_kl(t[r], s[r], w, int(target[r]), k, True, "bucket") for r in range(2)]
+    log_p32 = F.log_softmax(t.float(), -1)
+    loss, _ = band_kl(log_p32, F.log_softmax(s.float(), -1), _hand_band(ids, target, w).float(), ids, target,
+                      outside="bucket")
+    assert loss.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_bucket_gradients_reach_the_student_and_the_subnetwork_and_stay_finite():
+    s, t = _logits(n=6, v=40)
+    tokens = TokenBatch(torch.randint(0, 40, (6,)))
+    for sharpness in (0.02, 1e-6):  # 1e-6: band weights round to exactly 1, where log(1 - w) is -inf
+        method = get_method("mgsr", outside="bucket", sharpness=sharpness)
+        student = s.clone().requires_grad_(True)
+        method.dac_term(student, t, tokens).sum().backward()
+        assert student.grad.abs().sum() > 0 and torch.isfinite(student.grad).all()
+        assert all(torch.isfinite(p.grad).all() for p in method.module().parameters())
+        if sharpness == 0.02:  # (a band of hard edges gives f_phi next to no gradient)
+            assert all(p.grad.abs().sum() > 0 for p in method.module().parameters())
+
+
+def test_bucket_chunked_equals_the_full_logits():
+    torch.manual_seed(0)
+    n, h, v = 12, 8, 37
+    hidden = torch.randn(n, h, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(v, h, dtype=torch.float64, requires_grad=True)
+    t_hidden, t_weight = torch.randn(n, 6, dtype=torch.float64) * 3, torch.randn(v, 6, dtype=torch.float64)
+    tokens = TokenBatch(torch.randint(0, v, (n,)))
+    method = get_method("mgsr", outside="bucket", span_weight=0.0, top_k_max=16)
+    params = list(method.module().parameters())
+    full = method.token_losses(hidden @ weight.T, t_hidden @ t_weight.T, tokens).sum()
+    expected = torch.autograd.grad(full, [hidden, weight, *params])
+    chunked = chunked_linear_loss(hidden, weight, t_hidden, t_weight, tokens, method.token_losses, 5, params)
+    chunked.backward()
+    torch.testing.assert_close(chunked, full)
+    for got, want in zip([hidden.grad, weight.grad, *(p.grad for p in params)], expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_outside_is_validated_and_recorded_only_when_not_its_default():
+    with pytest.raises(UserError, match=r"outside must be one of drop, bucket, got 'keep'") as refused:
+        get_method("mgsr", outside="keep")
+    assert "\n" not in str(refused.value)
+    assert "outside" not in get_method("mgsr").options()  # runs from before the option keep their hashes
+    assert get_method("mgsr", outside="bucket").options()["outside"] == "bucket"
+
+
 # --- span loss -----------------------------------------------------------------------------------
 
 @pytest.mark.skipif(not (SHARED / "tokenizers" / "gpt2").is_dir(), reason="../shared/tokenizers/gpt2 is absent")
@@ -345,7 +473,7 @@ def test_every_mgsr_recipe_trains_a_step(tokenizer, records):
     teacher = tiny_model(len(tokenizer), seed=2, hidden=48).eval()
     names = [n for n, p in available_recipes().items() if p.parent.name == "methods"]
     assert {"mgsr", "mgsr-no-scrg", "mgsr-fkl", "mgsr-no-span", "mgsr-scrg-fkl", "mgsr-dackl", "mgsr-dackl-fixed",
-            "mgsr-rounds3"} <= set(names)
+            "mgsr-rounds3", "mgsr-dackl-bucket"} <= set(names)
     for name in names:
         recipe = load_recipe(name)
         # start generating at once so that SCRG runs in this single step
