@@ -36,8 +36,6 @@ RECIPE_DIRS = (PROJECT_ROOT / "baselines", PROJECT_ROOT / "methods")
 NO_CHECKOUT = ("this install has no checkout beside it (a non-editable pip install leaves baselines/, methods/ "
                "and leaderboards/ in the clone): install from a clone with pip install -e .")
 NO_RECIPES = f"{NO_CHECKOUT}, or point MGSR_BENCH_RECIPES at folders of recipes"
-# Fields added after runs were checkpointed and recorded, with the value that reproduces those runs
-LATER_FIELDS: dict[str, Any] = {"val_max_new_tokens": 64, "patience": 0}
 
 
 @dataclass
@@ -103,13 +101,6 @@ class TrainConfig:
             raise UserError(f"train.val_metric must be 'rougeL' or 'loss', got {self.val_metric!r}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise UserError(f"train.mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
-
-    def identity(self) -> dict[str, Any]:
-        """The settings that make a run what it is (a checkpoint's run hash): every field, except those
-        added later whose default reproduces the runs made before them, at that default; so checkpoints
-        written before such a field existed still resume."""
-        return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
 
     @property
     def global_batch(self) -> int:

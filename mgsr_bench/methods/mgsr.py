@@ -29,9 +29,6 @@ from mgsr_bench.sampling.scrg import SCRG
 TOKEN_LOSSES = ("dac_kl", "fkl")
 SUBNET_MODES = ("joint", "fixed", "adversarial")
 TARGETS = ("label", "teacher_argmax")
-# Options added after MGSR runs were recorded and checkpointed, with the default that reproduces those
-# runs: left out of options() at that default, so the earlier runs' config hashes still hold.
-LATER_OPTIONS = {"outside": "drop"}
 
 
 @register
@@ -107,9 +104,8 @@ class MGSR(Method):
         return self.token_loss == "dac_kl" and self.dac_weight > 0 and self.subnet != "fixed"
 
     def options(self) -> dict[str, Any]:
-        """Every option, as records and run hashes hold them (a later option at its default is left out)."""
-        return {k: v for k, v in vars(self).items()
-                if not k.startswith("_") and not (k in LATER_OPTIONS and v == LATER_OPTIONS[k])}
+        """Every option, as records and run hashes hold them."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
     def source_spec(self) -> SourceSpec:
         scrg = SCRG(self.rounds, self.teacher_token, self.difference, self.temperature) if self.rounds else None

@@ -20,6 +20,7 @@ What it guarantees, identically for every method:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import math
 import os
@@ -261,7 +262,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     if len(train_examples) < cfg.global_batch * world:
         raise UserError(f"{len(train_examples)} training examples cannot fill one global batch of "
                         f"{cfg.global_batch * world} (micro_batch x grad_accum x processes); lower train.micro_batch")
-    run_hash = config_hash({"train": {k: v for k, v in cfg.identity().items()
+    run_hash = config_hash({"train": {k: v for k, v in dataclasses.asdict(cfg).items()
                                       if k not in ("checkpoint_every", "keep_checkpoints", "process_timeout_s")},
                             "method": method.name, "options": method.options(), "vocab": len(tokenizer),
                             "processes": world,
