@@ -27,10 +27,36 @@ from mgsr_bench.eval.generate import EvalSettings
 from mgsr_bench.methods import Method, get_method
 from mgsr_bench.models.lora import merged
 from mgsr_bench.results import make_record, read_record, write_record
+from mgsr_bench.results.record import seeded_label
 from mgsr_bench.train import train
 
 
 METHOD_STATE = "method_state.pt"
+
+
+@dataclasses.dataclass(frozen=True)
+class SeededRun:
+    """One training run of a recipe: its label, the row it is aggregated into (``group``) and the
+    training seed it is given (None: the recipe's own)."""
+
+    label: str
+    group: str
+    seed: int | None
+
+    def overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """``overrides`` with this run's seed as the ``seed`` train override."""
+        return overrides if self.seed is None else {**overrides, "seed": self.seed}
+
+
+def seeded_runs(label: str, default_seed: int, seeds: Sequence[int] | None) -> list[SeededRun]:
+    """The runs of one recipe for ``--train-seeds``: one run labelled ``label`` when no seeds are
+    given or only ``default_seed`` (the records, models and labels of a plain run), else one run
+    ``<label>@seed<N>`` per seed, all in group ``label``."""
+    if seeds is None:
+        return [SeededRun(label, label, None)]
+    if tuple(seeds) == (default_seed,):
+        return [SeededRun(label, label, default_seed)]
+    return [SeededRun(seeded_label(label, seed), label, seed) for seed in seeds]
 
 
 def save_model_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path,
@@ -98,23 +124,26 @@ def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedM
     result = train(student, teacher, tokenizer, method, tokenize_records(train_records, tokenizer), valid_records,
                    tokenize_records(valid_records, tokenizer), cfg, desc=f"train {recipe.name}",
                    checkpoint_dir=checkpoint_dir, accelerator=accelerator)
-    summary = {"best_step": result.best_step, "best_val": result.best_score, "val_examples": result.val_examples,
-               "wall_time_s": result.wall_time_s, "seconds_per_step": result.seconds_per_step, "history": result.history}
+    summary = {"seed": cfg.seed, "best_step": result.best_step, "best_val": result.best_score,
+               "val_examples": result.val_examples, "wall_time_s": result.wall_time_s,
+               "seconds_per_step": result.seconds_per_step, "history": result.history}
     return config, summary, result.method_state, result.model
 
 
 def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, label: str, method: str,
                         datasets: dict[str, list[dict[str, Any]]], settings: EvalSettings, pair: dict[str, Any],
                         config: dict[str, Any], record_path: Path, training: dict[str, Any] | None = None,
-                        started: float | None = None, lm_eval: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Score ``model`` on every dataset over the seeds and write its run record (with lm-eval's scores, if any)."""
+                        started: float | None = None, lm_eval: dict[str, Any] | None = None,
+                        group: str | None = None) -> dict[str, Any]:
+    """Score ``model`` on every dataset over the seeds and write its run record (with lm-eval's scores,
+    if any); ``group`` is the record's row (default: its label)."""
     t0 = time.perf_counter()
     cache = record_path.parent.parent / ".eval-cache" / label  # finished generations, until the record exists
     scores = evaluate_model(model, tokenizer, datasets, settings, desc=f"eval {label}", cache_dir=cache)
     record = make_record(label=label, method=method, config={**config, "evaluation": settings.as_dict()}, pair=pair,
                          evaluation=settings.as_dict(), scores=scores,
                          wall_time_s=time.perf_counter() - (started if started is not None else t0),
-                         training=training)
+                         training=training, group=group)
     if lm_eval is not None:
         record["lm_eval"] = lm_eval
     write_record(record, record_path)

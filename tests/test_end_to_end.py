@@ -44,6 +44,23 @@ def test_run_quick_end_to_end(tmp_path):
     assert proc.stdout.count("already there; kept") == 3
     assert {p.name: p.stat().st_mtime_ns for p in (out / "records").iterdir()} == before
 
+    # Two training seeds of one recipe: a record each (METHOD@seedN, its seed in training.seed and the
+    # resolved config), one row of the tables and the figure; the same command again redoes nothing.
+    seeded = tmp_path / "seeded"
+    args = ("run", "--quick", "--out", str(seeded), "--methods", "sft", "--train-seeds", "1,2", "--steps", "3",
+            "--seeds", "10")
+    proc = _cli(*args, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [json.loads((seeded / "records" / f"sft@seed{seed}.json").read_text()) for seed in (1, 2)]
+    for seed, rec in zip((1, 2), runs):
+        assert rec["group"] == "sft" and rec["training"]["seed"] == seed == rec["config"]["train"]["seed"]
+    assert runs[0]["training"]["history"][0]["loss"] != runs[1]["training"]["history"][0]["loss"]  # other batches
+    rows = list(csv.DictReader((seeded / "leaderboard.csv").open()))
+    assert [(r["method"], r["n_training_seeds"]) for r in rows] == [("teacher", ""), ("sft", "2")]
+    assert "delta_vs_sft" in rows[0] and (seeded / "ranking.png").is_file()
+    proc = _cli(*args, env=env)
+    assert proc.returncode == 0 and proc.stdout.count("already there; kept") == 3, proc.stderr[-3000:]
+
     # A second command reuses the cached suite instead of rebuilding it.
     proc = _cli("train", "sft", "--quick", "--steps", "1", "--out", str(tmp_path / "again"), env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

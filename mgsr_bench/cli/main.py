@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -12,13 +13,17 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from mgsr_bench.cli.outputs import check_output_file, check_output_folder, make_output_folder
-from mgsr_bench.cli.parsing import OneLineParser, finite_float, iso_date
+from mgsr_bench.cli.parsing import OneLineParser, finite_float, iso_date, train_seeds
 from mgsr_bench.errors import UserError
 from mgsr_bench.signals import sigterm_as_exit
 from mgsr_bench.config import DEFAULT_SEEDS
+
+if TYPE_CHECKING:  # the commands import the heavy modules when they run
+    from mgsr_bench.config import Recipe
+    from mgsr_bench.pipeline import SeededRun
 
 DEFAULT_METHODS = "sft,kd"
 CHECKPOINT_EVERY = 100  # steps between the checkpoints run and train write when the recipe sets none
@@ -98,18 +103,48 @@ def _refuse_several_processes(message: str) -> None:
         raise UserError(message)
 
 
+@dataclasses.dataclass
+class _RunJob:
+    """What every student of one ``run`` shares: the suite's models and data, the settings, where
+    its records, models and checkpoints go."""
+
+    args: argparse.Namespace
+    out: Path
+    suite: Any
+    tokenizer: Any
+    teacher: Any
+    datasets: dict[str, list[dict[str, Any]]]
+    settings: Any
+    train_defaults: dict[str, Any]
+    overrides: dict[str, Any]
+    pair: dict[str, Any] = dataclasses.field(init=False)
+    train_records: list[dict[str, Any]] = dataclasses.field(init=False)
+    valid_records: list[dict[str, Any]] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pair = self.suite.pair()  # hashes both models' weights: once
+        self.train_records, self.valid_records = self.suite.split("train"), self.suite.split("valid")
+
+    @property
+    def suite_info(self) -> dict[str, Any]:
+        return {"suite": self.suite.config.key()}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """Build or reuse the tiny suite, train each recipe's student, evaluate all, print the leaderboard."""
-    from mgsr_bench.models import load_model, on_compute_device
-    from mgsr_bench.pipeline import evaluate_and_record, finished, resolve_recipe, save_model_atomic, train_student
+    """Build or reuse the tiny suite, train each recipe's student (once per --train-seeds seed),
+    evaluate all, print the leaderboard."""
+    from mgsr_bench.models import on_compute_device
+    from mgsr_bench.pipeline import evaluate_and_record, finished, resolve_recipe, seeded_runs
     from mgsr_bench.results import load_records
     from mgsr_bench.results.publish import write_leaderboard
+    from mgsr_bench.results.record import record_group
     from mgsr_bench.suite.build import EVAL_SPLITS, ensure_suite, load_suite_models
 
     _refuse_several_processes("run is the single-process tiny-suite job; launch `train` on several processes "
                               "instead (accelerate launch -m mgsr_bench train ..., docs/scale.md)")
     suite_config = _suite_config(args.quick)
     recipes = _apply_sets(_load_recipes(args.methods), args.set)
+    seeds = train_seeds(args.train_seeds)
     settings = _eval_settings(args, suite_config)
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
@@ -120,6 +155,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from mgsr_bench.eval.lm_harness import check_tasks
 
         check_tasks(args.lm_eval.split(","), tiny_suite=True)
+    train_defaults = {"checkpoint_every": CHECKPOINT_EVERY, **suite_config.method_train}  # a recipe's own wins
+    runs = [(recipe, run) for recipe in recipes for run in
+            seeded_runs(recipe.name, resolve_recipe(recipe, train_defaults, overrides)[0].seed, seeds)]
     out = Path(args.out)
     make_output_folder(out)
 
@@ -127,39 +165,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     tokenizer, teacher = load_suite_models(suite)
     teacher = on_compute_device(teacher)  # where the students train and are scored
     datasets = {split: suite.split(split) for split in EVAL_SPLITS}
-    suite_data = suite.root / "data"
-    train_records, valid_records = suite.split("train"), suite.split("valid")
-    suite_info, pair = {"suite": suite.config.key()}, suite.pair()
-    train_defaults = {"checkpoint_every": CHECKPOINT_EVERY, **suite.config.method_train}  # a recipe's own wins
+    job = _RunJob(args, out, suite, tokenizer, teacher, datasets, settings, train_defaults, overrides)
 
     t0 = time.perf_counter()
-    if finished(out / "records" / "teacher.json", suite_info, settings, bool(args.lm_eval), pair):
+    if finished(out / "records" / "teacher.json", job.suite_info, settings, bool(args.lm_eval), job.pair):
         print("teacher: a record of this evaluation is already there; kept")
     else:
         evaluate_and_record(teacher, tokenizer, label="teacher", method="teacher", datasets=datasets,
-                            settings=settings, pair=pair, config=suite_info,
+                            settings=settings, pair=job.pair, config=job.suite_info,
                             record_path=out / "records" / "teacher.json", training=suite.report["teacher_train"],
-                            started=t0, lm_eval=_lm_eval(args, teacher, tokenizer, suite_data))
-    for recipe in recipes:
-        t0 = time.perf_counter()
-        planned = {**suite_info, **resolve_recipe(recipe, train_defaults, overrides)[2]}
-        if (out / "models" / recipe.name / "config.json").exists() and finished(
-                out / "records" / f"{recipe.name}.json", planned, settings, bool(args.lm_eval), pair):
-            print(f"{recipe.name}: a record of this exact run is already there; kept (delete it to redo)")
-            continue
-        student = load_model(suite.student_init_dir)
-        checkpoints = out / "checkpoints" / recipe.name  # a killed run re-run with the same command resumes here
-        config, summary, method_state, student = train_student(recipe, student, teacher, tokenizer, train_records,
-                                                               valid_records, train_defaults, overrides, checkpoints)
-        save_model_atomic(student, tokenizer, out / "models" / recipe.name, method_state)
-        evaluate_and_record(student, tokenizer, label=recipe.name, method=recipe.method, datasets=datasets,
-                            settings=settings, pair=pair, config={**suite_info, **config},
-                            record_path=out / "records" / f"{recipe.name}.json", training=summary, started=t0,
-                            lm_eval=_lm_eval(args, student, tokenizer, suite_data))
-        shutil.rmtree(checkpoints, ignore_errors=True)  # spent only once the record exists
+                            started=t0, lm_eval=_lm_eval(args, teacher, tokenizer, suite.root / "data"))
+    for recipe, run in runs:
+        _run_student(job, recipe, run)
 
     records = load_records(out / "records")
-    write_leaderboard(records, out, reference="sft" if any(r["label"] == "sft" for r in records) else None)
+    write_leaderboard(records, out, reference="sft" if any(record_group(r) == "sft" for r in records) else None)
     table = (out / "leaderboard.md").read_text(encoding="utf-8")
     print(f"\nTiny suite {suite.config.key()}: teacher {suite.report['teacher_params'] / 1e6:.2f}M params, "
           f"student {suite.report['student_params'] / 1e6:.2f}M params; splits: test (in-domain), "
@@ -169,30 +189,87 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_student(job: _RunJob, recipe: Recipe, run: SeededRun) -> None:
+    """Train, save and score one recipe at one training seed, unless a record of exactly this run
+    is already there; a killed run resumes from its checkpoints."""
+    from mgsr_bench.models import load_model
+    from mgsr_bench.pipeline import evaluate_and_record, finished, resolve_recipe, save_model_atomic, train_student
+
+    t0 = time.perf_counter()
+    out, suite, pair = job.out, job.suite, job.pair
+    overrides = run.overrides(job.overrides)
+    planned = {**job.suite_info, **resolve_recipe(recipe, job.train_defaults, overrides)[2]}
+    record_path = out / "records" / f"{run.label}.json"
+    if (out / "models" / run.label / "config.json").exists() and finished(
+            record_path, planned, job.settings, bool(job.args.lm_eval), pair):
+        print(f"{run.label}: a record of this exact run is already there; kept (delete it to redo)")
+        return
+    student = load_model(suite.student_init_dir)
+    checkpoints = out / "checkpoints" / run.label  # a killed run re-run with the same command resumes here
+    config, summary, method_state, student = train_student(recipe, student, job.teacher, job.tokenizer,
+                                                           job.train_records, job.valid_records,
+                                                           job.train_defaults, overrides, checkpoints)
+    save_model_atomic(student, job.tokenizer, out / "models" / run.label, method_state)
+    evaluate_and_record(student, job.tokenizer, label=run.label, group=run.group, method=recipe.method,
+                        datasets=job.datasets, settings=job.settings, pair=pair,
+                        config={**job.suite_info, **config}, record_path=record_path, training=summary, started=t0,
+                        lm_eval=_lm_eval(job.args, student, job.tokenizer, suite.root / "data"))
+    shutil.rmtree(checkpoints, ignore_errors=True)  # spent only once the record exists
+
+
 def _is_main_process() -> bool:
     """Rank 0 of a multi-process launch (torchrun and accelerate set RANK), or a plain single process."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train one student with one recipe; defaults to the tiny suite's pair and data."""
-    import torch
+@dataclasses.dataclass
+class _TrainPlan:
+    """The settings of one ``train`` command's runs (one per training seed)."""
 
+    recipe: Recipe
+    defaults: dict[str, Any]
+    overrides: dict[str, Any]
+    pair: Any  # the registered pair (``--pair``), or None
+
+    def config(self, run: SeededRun) -> dict[str, Any]:
+        """The config ``training.json`` records for ``run``."""
+        from mgsr_bench.pipeline import resolve_recipe
+
+        config = resolve_recipe(self.recipe, self.defaults, run.overrides(self.overrides))[2]
+        return {**config, "pair": self.pair.name} if self.pair is not None else config
+
+
+@dataclasses.dataclass
+class _TrainJob:
+    """What the runs of one ``train`` share: the settings, the models' paths and the data."""
+
+    plan: _TrainPlan
+    teacher_path: str | Path
+    student_path: str | Path
+    tokenizer: Any
+    train_records: list[dict[str, Any]]
+    valid_records: list[dict[str, Any]]
+    custom: bool  # models and data named on the command line, else the tiny suite's
+    trust_remote_code: bool
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one student with one recipe (with several --train-seeds, one run per seed, each into
+    OUT@seedN); defaults to the tiny suite's pair and data."""
     from mgsr_bench.config import load_recipe
-    from mgsr_bench.data.jsonl import read_records, write_atomic
-    from mgsr_bench.models import check_same_vocabulary, check_vocabulary_fits, load_tokenizer
-    from mgsr_bench.pipeline import resolve_recipe, save_model_atomic, train_student
+    from mgsr_bench.data.jsonl import read_records
+    from mgsr_bench.models import check_same_vocabulary, load_tokenizer
+    from mgsr_bench.pipeline import resolve_recipe, seeded_runs
     from mgsr_bench.suite.build import ensure_suite
-    from mgsr_bench.train.distributed import (check_fsdp_accelerate, check_lora_launch, deepspeed_launch,
-                                              end_processes, load_models)
-    from mgsr_bench.train.loop import make_accelerator
+    from mgsr_bench.train.distributed import check_fsdp_accelerate, check_lora_launch, deepspeed_launch, end_processes
 
     check_fsdp_accelerate()  # before a model loads: a 13B teacher takes minutes
     recipe = load_recipe(args.recipe)
     out = Path(args.out or f"runs/train-{recipe.name}")
-    check_output_folder(out)  # now, before minutes of loading; made once the inputs have been read
-    if (out / "training.json").exists():
-        raise UserError(f"{out} holds a finished run (training.json); choose another --out")
+    seeds = train_seeds(args.train_seeds)
+    if seeds is not None and len(seeds) > 1 and (_processes() > 1 or deepspeed_launch()):
+        raise UserError("train runs several --train-seeds one after another in one process; under a launcher "
+                        "give one seed per launch (--train-seeds N)")
     if args.checkpoint_every is not None and args.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     pair = None
@@ -210,20 +287,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if any(custom) and not all(custom):
         raise UserError("--teacher, --student (or --pair), --train-data and --valid-data go together "
                         "(or none: the tiny suite)")
-    defaults: dict[str, Any] = {}
-    trust = args.trust_remote_code
-    if all(custom):
-        train_records, valid_records = read_records(args.train_data), read_records(args.valid_data)
-        tokenizer, student_tok = load_tokenizer(args.teacher, trust), load_tokenizer(args.student, trust)
-        check_same_vocabulary(tokenizer, student_tok)
-        teacher_path, student_path = args.teacher, args.student
-    else:
-        make_output_folder(out)
-        suite = ensure_suite(_suite_config(args.quick))
-        defaults = suite.config.method_train
-        tokenizer = load_tokenizer(suite.tokenizer_dir)
-        teacher_path, student_path = suite.teacher_dir, suite.student_init_dir
-        train_records, valid_records = suite.split("train"), suite.split("valid")
+    defaults: dict[str, Any] = {} if all(custom) else dict(_suite_config(args.quick).method_train)
     if pair is not None:
         defaults = {**defaults, "micro_batch": pair.micro_batch, "grad_accum": pair.grad_accum,
                     "gradient_checkpointing": pair.gradient_checkpointing}
@@ -233,33 +297,89 @@ def cmd_train(args: argparse.Namespace) -> int:
     defaults = {"checkpoint_every": CHECKPOINT_EVERY, **defaults}  # a recipe's own wins, --checkpoint-every over it
     if args.checkpoint_every is not None:
         overrides["checkpoint_every"] = args.checkpoint_every
-    cfg = resolve_recipe(recipe, defaults, overrides)[0]
-    # under DeepSpeed the engine comes up first: ZeRO-3's zero3_init_flag partitions the models as they load
-    accelerator = make_accelerator(cfg) if deepspeed_launch() else None
-    teacher_dtype = getattr(torch, pair.dtype) if pair is not None and all(custom) else torch.float32
-    teacher, student = load_models(teacher_path, student_path, accelerator, shard_teacher=cfg.shard_teacher,
-                                   teacher_dtype=teacher_dtype, trust_remote_code=trust)
+    plan = _TrainPlan(recipe, defaults, overrides, pair)
+    runs = seeded_runs(out.name, resolve_recipe(recipe, defaults, overrides)[0].seed, seeds)
+    if len(runs) > 1 and out.name in ("", ".", ".."):
+        raise UserError(f"--out {out} names no folder: with several --train-seeds each seed's run goes to "
+                        "NAME@seedN beside OUT, so give OUT a name (e.g. --out runs/kd)")
+    folders = [out if run.label == out.name else out.with_name(run.label) for run in runs]
+    for folder in folders:
+        check_output_folder(folder)  # now, before minutes of loading; made once the inputs have been read
+    if len(runs) == 1 and (out / "training.json").exists():
+        raise UserError(f"{out} holds a finished run (training.json); choose another --out")
+    todo = [(run, folder) for run, folder in zip(runs, folders)
+            if len(runs) == 1 or not _finished_seed(plan, run, folder)]
+    trust = args.trust_remote_code
     if all(custom):
-        check_vocabulary_fits(teacher, tokenizer, "teacher")
-        check_vocabulary_fits(student, tokenizer, "student")
-        make_output_folder(out)
-    if pair is not None and pair.finetune == "lora":
-        from mgsr_bench.models.lora import apply_lora
-
-        student = apply_lora(student, pair.lora, cfg.seed)
-    config, summary, method_state, student = train_student(recipe, student, teacher, tokenizer, train_records,
-                                                           valid_records, defaults, overrides,
-                                                           checkpoint_dir=out / "checkpoints", accelerator=accelerator)
-    if _is_main_process():  # under torchrun / accelerate launch the main process writes the results
-        if pair is not None:
-            config["pair"] = pair.name
-        save_model_atomic(student, tokenizer, out / "model", method_state)
-        write_atomic(out / "training.json", json.dumps({"config": config, "training": summary}, indent=2))
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the run is complete: its checkpoints are spent
-        print(f"best validation {summary['best_val']:.3f} (on {summary['val_examples']} records) at step "
-              f"{summary['best_step']}; model saved to {out / 'model'}")
+        train_records, valid_records = read_records(args.train_data), read_records(args.valid_data)
+        tokenizer, student_tok = load_tokenizer(args.teacher, trust), load_tokenizer(args.student, trust)
+        check_same_vocabulary(tokenizer, student_tok)
+        teacher_path, student_path = args.teacher, args.student
+    else:
+        for _, folder in todo:
+            make_output_folder(folder)
+        suite = ensure_suite(_suite_config(args.quick))
+        tokenizer = load_tokenizer(suite.tokenizer_dir)
+        teacher_path, student_path = suite.teacher_dir, suite.student_init_dir
+        train_records, valid_records = suite.split("train"), suite.split("valid")
+    job = _TrainJob(plan, teacher_path, student_path, tokenizer, train_records, valid_records, bool(all(custom)), trust)
+    for run, folder in todo:
+        _train_run(job, run, folder)
     end_processes()
     return 0
+
+
+def _finished_seed(plan: _TrainPlan, run: SeededRun, folder: Path) -> bool:
+    """Whether ``folder`` holds this seed's finished run, so that the same command run again after
+    a kill skips it (and says so); a finished run of other settings there is refused."""
+    path = folder / "training.json"
+    if not path.exists():
+        return False
+    if json.loads(path.read_text(encoding="utf-8")).get("config") != json.loads(json.dumps(plan.config(run))):
+        raise UserError(f"{folder} holds a finished run of other settings (training.json); choose another --out")
+    print(f"{folder}: this seed's run is already finished there (training.json); kept")
+    return True
+
+
+def _train_run(job: _TrainJob, run: SeededRun, folder: Path) -> None:
+    """Load the models, train one student at ``run``'s seed and, on the main process, save it and its
+    ``training.json`` into ``folder`` (its checkpoints in ``folder/checkpoints``, resumed after a kill)."""
+    import torch
+
+    from mgsr_bench.data.jsonl import write_atomic
+    from mgsr_bench.models import check_vocabulary_fits
+    from mgsr_bench.pipeline import resolve_recipe, save_model_atomic, train_student
+    from mgsr_bench.train.distributed import deepspeed_launch, load_models
+    from mgsr_bench.train.loop import make_accelerator
+
+    plan = job.plan
+    overrides = run.overrides(plan.overrides)
+    cfg = resolve_recipe(plan.recipe, plan.defaults, overrides)[0]
+    # under DeepSpeed the engine comes up first: ZeRO-3's zero3_init_flag partitions the models as they load
+    accelerator = make_accelerator(cfg) if deepspeed_launch() else None
+    teacher_dtype = getattr(torch, plan.pair.dtype) if plan.pair is not None and job.custom else torch.float32
+    teacher, student = load_models(job.teacher_path, job.student_path, accelerator, shard_teacher=cfg.shard_teacher,
+                                   teacher_dtype=teacher_dtype, trust_remote_code=job.trust_remote_code)
+    if job.custom:
+        check_vocabulary_fits(teacher, job.tokenizer, "teacher")
+        check_vocabulary_fits(student, job.tokenizer, "student")
+        make_output_folder(folder)
+    if plan.pair is not None and plan.pair.finetune == "lora":
+        from mgsr_bench.models.lora import apply_lora
+
+        student = apply_lora(student, plan.pair.lora, cfg.seed)
+    config, summary, method_state, student = train_student(plan.recipe, student, teacher, job.tokenizer,
+                                                           job.train_records, job.valid_records, plan.defaults,
+                                                           overrides, checkpoint_dir=folder / "checkpoints",
+                                                           accelerator=accelerator)
+    if _is_main_process():  # under torchrun / accelerate launch the main process writes the results
+        if plan.pair is not None:
+            config["pair"] = plan.pair.name
+        save_model_atomic(student, job.tokenizer, folder / "model", method_state)
+        write_atomic(folder / "training.json", json.dumps({"config": config, "training": summary}, indent=2))
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the run is complete: its checkpoints are spent
+        print(f"best validation {summary['best_val']:.3f} (on {summary['val_examples']} records) at step "
+              f"{summary['best_step']}; model saved to {folder / 'model'}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -434,9 +554,11 @@ def _store_filters(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     """Render the methods x datasets table of the run records under a folder (a results store).
 
-    The latest record per label makes a row; cells are mean ± std over seeds, the best measured value
-    of each column is marked, ``--reference`` adds each row's difference in average from that row, and
-    ``--reported TEACHER->STUDENT`` adds the numbers papers report for that pair (marked, never ranked).
+    A row is a label, or a group of several training seeds' records (``METHOD@seedN``: the newest
+    record of each seed); cells are mean ± std over sampling seeds, or over training seeds for a
+    row of several (the mean of each run's mean). The best measured value of each column is marked,
+    ``--reference`` adds each row's difference in average from that row, and ``--reported
+    TEACHER->STUDENT`` adds the numbers papers report for that pair (marked, never ranked).
     ``--write DIR`` writes every format and the figures into DIR.
     """
     from mgsr_bench.data.jsonl import write_atomic
@@ -469,10 +591,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Compare the records under NEW with those under BASE, per label and dataset; exit 1 on a regression.
+    """Compare the records under NEW with those under BASE, per row and dataset; exit 1 on a regression.
 
     A drop is a regression when it exceeds max(--tolerance, --k x the standard error of the difference
-    of the two means over seeds).
+    of the two means): over sampling seeds, or over training seeds for a row with several
+    (docs/results.md); the report's noise column says which.
     """
     from mgsr_bench.data.jsonl import write_atomic
     from mgsr_bench.results import load_records
@@ -580,6 +703,12 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm-eval-limit", type=int, help="at most this many documents per lm-eval task")
 
 
+def _add_train_seeds_option(p: argparse.ArgumentParser, several: str) -> None:
+    p.add_argument("--train-seeds", metavar="N,N,...",
+                   help="training seeds, one run each (data order, sub-module init, training samples; default: "
+                        f"the recipe's seed, else 1). With several seeds or another seed: {several}")
+
+
 def _add_dtype_option(p: argparse.ArgumentParser, recorded: str = "") -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help=f"the models' weights' dtype{recorded} (default: float32; bfloat16 halves a large "
@@ -613,6 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deterministic kernels on GPU (slower; CPU runs are deterministic already)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a method option in every chosen recipe that has it (repeatable)")
+    _add_train_seeds_option(p, "records, models and labels METHOD@seedN")
     _add_eval_options(p)
     p.set_defaults(func=cmd_run)
 
@@ -625,6 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-data", help="MiniLLM-format train .jsonl")
     p.add_argument("--valid-data", help="MiniLLM-format validation .jsonl")
     p.add_argument("--steps", type=int, help="override the recipe's training steps")
+    _add_train_seeds_option(p, "folders OUT@seedN")
     p.add_argument("--quick", action="store_true", help="use the smoke-sized tiny suite")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow code shipped with Hub models to run (off: such models are refused)")
@@ -690,7 +821,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=["rougeL", "exact_match"], default="rougeL")
     p.add_argument("--tolerance", type=finite_float, default=0.5, help="smallest drop that can count (default: 0.5)")
     p.add_argument("--k", type=finite_float, default=2.0,
-                   help="multiple of the standard error of the difference of the means over seeds (default: 2)")
+                   help="multiple of the standard error of the difference of the means, over sampling seeds or, "
+                        "for rows with several, training seeds (default: 2)")
     p.add_argument("--output", help="also write the report to this file")
     p.set_defaults(func=cmd_compare)
 
