@@ -1,4 +1,4 @@
-"""Issue 5: the protocol's decoding settings, the five-seed loop, Hub Dolly and lm-eval offline."""
+"""The protocol's decoding settings, the five-seed loop, per-family scores, Hub Dolly and lm-eval offline."""
 
 import json
 
@@ -121,3 +121,20 @@ def test_multiple_choice_rows_hide_the_reference_among_same_family_answers(recor
         assert row["choices"][row["gold"]] == source["output"]
         assert len(set(row["choices"])) == 4 and set(row["choices"]) <= family_outputs[source["family"]]
     assert len({row["gold"] for row in rows}) == 4  # the reference's place varies
+
+
+def test_per_family_scores_average_each_familys_examples(monkeypatch):
+    """ROUGE-L and exact match per family, each the mean over that family's examples, max over an
+    open-ended record's references."""
+    from mgsr_bench.eval import evaluate
+
+    records = [{"prompt": "p1", "output": "the cat sat", "family": "a"},
+               {"prompt": "p2", "output": ["my dog ran", "the dog ran home"], "family": "b"},
+               {"prompt": "p3", "output": "blue", "family": "a"}]
+    preds = ["the cat sat", "the dog ran", "red"]
+    monkeypatch.setattr(evaluate, "generate", lambda *a, **k: preds)
+    monkeypatch.setattr(evaluate, "fingerprint", lambda *a: "x")
+    seed = evaluate_model(None, None, {"d": records}, EvalSettings(seeds=(10,)))["d"]["per_seed"]["10"]
+    # "the dog ran" against "my dog ran": LCS 2 of 3 and 3 -> F 2/3; against "the dog ran home": 3 of 3 and 4 -> 6/7
+    assert seed["family_rougeL"] == pytest.approx({"a": 50.0, "b": 100 * 6 / 7})
+    assert seed["family_exact_match"] == pytest.approx({"a": 50.0, "b": 0.0})

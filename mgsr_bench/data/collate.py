@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from mgsr_bench.data.jsonl import first_reference
+
 IGNORE = -100
 ORIGINS = ("ground_truth", "student", "teacher")  # where a response came from; replayed samples are "student"
 
@@ -74,8 +76,7 @@ def tokenize_records(records: list[dict[str, Any]], tokenizer: PreTrainedTokeniz
     out = []
     for r in records:
         prompt = tokenizer(r["prompt"], add_special_tokens=False).input_ids[:max_prompt]
-        output = r["output"] if isinstance(r["output"], str) else r["output"][0]
-        response = tokenizer(output, add_special_tokens=False).input_ids
+        response = tokenizer(first_reference(r["output"]), add_special_tokens=False).input_ids
         response = response[: max_length - len(prompt) - 1] + [tokenizer.eos_token_id]
         out.append(Example(prompt, response))
     return out

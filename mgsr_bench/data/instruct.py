@@ -36,7 +36,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from mgsr_bench.data.jsonl import read_jsonl, read_records
+from mgsr_bench.data.jsonl import first_reference, read_jsonl, read_records
 from mgsr_bench.data.template import build_prompt
 from mgsr_bench.errors import UserError
 
@@ -156,10 +156,6 @@ def load_instruct(spec: str | Path) -> list[dict[str, Any]]:
     return read_records(path)
 
 
-def _first_reference(output: Any) -> str:
-    return output[0] if isinstance(output, list) else output
-
-
 def apply_protocol(records: list[dict[str, Any]], name: str, tokenizer: PreTrainedTokenizerBase,
                    max_prompt: int = 256) -> list[dict[str, Any]]:
     """The records the protocol keeps for evaluation set ``name`` (see :data:`PROTOCOLS`)."""
@@ -170,7 +166,7 @@ def apply_protocol(records: list[dict[str, Any]], name: str, tokenizer: PreTrain
     if protocol.drop_long_prompts:
         kept = [r for r in kept if len(tokenizer(r["prompt"], add_special_tokens=False).input_ids) <= max_prompt]
     if protocol.min_reference_tokens:
-        kept = [r for r in kept if len(tokenizer(_first_reference(r["output"]), add_special_tokens=False).input_ids)
+        kept = [r for r in kept if len(tokenizer(first_reference(r["output"]), add_special_tokens=False).input_ids)
                 >= protocol.min_reference_tokens]
     if protocol.max_rows is not None:
         kept = kept[: protocol.max_rows]

@@ -91,6 +91,17 @@ def write_atomic(path: str | Path, text: str) -> None:
         raise
 
 
+def first_reference(output: str | list[str]) -> str:
+    """A record's response for training and teacher forcing: its ``output``, or the first of its
+    references where an evaluation record holds several."""
+    return output if isinstance(output, str) else output[0]
+
+
+def records_text(rows: Iterable[dict[str, Any]]) -> str:
+    """Records as JSONL text: the bytes :func:`write_records` writes, and what a data digest hashes."""
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
 def write_records(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     """Write records as JSONL, atomically."""
-    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_atomic(path, records_text(rows))

@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mgsr_bench.data.jsonl import write_atomic
 from mgsr_bench.eval.generate import EvalSettings, generate
-from mgsr_bench.eval.metrics import bootstrap_ci, example_scores, exact_match
+from mgsr_bench.eval.metrics import bootstrap_ci, example_scores
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -57,7 +57,8 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     """Generate and score every dataset once per seed (once in all when ``greedy``).
 
     Returns, per dataset: ``per_seed`` (ROUGE-L, exact match and, where records carry a
-    ``family``, per-family exact match, all x 100), and ``rougeL`` / ``exact_match`` summaries:
+    ``family``, both per family as ``family_rougeL`` and ``family_exact_match``, all x 100), and
+    ``rougeL`` / ``exact_match`` summaries:
     mean and sample std over seeds, and ``ci95``, a percentile bootstrap 95% interval of the mean
     over examples (each example's score averaged over the seeds; 1000 resamples, fixed seed).
 
@@ -81,12 +82,13 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             for metric, v in values.items():
                 per_example[metric].append(v)
             scores: dict[str, Any] = {metric: statistics.fmean(v) if v else 0.0 for metric, v in values.items()}
-            families: dict[str, list[float]] = defaultdict(list)
-            for r, pred in zip(records, preds):
+            by_family: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+            for i, r in enumerate(records):
                 if "family" in r:
-                    families[r["family"]].append(exact_match(pred, r["output"]))
-            if families:
-                scores["family_exact_match"] = {f: 100 * statistics.fmean(v) for f, v in sorted(families.items())}
+                    for metric, v in values.items():
+                        by_family[metric][r["family"]].append(v[i])
+            for metric, families in by_family.items():
+                scores[f"family_{metric}"] = {f: statistics.fmean(v) for f, v in sorted(families.items())}
             scores["examples"] = [{"prediction": p} for p in preds[:3]]
             per_seed[str(seed)] = scores
         results[name] = {

@@ -30,22 +30,26 @@ TINY_TASKS = ("tiny_gen", "tiny_mc")
 
 
 def multiple_choice_rows(records: list[dict[str, Any]], n_choices: int = 4, seed: int = 0) -> list[dict[str, Any]]:
-    """Per record: its reference among ``n_choices - 1`` other references of the same family, shuffled.
+    """Per record: its (first) reference among ``n_choices - 1`` other records' references of the same
+    family, shuffled.
 
     Distractors are distinct from the reference; families with too few distinct answers are skipped.
     """
+    from mgsr_bench.data.jsonl import first_reference
+
     rng = random.Random(seed)
     by_family: dict[str, list[str]] = defaultdict(list)
     for r in records:
-        by_family[r.get("family", "")].append(r["output"])
+        by_family[r.get("family", "")].append(first_reference(r["output"]))
     rows = []
     for r in records:
-        pool = sorted({o for o in by_family[r.get("family", "")] if o != r["output"]})
+        gold = first_reference(r["output"])
+        pool = sorted({o for o in by_family[r.get("family", "")] if o != gold})
         if len(pool) < n_choices - 1:
             continue
-        choices = rng.sample(pool, n_choices - 1) + [r["output"]]
+        choices = rng.sample(pool, n_choices - 1) + [gold]
         rng.shuffle(choices)
-        rows.append({"prompt": r["prompt"], "choices": choices, "gold": choices.index(r["output"]),
+        rows.append({"prompt": r["prompt"], "choices": choices, "gold": choices.index(gold),
                      "family": r.get("family", "")})
     return rows
 
