@@ -157,7 +157,7 @@ def backward_global_batch(method: Method, student: PreTrainedModel, teacher: Pre
     """
     world = accelerator.num_processes
     micro = [examples[i: i + micro_batch] for i in range(0, len(examples), micro_batch)]
-    total = torch.zeros((), device=accelerator.device)
+    losses = []
     for i, chunk in enumerate(micro):
         batch = {k: v.to(accelerator.device) for k, v in collate(chunk, pad_id).items()}
         last = i == len(micro) - 1
@@ -166,8 +166,8 @@ def backward_global_batch(method: Method, student: PreTrainedModel, teacher: Pre
                 loss = micro_batch_loss(method, student, teacher, batch, vocab_size, chunk_size,
                                         pair_scale) * world / n_tokens
             distributed.backward(accelerator, loss, last)
-        total += loss.detach()
-    return total.item() / world
+        losses.append(loss.detach())
+    return sum(part.item() for part in losses) / world  # summed in Python's float64, whatever the model's dtype
 
 
 def span_pairs(examples: list[Example]) -> int:
@@ -323,7 +323,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
             resumed["best_step"]
         best_state, result.method_state = resumed["best_state"], resumed["method_state"]
         first_step, elapsed_before = resumed["step"] + 1, resumed["elapsed"]
-        patience.stale = resumed.get("stale_validations", 0)  # absent from checkpoints written before patience
+        patience.stale = resumed["stale_validations"]
         for _ in range(resumed["step"]):  # the data order is a function of the seed: replay the draws
             next(batches)
         set_rng_state(this_process["rng"])
@@ -362,8 +362,9 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         step_loss = backward_global_batch(method, student, teacher, mine, n_tokens, cfg.micro_batch,
                                           tokenizer.pad_token_id, accelerator, len(tokenizer), chunk_size,
                                           n_tokens / n_pairs if n_pairs else 0.0)
-        if world > 1:
-            step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item()
+        if world > 1:  # summed in float64, as each process's own share was
+            share = torch.tensor(step_loss, dtype=torch.float64, device=accelerator.device)
+            step_loss = accelerator.reduce(share, "sum").item()
         if not math.isfinite(step_loss):
             where = ""
             if checkpoints is not None:  # weights are still those before the step (every process sees the loss)
