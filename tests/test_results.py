@@ -68,6 +68,15 @@ def test_leaderboard_pivot_hand_computed(tmp_path):
     assert board.best() == {"test": 52.0, "shifted": 30.0, "avg": 41.0}  # the teacher is never ranked
     md = render_leaderboard(records)
     assert "| teacher" in md and "Exact match by task family on test" in md
+    assert "ROUGE-L by task family" not in md  # these records carry exact match per family only
+    for rec in records:
+        for scores in rec["scores"]["test"]["per_seed"].values():
+            scores["family_rougeL"] = {"arith": scores["rougeL"], "story": 2 * scores["rougeL"]}
+    from mgsr_bench.results.leaderboard import family_frame
+
+    fam = family_frame(records, "test", "rougeL")
+    assert fam.at["kd", "story"] == 2 * board.means.at["kd", "test"] and fam.at["kd", "arith"] == 52.0
+    assert "ROUGE-L by task family on test" in render_leaderboard(records)
     csv = render_leaderboard(records, "csv").splitlines()
     assert csv[0] == "method,kind,test_mean,test_std,shifted_mean,shifted_std,avg" and csv[1].startswith("teacher,")
 

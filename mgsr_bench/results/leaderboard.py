@@ -393,19 +393,20 @@ def to_html(board: Board, title: str = "mgsr-bench leaderboard") -> str:
 
 # --- the markdown report's extra tables -----------------------------------------------------------
 
-def _family_means(record: dict[str, Any], dataset: str) -> dict[str, float] | None:
-    """One run's per-family exact match on ``dataset``, mean over its sampling seeds (None without families)."""
+def _family_means(record: dict[str, Any], dataset: str, metric: str) -> dict[str, float] | None:
+    """One run's per-family ``metric`` on ``dataset``, mean over its sampling seeds (None without families)."""
     per_seed = record["scores"].get(dataset, {}).get("per_seed", {})
-    fams = [s["family_exact_match"] for s in per_seed.values() if "family_exact_match" in s]
+    fams = [s[f"family_{metric}"] for s in per_seed.values() if f"family_{metric}" in s]
     return {f: sum(d[f] for d in fams) / len(fams) for f in fams[0]} if fams else None
 
 
-def family_frame(records: list[dict[str, Any]], dataset: str) -> pd.DataFrame | None:
-    """Per-family exact match on one dataset per row (mean over sampling seeds; over the training
-    seeds' runs, the mean of those means), or None when records carry no families."""
+def family_frame(records: list[dict[str, Any]], dataset: str, metric: str = "exact_match") -> pd.DataFrame | None:
+    """Per-family ``metric`` (``exact_match`` or ``rougeL``) on one dataset per row (mean over
+    sampling seeds; over the training seeds' runs, the mean of those means), or None when records
+    carry no families."""
     rows = {}
     for name, runs in latest_per_seed(records).items():
-        found = [f for f in (_family_means(r, dataset) for r in runs) if f is not None]
+        found = [f for f in (_family_means(r, dataset, metric) for r in runs) if f is not None]
         if found:
             rows[name] = {f: sum(d[f] for d in found) / len(found) for f in found[0]}
     return pd.DataFrame.from_dict(rows, orient="index").round(1) if rows else None
@@ -468,10 +469,11 @@ def render_leaderboard(records: list[dict[str, Any]], fmt: str = "markdown", ref
     if training is not None:
         parts.append("Training cost (wall time on the machine that ran each record; share of steps per source)\n\n"
                      + training.to_markdown() + "\n")
-    for dataset in board.datasets:
-        fam = family_frame(chosen, dataset)
-        if fam is not None:
-            parts.append(f"Exact match by task family on {dataset} (mean over seeds)\n\n{fam.to_markdown()}\n")
+    for name, family_metric in (("ROUGE-L", "rougeL"), ("Exact match", "exact_match")):
+        for dataset in board.datasets:
+            fam = family_frame(chosen, dataset, family_metric)
+            if fam is not None:
+                parts.append(f"{name} by task family on {dataset} (mean over seeds)\n\n{fam.to_markdown()}\n")
     lm = lm_eval_frame(chosen)
     if lm is not None:
         parts.append("lm-eval\n\n" + lm.to_markdown() + "\n")
