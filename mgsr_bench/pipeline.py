@@ -125,6 +125,7 @@ def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedM
                    tokenize_records(valid_records, tokenizer), cfg, desc=f"train {recipe.name}",
                    checkpoint_dir=checkpoint_dir, accelerator=accelerator)
     summary = {"seed": cfg.seed, "best_step": result.best_step, "best_val": result.best_score,
+               "steps_run": result.steps_run, "stopped_early": result.stopped_early,
                "val_examples": result.val_examples, "wall_time_s": result.wall_time_s,
                "seconds_per_step": result.seconds_per_step, "history": result.history}
     return config, summary, result.method_state, result.model

@@ -51,9 +51,14 @@ def test_the_command_scores_the_teacher_and_each_model(hub_style_pair, cli):
     assert result["references"] == 10 and set(result["models"]) == {"teacher", "student"}
     assert result["models"]["teacher"]["top1"] == 1.0 and result["models"]["student"]["forward_kl"] > 0
     assert "| student" in proc.stdout
+    arith = [r for r in map(json.loads, (p / "test.jsonl").read_text().splitlines()) if r["family"] == "arith"]
+    proc = cli("agreement", str(p / "student"), "--teacher", str(p / "teacher"), "--data", str(p / "test.jsonl"),
+               "--family", "arith", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["references"] == len(arith) > 0
 
 
-@pytest.mark.parametrize("case", ["threshold", "limit", "empty data", "other tokenizer"])
+@pytest.mark.parametrize("case", ["threshold", "limit", "empty data", "family", "other tokenizer"])
 def test_bad_input_is_one_line_and_writes_nothing(hub_style_pair, cli, case):
     from mgsr_bench.suite.tokenizer import train_tokenizer
 
@@ -63,6 +68,8 @@ def test_bad_input_is_one_line_and_writes_nothing(hub_style_pair, cli, case):
         extra, message = ["--threshold", "1"], "--threshold must be in (0, 1), got 1.0"
     elif case == "limit":
         extra, message = ["--limit", "0"], "--limit must be >= 1, got 0"
+    elif case == "family":
+        extra, message = ["--family", "poems"], "no reference of family 'poems'; these references' families: arith, "
     elif case == "empty data":
         data, message = p / "empty.jsonl", "empty data file"
         data.write_text("")

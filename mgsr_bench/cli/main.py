@@ -74,7 +74,7 @@ def _apply_sets(recipes: list, sets: list[str] | None) -> list:
 
 
 def _eval_settings(args: argparse.Namespace, suite_config=None):
-    """The protocol's settings; the tiny suite's own (64 new tokens, no n-gram ban) for its splits."""
+    """The protocol's settings; the tiny suite's own (its max_new_tokens, no n-gram ban) for its splits."""
     from mgsr_bench.eval.generate import EvalSettings
     from mgsr_bench.pipeline import parse_seeds
 
@@ -476,6 +476,12 @@ def cmd_agreement(args: argparse.Namespace) -> int:
             teacher_path, tokenizer_path = suite.teacher_dir, suite.tokenizer_dir
         if records is None:
             records = suite.split(args.split)
+    if args.family is not None:
+        families = sorted({r.get("family", "") for r in records} - {""})
+        records = [r for r in records if r.get("family") == args.family]
+        if not records:
+            raise UserError(f"no reference of family {args.family!r}; these references' families: "
+                            f"{', '.join(families) or 'none'}")
     records = records[: args.limit]
     tokenizer = load_tokenizer(tokenizer_path, args.trust_remote_code)
     for _, path in models:
@@ -497,7 +503,8 @@ def cmd_agreement(args: argparse.Namespace) -> int:
           f"gives < {args.threshold:g}\n")
     print(frame.to_markdown(floatfmt=".4f"))
     if args.output:
-        write_atomic(args.output, json.dumps({"threshold": args.threshold, "references": len(examples),
+        write_atomic(args.output, json.dumps({"threshold": args.threshold, "family": args.family,
+                                              "references": len(examples),
                                               "tokens": tokens, "models": rows}, indent=2) + "\n")
     return 0
 
@@ -685,6 +692,43 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_suite(args: argparse.Namespace) -> int:
+    """Put the tiny suite into the cache: its shipped tokenizer, teacher and SFT init where the
+    package has them (the default suite does), else a build. With --from-scratch, train them on this
+    machine beside the cache (runs keep using the shipped ones) and compare them with the shipped
+    ones; --ship then makes that build the shipped suite (after a change to the suite's code)."""
+    from mgsr_bench.suite.build import ensure_suite
+    from mgsr_bench.suite.shipped import build_from_scratch, ship
+
+    if args.ship and not args.from_scratch:
+        raise UserError("--ship ships a build from scratch: add --from-scratch")
+    config = _suite_config(args.quick)
+    if not args.from_scratch:
+        suite = ensure_suite(config)
+        pair = suite.pair()
+        print(f"suite {config.key()} ({suite.report.get('source', 'built here')}) at {suite.root}: "
+              f"teacher {pair['teacher_weights']}, SFT init {pair['student_weights']}")
+        return 0
+    built = build_from_scratch(config)
+    shipped = built.get("shipped")
+    for stage, name in (("teacher_train", "teacher"), ("student_init_train", "student-init")):
+        mine = _stage_summary(built["report"][stage], built["weights"][name])
+        theirs = _stage_summary(shipped[stage], shipped["weights"][name]) if shipped else "none shipped"
+        same = "" if not shipped else (", the same weights" if built["weights"][name] == shipped["weights"][name]
+                                       else ", other weights")
+        print(f"{name}: this build {mine}; shipped {theirs}{same}")
+    if args.ship:
+        print(f"shipped into {ship(config, Path(built['root']))}")
+    else:
+        print(f"this build is in {built['root']} (runs use the shipped suite; --ship replaces it)")
+    return 0
+
+
+def _stage_summary(stage: dict[str, Any], digest: str) -> str:
+    metric = next(k for k in stage if k.startswith("best_val_"))
+    return f"{digest} ({metric} {stage[metric]:.4g} at step {stage['best_step']})"
+
+
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
     seeds = ",".join(map(str, DEFAULT_SEEDS))
     p.add_argument("--seeds", default=seeds, help=f"sampling seeds (default: {seeds})")
@@ -692,7 +736,8 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-batch-size", type=int, default=64, help="generation batch size (default: 64)")
     p.add_argument("--temperature", type=finite_float, default=1.0, help="sampling temperature (default: 1)")
     p.add_argument("--max-new-tokens", type=int,
-                   help="response budget (default: the tiny suite's 64; with --data none beyond --max-length)")
+                   help="response budget (default: the tiny suite's, 128 or tiny-quick's 64; with --data none "
+                        "beyond --max-length)")
     p.add_argument("--max-length", type=int, default=512, help="prompt + response tokens per batch (default: 512)")
     p.add_argument("--max-prompt", type=int, default=256, help="prompts cut to this many tokens (default: 256)")
     p.add_argument("--bos", action="store_true", help="prepend the tokenizer's BOS to prompts (LLaMA-family models)")
@@ -787,6 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["test", "shifted", "valid"], default="test",
                    help="the tiny suite's split when no --data is given (default: test)")
     p.add_argument("--limit", type=int, help="score only the first N references (default: all)")
+    p.add_argument("--family", help="score only the references of this task family (the tiny suite's, say story)")
     p.add_argument("--threshold", type=finite_float, default=1e-3,
                    help="teacher probability below which a token counts as off its support (default: 1e-3)")
     p.add_argument("--batch-size", type=int, default=8, help="references per forward (default: 8)")
@@ -852,6 +898,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="training and generation throughput, peak memory, MFU (and TRL's GKD)",
                    add_help=False)
 
+    p = sub.add_parser("build-suite", help="install the tiny suite's shipped models, or build them from scratch",
+                       description=cmd_build_suite.__doc__)
+    p.add_argument("--quick", action="store_true", help="the smoke-test suite tiny-quick")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="train the suite's models on this machine and compare them with the shipped ones")
+    p.add_argument("--ship", action="store_true", help="with --from-scratch: make this build the shipped suite")
+    p.set_defaults(func=cmd_build_suite)
     p = sub.add_parser("list", help="list methods, recipes, pairs and suites", description=cmd_list.__doc__)
     p.add_argument("what", nargs="?", choices=["methods", "recipes", "pairs", "suites", "all"], default="all")
     p.set_defaults(func=cmd_list)

@@ -38,14 +38,16 @@ from mgsr_bench.suite.tokenizer import train_tokenizer
 
 # Bump when the data generator, tokenizer training or build procedure changes what a config builds,
 # so that caches made by older code are not silently reused.
-SUITE_CODE_VERSION = 1
-SPLITS = ("train", "valid", "test", "shifted")
+SUITE_CODE_VERSION = 2
+SPLITS = ("train", "teacher", "valid", "test", "shifted")
 EVAL_SPLITS = ("test", "shifted")
 # CPU threads the build trains with, whatever the machine: the thread count changes how the matrix
-# products split their sums, so builds with 1 and 2 threads give different teachers; pinned, machines
-# of one kind of CPU build the same suite (a GPU build differs again). Two threads is what the
-# development machine and CI have, so suites built there before the pin are unchanged.
-BUILD_THREADS = 2
+# products split their sums, so builds with 1 and 2 threads give different models. Pinned, one machine
+# builds the same suite whatever its thread setting, and the machine that built the shipped models
+# (mgsr_bench/suite/shipped) rebuilds them to the bit; other machines differ, which is why they are
+# shipped. One thread: a build is no longer on any run's path, and it leaves a 2-core machine's other
+# core free.
+BUILD_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -75,22 +77,30 @@ class SuiteConfig:
 
     name: str = "tiny"
     seed: int = 0
-    n_train: int = 20000
+    n_train: int = 6000  # the distillation set: one response per prompt
     n_valid: int = 300
     n_test: int = 300
+    n_teacher_extra: int = 18000  # prompts only the teacher trains on
+    teacher_responses: int = 4  # responses per open-ended prompt in the teacher's training set
+    references: int = 8  # references per open-ended evaluation prompt
     vocab_size: int = 1024
     teacher: ModelShape = ModelShape(192, 4, 4, 512)
     student: ModelShape = ModelShape(96, 2, 4, 256)
+    # Both build stages keep their best checkpoint by validation loss: the teacher is a density model
+    # of the responses, which is what distillation reads from it.
     teacher_train: dict[str, Any] = field(default_factory=lambda: {
-        "steps": 3000, "micro_batch": 32, "lr": 1.5e-3, "eval_every": 250, "val_metric": "rougeL", "seed": 0})
+        "steps": 2400, "micro_batch": 32, "lr": 2e-3, "eval_every": 200, "val_metric": "loss", "seed": 0})
     student_init_train: dict[str, Any] = field(default_factory=lambda: {
-        "steps": 300, "micro_batch": 32, "lr": 2e-3, "eval_every": 100, "val_metric": "rougeL", "seed": 0})
-    # Defaults every method trains with on this suite (a recipe's `train` block overrides them).
+        "steps": 300, "micro_batch": 32, "lr": 2e-3, "eval_every": 100, "val_metric": "loss", "seed": 0})
+    # Defaults every method trains with on this suite (a recipe's `train` block overrides them): one
+    # stopping rule for all, validation ROUGE-L every 100 steps, stop after 3 validations without a
+    # new best, keep the best; `steps` bounds the run. 16 examples a step, so that a ground-truth
+    # method's row (training and evaluation) fits in 8 minutes on a 2-core CPU.
     method_train: dict[str, Any] = field(default_factory=lambda: {
-        "steps": 1000, "micro_batch": 32, "lr": 1e-3, "eval_every": 200, "val_metric": "rougeL",
-        "gen_max_new_tokens": 64})
-    # Evaluation: responses are at most ~45 tokens, so 64 new tokens never cut a correct answer.
-    max_new_tokens: int = 64
+        "steps": 1500, "micro_batch": 16, "lr": 1e-3, "eval_every": 100, "val_metric": "rougeL",
+        "val_max_new_tokens": 128, "patience": 3, "gen_max_new_tokens": 128})
+    # Evaluation: responses are at most 120 tokens, so 128 new tokens never cut a valid one.
+    max_new_tokens: int = 128
     # The protocol's no_repeat_ngram_size=6 counts the prompt too, and with digits split one per
     # token six tokens are as short as "56, 34": sorting, extraction and QA answers legitimately
     # repeat such spans from their input, so the tiny suite turns the ban off (a documented deviation).
@@ -105,12 +115,14 @@ class SuiteConfig:
 
 _NOT_BUILT = ("method_train", "max_new_tokens", "no_repeat_ngram_size")
 QUICK = SuiteConfig(
-    name="tiny-quick", n_train=3000, n_valid=120, n_test=60, vocab_size=512,
+    name="tiny-quick", n_train=3000, n_valid=120, n_test=60, n_teacher_extra=600, teacher_responses=2, references=4,
+    vocab_size=512,
     teacher=ModelShape(128, 2, 4, 352), student=ModelShape(64, 1, 2, 176),
     teacher_train={"steps": 150, "micro_batch": 32, "lr": 3e-3, "eval_every": 150, "val_metric": "loss", "seed": 0},
     student_init_train={"steps": 40, "micro_batch": 32, "lr": 3e-3, "eval_every": 40, "val_metric": "loss", "seed": 0},
     method_train={"steps": 30, "micro_batch": 32, "lr": 2e-3, "eval_every": 30, "val_metric": "loss",
                   "gen_max_new_tokens": 64},
+    max_new_tokens=64,  # a smoke test: its barely trained students rarely stop, and cut references still score
 )
 SUITES = {"tiny": SuiteConfig(), "tiny-quick": QUICK}
 
@@ -154,21 +166,28 @@ class Suite:
                 "student_weights": weights_digest(self.student_init_dir)}
 
 
-def _train_stage(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, data: dict[str, list[dict[str, Any]]],
-                 overrides: dict[str, Any], desc: str) -> dict[str, Any]:
+def suite_data(config: SuiteConfig) -> dict[str, list[dict[str, Any]]]:
+    """Every split of ``config``'s data, as the build writes it."""
+    return generate_suite_data(config.n_train, config.n_valid, config.n_test, config.seed,
+                               references=config.references, teacher_responses=config.teacher_responses,
+                               n_teacher_extra=config.n_teacher_extra)
+
+
+def _train_stage(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, train_rows: list[dict[str, Any]],
+                 valid: list[dict[str, Any]], overrides: dict[str, Any], desc: str) -> dict[str, Any]:
     from mgsr_bench.methods import get_method
     from mgsr_bench.train import train
 
     cfg = train_config(overrides, where=desc)
-    train_ex = tokenize_records(data["train"], tokenizer)
-    valid_ex = tokenize_records(data["valid"], tokenizer)
-    result = train(model, None, tokenizer, get_method("sft"), train_ex, data["valid"], valid_ex, cfg, desc=desc)
+    train_ex = tokenize_records(train_rows, tokenizer)
+    valid_ex = tokenize_records(valid, tokenizer)
+    result = train(model, None, tokenizer, get_method("sft"), train_ex, valid, valid_ex, cfg, desc=desc)
     metric = f"val_{cfg.val_metric}"
     # every validation point, so that suite.json shows whether the stage was still improving at its end;
     # the best is read from it (the harness's score is minus the loss when the metric is the loss)
     history = [[h["step"], h[metric]] for h in result.history if metric in h]
     return {"best_step": result.best_step, f"best_{metric}": dict(history)[result.best_step],
-            "wall_time_s": round(result.wall_time_s, 1), "steps": cfg.steps, f"{metric}_history": history}
+            "wall_time_s": round(result.wall_time_s, 1), "steps": result.steps_run, f"{metric}_history": history}
 
 
 def building_folder(root: Path) -> Path:
@@ -188,10 +207,10 @@ def build_suite(config: SuiteConfig, root: Path) -> None:
     torch.set_num_threads(BUILD_THREADS)
     try:
         t0 = time.perf_counter()
-        data = generate_suite_data(config.n_train, config.n_valid, config.n_test, config.seed)
+        data = suite_data(config)
         for split, rows in data.items():
             write_records(tmp / "data" / f"{split}.jsonl", rows)
-        tokenizer = train_tokenizer((r["prompt"] + r["output"] for r in data["train"]), config.vocab_size,
+        tokenizer = train_tokenizer((r["prompt"] + r["output"] for r in data["teacher"]), config.vocab_size,
                                     tmp / "tokenizer")
         tokenizer = load_tokenizer(tmp / "tokenizer")
         vocab = len(tokenizer)
@@ -199,15 +218,16 @@ def build_suite(config: SuiteConfig, root: Path) -> None:
         student = config.student.build(vocab, config.seed + 1)
         report: dict[str, Any] = {"teacher_params": count_parameters(teacher),
                                   "student_params": count_parameters(student), "vocab_size": vocab,
-                                  "cpu_kernels": torch.backends.cpu.get_cpu_capability()}
+                                  "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "threads": BUILD_THREADS}
         print(f"[mgsr-bench] building suite {config.key()} (first time only): teacher "
               f"{report['teacher_params'] / 1e6:.2f}M params, {config.teacher_train['steps']} steps; student "
               f"{report['student_params'] / 1e6:.2f}M params, SFT init {config.student_init_train['steps']} steps",
               flush=True)
-        report["teacher_train"] = _train_stage(teacher, tokenizer, data, config.teacher_train, "build: teacher")
+        report["teacher_train"] = _train_stage(teacher, tokenizer, data["teacher"], data["valid"],
+                                               config.teacher_train, "build: teacher")
         teacher.save_pretrained(tmp / "teacher")
-        report["student_init_train"] = _train_stage(student, tokenizer, data, config.student_init_train,
-                                                    "build: student SFT init")
+        report["student_init_train"] = _train_stage(student, tokenizer, data["train"], data["valid"],
+                                                    config.student_init_train, "build: student SFT init")
         student.save_pretrained(tmp / "student-init")
         report["build_time_s"] = round(time.perf_counter() - t0, 1)
         write_atomic(tmp / "suite.json", json.dumps({"config": dataclasses.asdict(config), "report": report}, indent=2))
@@ -225,10 +245,16 @@ def build_suite(config: SuiteConfig, root: Path) -> None:
 
 
 def ensure_suite(config: SuiteConfig = SuiteConfig()) -> Suite:
-    """Return the cached suite for ``config``, building it first when it is missing (outside the
-    launch when this process was started by a launcher)."""
+    """Return the cached suite for ``config``: installed from the shipped models where the package
+    has them (:mod:`mgsr_bench.suite.shipped`), else built first (outside the launch when this
+    process was started by a launcher)."""
+    from mgsr_bench.suite.shipped import install_shipped, shipped_folder
+
     root = cache_root() / config.key()
-    if not (root / "suite.json").is_file():
+    shipped = shipped_folder(config)
+    if not (root / "suite.json").is_file() and shipped is not None:
+        install_shipped(config, shipped, root)
+    elif not (root / "suite.json").is_file():
         if launch_variables(os.environ):
             _build_outside_launch(config, root)
         else:

@@ -1,6 +1,8 @@
 """Procedurally generated instruction-following tasks: the tiny suite's data.
 
-Six task families with free-text answers, each built to need capacity rather than a template:
+Nine task families: the three open-ended ones of :mod:`mgsr_bench.suite.open_ended` (many valid
+responses per prompt) and six exact-answer families with free-text answers, each built to need
+capacity rather than a template:
 multi-hop closed QA over a generated context, information extraction, list sorting, multi-step
 arithmetic with an exact numeric answer, classification with a one-sentence reason, and rewriting
 (past tense with irregular verbs). A wrong digit or a wrong entity keeps most of the template, so
@@ -20,11 +22,13 @@ Everything is a pure function of a seed: the same seed gives byte-identical file
 from __future__ import annotations
 
 import random
-from typing import Callable
+from typing import Any, Callable
 
 from mgsr_bench.data.template import build_prompt
+from mgsr_bench.suite.open_ended import OPEN_FAMILIES, open_prompt, open_responses
 
-FAMILIES = ("qa", "extract", "sort", "arith", "classify", "rewrite")
+EXACT_FAMILIES = ("qa", "extract", "sort", "arith", "classify", "rewrite")
+FAMILIES = EXACT_FAMILIES + OPEN_FAMILIES
 
 _NAMES = [
     "Alice", "Bruno", "Clara", "Diego", "Emma", "Felix", "Grace", "Hugo", "Iris", "Jonas", "Karla",
@@ -205,8 +209,21 @@ _GENERATORS = {"qa": _qa, "extract": _extract, "sort": _sort, "arith": _arith, "
                "rewrite": _rewrite}
 
 
-def make_example(family: str, rng: random.Random, shifted: bool = False) -> dict[str, str]:
-    """One MiniLLM-format record (``instruction``, ``input``, ``output``, ``prompt``, ``family``)."""
+def make_example(family: str, rng: random.Random, shifted: bool = False, responses: int = 1) -> dict[str, Any]:
+    """One MiniLLM-format record (``instruction``, ``input``, ``output``, ``prompt``, ``family``).
+
+    An exact-answer family has one right ``output``. An open-ended family draws ``responses``
+    independent responses to the prompt: ``output`` is the response when there is one, else the list
+    of them (an evaluation record's references). The responses come from a random stream of their own
+    seeded by the prompt's, so the first response of a prompt is the same however many are drawn: the
+    student's one-response training row is the teacher's first row of the same prompt.
+    """
+    if family in OPEN_FAMILIES:
+        prompt = open_prompt(family, rng, shifted)
+        outputs = open_responses(family, prompt, random.Random(rng.getrandbits(64)), responses)
+        return {"instruction": prompt.instruction, "input": prompt.input,
+                "output": outputs[0] if responses == 1 else outputs,
+                "prompt": build_prompt(prompt.instruction, prompt.input), "family": family}
     slot, input_text, output = _GENERATORS[family](rng, shifted)
     phrasing = rng.choice(_TEMPLATES[family][1 if shifted else 0])
     if family == "qa":
@@ -224,13 +241,15 @@ def make_example(family: str, rng: random.Random, shifted: bool = False) -> dict
             "prompt": build_prompt(instruction, input_text), "family": family}
 
 
-def generate_split(n: int, seed: int, shifted: bool = False, exclude: set[str] | None = None) -> list[dict[str, str]]:
-    """``n`` records, families in round-robin order, none whose prompt is in ``exclude``."""
+def generate_split(n: int, seed: int, shifted: bool = False, exclude: set[str] | None = None,
+                   responses: int = 1) -> list[dict[str, Any]]:
+    """``n`` records, families in round-robin order, none whose prompt is in ``exclude``; each
+    open-ended record carries ``responses`` responses (see :func:`make_example`)."""
     rng = random.Random(seed)
     seen = set(exclude or ())
-    rows: list[dict[str, str]] = []
+    rows: list[dict[str, Any]] = []
     while len(rows) < n:
-        row = make_example(FAMILIES[len(rows) % len(FAMILIES)], rng, shifted)
+        row = make_example(FAMILIES[len(rows) % len(FAMILIES)], rng, shifted, responses)
         if row["prompt"] in seen:
             continue
         seen.add(row["prompt"])
@@ -238,11 +257,27 @@ def generate_split(n: int, seed: int, shifted: bool = False, exclude: set[str] |
     return rows
 
 
-def generate_suite_data(n_train: int, n_valid: int, n_test: int, seed: int) -> dict[str, list[dict[str, str]]]:
-    """The four splits; valid, test and shifted never repeat a train prompt or each other."""
-    test = generate_split(n_test, seed + 3)
-    valid = generate_split(n_valid, seed + 2, exclude={r["prompt"] for r in test})
+def one_row_per_response(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Training rows: a record whose ``output`` is a list becomes one row per response."""
+    return [{**r, "output": o} for r in rows for o in ([r["output"]] if isinstance(r["output"], str) else r["output"])]
+
+
+def generate_suite_data(n_train: int, n_valid: int, n_test: int, seed: int, references: int = 1,
+                        teacher_responses: int = 1, n_teacher_extra: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """The splits; valid, test, shifted and the teacher's extra prompts never repeat a train prompt or
+    each other.
+
+    ``train`` is the distillation set: one response per prompt. ``teacher`` is what the teacher
+    trains on: the train prompts and ``n_teacher_extra`` more, with ``teacher_responses`` responses
+    per open-ended prompt (one row each), so the teacher knows more than the distillation set holds,
+    as a pretrained teacher does. Open-ended records of ``valid``, ``test`` and ``shifted`` carry
+    ``references`` references each (ROUGE-L takes the best of them).
+    """
+    test = generate_split(n_test, seed + 3, responses=references)
+    valid = generate_split(n_valid, seed + 2, exclude={r["prompt"] for r in test}, responses=references)
     held_out = {r["prompt"] for r in test + valid}
-    train = generate_split(n_train, seed + 1, exclude=held_out)
-    shifted = generate_split(n_test, seed + 4, shifted=True)
-    return {"train": train, "valid": valid, "test": test, "shifted": shifted}
+    teacher = generate_split(n_train + n_teacher_extra, seed + 1, exclude=held_out, responses=teacher_responses)
+    first = [{**r, "output": r["output"] if isinstance(r["output"], str) else r["output"][0]} for r in teacher]
+    shifted = generate_split(n_test, seed + 4, shifted=True, responses=references)
+    return {"train": first[:n_train], "teacher": one_row_per_response(teacher), "valid": valid, "test": test,
+            "shifted": shifted}
