@@ -79,6 +79,8 @@ class TrainConfig:
         for name in ("gen_max_new_tokens", "val_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**64:  # torch's generators take unsigned 64-bit seeds
+            raise UserError(f"train.seed must be in [0, 2**64), got {self.seed}")
         if self.patience < 0:
             raise UserError(f"train.patience must be >= 0 (0: never stop early), got {self.patience}")
         if self.gen_temperature <= 0:

@@ -172,6 +172,7 @@ def test_a_non_editable_install_names_the_missing_checkout_in_one_line(tmp_path)
 BAD_RECIPES = [  # (recipe text, what the one line says)
     ("method: kd\ntrain: {weight_decay: -1}\n", "train.weight_decay must be >= 0"),
     ("method: kd\ntrain: {lr: .nan}\n", "train.lr must be a finite number"),
+    ("method: kd\ntrain: {seed: -1}\n", "train.seed must be in [0, 2**64), got -1"),
     ("method: kd\ntrain: {max_grad_norm: -1}\n", "train.max_grad_norm must be > 0"),
     ("method: gkd\ntrain: {gen_temperature: .nan}\n", "train.gen_temperature must be a finite number"),
     ("method: kd\noptions: {temperature: .nan}\n", "option 'temperature' of method 'kd' must be a finite number"),

@@ -197,6 +197,18 @@ def building_folder(root: Path) -> Path:
     return root.with_name(f".{root.name}.building-{socket.gethostname()}-{os.getpid()}")
 
 
+def finish_suite(tmp: Path, root: Path, config: SuiteConfig, report: dict[str, Any]) -> None:
+    """Write ``suite.json`` into the complete folder ``tmp`` and rename it to ``root``; where a
+    concurrent build or install of the same suite finished first, keep that one."""
+    write_atomic(tmp / "suite.json", json.dumps({"config": dataclasses.asdict(config), "report": report}, indent=2))
+    try:
+        os.replace(tmp, root)
+    except OSError:
+        if not (root / "suite.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def build_suite(config: SuiteConfig, root: Path) -> None:
     """Build every artefact of ``config`` into ``root`` (which must not exist yet), on
     ``BUILD_THREADS`` CPU threads."""
@@ -230,13 +242,7 @@ def build_suite(config: SuiteConfig, root: Path) -> None:
                                                     config.student_init_train, "build: student SFT init")
         student.save_pretrained(tmp / "student-init")
         report["build_time_s"] = round(time.perf_counter() - t0, 1)
-        write_atomic(tmp / "suite.json", json.dumps({"config": dataclasses.asdict(config), "report": report}, indent=2))
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            if not (root / "suite.json").is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # a concurrent build of the same suite finished first
+        finish_suite(tmp, root, config, report)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

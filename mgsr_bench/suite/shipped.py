@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import platform
 import shutil
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from mgsr_bench.data.jsonl import read_records, records_text, write_atomic, write_records
 from mgsr_bench.errors import UserError
 from mgsr_bench.models import weights_digest
-from mgsr_bench.suite.build import SuiteConfig, building_folder, build_suite, cache_root, suite_data
+from mgsr_bench.suite.build import SuiteConfig, build_suite, building_folder, cache_root, finish_suite, suite_data
 
 SHIPPED = Path(__file__).resolve().parent / "shipped"
 MODELS = ("tokenizer", "teacher", "student-init")
@@ -83,14 +82,7 @@ def install_shipped(config: SuiteConfig, folder: Path, root: Path) -> None:
             if weights_digest(tmp / name) != manifest["weights"][name]:
                 raise UserError(f"the shipped {name} of suite {config.name!r} does not match its manifest's digest "
                                 f"(a damaged checkout?): restore {folder} with git checkout, or {REBUILD}")
-        report = {**manifest["report"], "source": "shipped"}
-        write_atomic(tmp / "suite.json", json.dumps({"config": dataclasses.asdict(config), "report": report}, indent=2))
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            if not (root / "suite.json").is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process installed it first
+        finish_suite(tmp, root, config, {**manifest["report"], "source": "shipped"})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
