@@ -37,6 +37,22 @@ def _pick(rng: random.Random, weighted: list[tuple[float, str]]) -> str:
     return rng.choices([s for _, s in weighted], weights=[w for w, _ in weighted])[0]
 
 
+# Instruction phrasings per family: (train's, the shifted split's held-out ones), as the exact families'.
+_PHRASINGS: dict[str, tuple[list[str], list[str]]] = {
+    "describe": (["Write a short description of this pet.", "Describe the pet below.",
+                  "Write a few sentences about this pet."], ["Introduce this animal to a new neighbor."]),
+    "story": (["Write a short story.", "Tell a short story based on this outline.",
+               "Turn this outline into a short story."], ["Narrate what happens, as a little tale."]),
+    "recipe": (["Explain how to make a {dish}.", "Give the steps for a {dish}.", "How do I cook a {dish}?"],
+               ["Walk a beginner through preparing a {dish}."]),
+}
+
+
+def _instruction(family: str, rng: random.Random, shifted: bool, **slots: str) -> str:
+    """One of ``family``'s phrasings for the split, its slots filled in."""
+    return rng.choice(_PHRASINGS[family][1 if shifted else 0]).format(**slots)
+
+
 def _an(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
 
@@ -95,10 +111,7 @@ def _describe_prompt(rng: random.Random, shifted: bool) -> OpenPrompt:
     s = slots
     text = (f"{s['name']} is {_an(s['fur'])} {s['animal']} ({s['pronoun']}). Home: {s['home']}. "
             f"Favorite food: {s['food']}. Character: {' and '.join(s['traits'])}.")
-    instruction = rng.choice(["Write a short description of this pet.", "Describe the pet below.",
-                              "Write a few sentences about this pet."] if not shifted
-                             else ["Introduce this animal to a new neighbor."])
-    return OpenPrompt(instruction, text, slots)
+    return OpenPrompt(_instruction("describe", rng, shifted), text, slots)
 
 
 def _describe_response(s: dict[str, Any], rng: random.Random) -> str:
@@ -141,10 +154,7 @@ def _story_prompt(rng: random.Random, shifted: bool) -> OpenPrompt:
     s = slots
     text = (f"{hero} ({s['pronoun']}), a {s['job']}, loses {_PRONOUNS[s['pronoun']][2]} {s['item']} at "
             f"{s['place']}. {' and '.join(helpers)} help{'s' if len(helpers) == 1 else ''} find it.")
-    instruction = rng.choice(["Write a short story.", "Tell a short story based on this outline.",
-                              "Turn this outline into a short story."] if not shifted
-                             else ["Narrate what happens, as a little tale."])
-    return OpenPrompt(instruction, text, slots)
+    return OpenPrompt(_instruction("story", rng, shifted), text, slots)
 
 
 def _story_response(s: dict[str, Any], rng: random.Random) -> str:
@@ -201,9 +211,7 @@ def _recipe_prompt(rng: random.Random, shifted: bool) -> OpenPrompt:
     slots = {"dish": rng.choice(list(_DISHES)), "ingredients": rng.sample(list(_INGREDIENTS), 4 if shifted else 3)}
     items = slots["ingredients"]
     listed = ", ".join(items[:-1]) + " and " + items[-1]
-    instruction = rng.choice([f"Explain how to make a {slots['dish']}.", f"Give the steps for a {slots['dish']}.",
-                              f"How do I cook a {slots['dish']}?"] if not shifted
-                             else [f"Walk a beginner through preparing a {slots['dish']}."])
+    instruction = _instruction("recipe", rng, shifted, dish=slots["dish"])
     return OpenPrompt(instruction, f"Ingredients: {listed}.", slots)
 
 
