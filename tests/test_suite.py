@@ -1,5 +1,6 @@
 """The tiny suite's open-ended families and its shipped models."""
 
+import dataclasses
 import json
 import random
 import shutil
@@ -7,6 +8,7 @@ import shutil
 import pytest
 
 from mgsr_bench.errors import UserError
+from mgsr_bench.eval.generate import EvalSettings
 from mgsr_bench.models import load_tokenizer, weights_digest
 from mgsr_bench.suite import build, shipped
 from mgsr_bench.suite.open_ended import OPEN_FAMILIES, open_prompt, open_responses
@@ -65,6 +67,15 @@ def test_the_shipped_suite_is_the_one_this_code_defines():
         assert weights_digest(folder / name) == manifest["weights"][name]
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     assert size < 32 * 2**20
+
+
+def test_every_evaluation_prompt_fits_the_protocols_prompt_budget():
+    """Evaluation cuts prompts to 256 tokens; a cut prompt loses its question or its `### Response:`."""
+    tokenizer = load_tokenizer(shipped.SHIPPED / "tiny" / "tokenizer")
+    data = build.suite_data(TINY)
+    for split in ("valid", "test", "shifted"):
+        longest = max(len(tokenizer(r["prompt"], add_special_tokens=False).input_ids) for r in data[split])
+        assert longest <= EvalSettings().max_prompt, (split, longest)
 
 
 def test_open_responses_are_40_to_120_tokens_long():
@@ -139,6 +150,42 @@ def test_a_build_from_scratch_ships_and_a_rebuild_here_matches_it_to_the_bit(tmp
     assert suite.report["source"] == "shipped" and suite.pair()["teacher_weights"] == first["weights"]["teacher"]
 
 
-def test_shipping_needs_a_build_from_scratch(cli):
-    proc = cli("build-suite", "--ship")
-    assert proc.returncode == 2 and proc.stderr.strip().endswith("--ship ships a build from scratch: add --from-scratch")
+def test_a_build_that_keeps_the_teacher_trains_only_the_sft_init_and_only_from_the_same_inputs(tmp_path,
+                                                                                               monkeypatch):
+    """A smaller distillation set with the same teacher prompts keeps the shipped teacher; a change to
+    the teacher's training is refused before anything is built."""
+    train = {"micro_batch": 16, "lr": 3e-3, "val_metric": "loss", "seed": 0}
+    micro = build.SuiteConfig(name="tiny-micro", n_train=300, n_valid=16, n_test=9, n_teacher_extra=90,
+                              teacher_responses=2, references=3, vocab_size=300,
+                              teacher=build.ModelShape(64, 1, 2, 128), student=build.ModelShape(32, 1, 2, 64),
+                              teacher_train={**train, "steps": 6, "eval_every": 3},
+                              student_init_train={**train, "steps": 2, "eval_every": 2})
+    monkeypatch.setattr(shipped, "SHIPPED", tmp_path / "shipped")
+    monkeypatch.setenv("MGSR_BENCH_CACHE", str(tmp_path / "cache"))
+    first = shipped.build_from_scratch(micro)
+    shipped.ship(micro, tmp_path / "cache" / f"{micro.key()}.scratch")
+    smaller = dataclasses.replace(micro, n_train=150, n_teacher_extra=240)
+    monkeypatch.setattr(build, "_train_stage", _only_the_sft_init(build._train_stage))
+    kept = shipped.build_from_scratch(smaller, keep_teacher=True)
+    assert kept["weights"]["teacher"] == first["weights"]["teacher"]
+    assert kept["weights"]["student-init"] != first["weights"]["student-init"]
+    assert kept["report"]["teacher_train"]["kept"]
+    retrained = dataclasses.replace(smaller, teacher_train={**smaller.teacher_train, "steps": 7})
+    with pytest.raises(UserError, match="trained from other inputs") as refused:
+        shipped.build_from_scratch(retrained, keep_teacher=True)
+    assert "\n" not in str(refused.value)
+    assert not (tmp_path / "cache" / f"{retrained.key()}.scratch").exists()
+
+
+def _only_the_sft_init(train_stage):
+    def stage(*args, **kwargs):
+        assert args[-1] != "build: teacher", "a build that keeps the teacher trained one"
+        return train_stage(*args, **kwargs)
+    return stage
+
+
+@pytest.mark.parametrize("flag", ["--ship", "--keep-teacher"])
+def test_shipping_or_keeping_the_teacher_needs_a_build_from_scratch(cli, flag):
+    proc = cli("build-suite", flag)
+    assert proc.returncode == 2 and proc.stderr.strip().endswith(f"{flag} is for a build from scratch: "
+                                                                  "add --from-scratch")

@@ -696,12 +696,15 @@ def cmd_build_suite(args: argparse.Namespace) -> int:
     """Put the tiny suite into the cache: its shipped tokenizer, teacher and SFT init where the
     package has them (the default suite does), else a build. With --from-scratch, train them on this
     machine beside the cache (runs keep using the shipped ones) and compare them with the shipped
-    ones; --ship then makes that build the shipped suite (after a change to the suite's code)."""
+    ones; --keep-teacher trains only the SFT init, on the shipped tokenizer and teacher, where a change
+    left their inputs as they were; --ship then makes that build the shipped suite (after a change to
+    the suite's code)."""
     from mgsr_bench.suite.build import ensure_suite
     from mgsr_bench.suite.shipped import build_from_scratch, ship
 
-    if args.ship and not args.from_scratch:
-        raise UserError("--ship ships a build from scratch: add --from-scratch")
+    for flag in ("ship", "keep_teacher"):
+        if getattr(args, flag) and not args.from_scratch:
+            raise UserError(f"--{flag.replace('_', '-')} is for a build from scratch: add --from-scratch")
     config = _suite_config(args.quick)
     if not args.from_scratch:
         suite = ensure_suite(config)
@@ -709,7 +712,7 @@ def cmd_build_suite(args: argparse.Namespace) -> int:
         print(f"suite {config.key()} ({suite.report.get('source', 'built here')}) at {suite.root}: "
               f"teacher {pair['teacher_weights']}, SFT init {pair['student_weights']}")
         return 0
-    built = build_from_scratch(config)
+    built = build_from_scratch(config, keep_teacher=args.keep_teacher)
     shipped = built.get("shipped")
     for stage, name in (("teacher_train", "teacher"), ("student_init_train", "student-init")):
         mine = _stage_summary(built["report"][stage], built["weights"][name])
@@ -903,6 +906,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="the smoke-test suite tiny-quick")
     p.add_argument("--from-scratch", action="store_true",
                    help="train the suite's models on this machine and compare them with the shipped ones")
+    p.add_argument("--keep-teacher", action="store_true",
+                   help="with --from-scratch: keep the shipped tokenizer and teacher (refused if their inputs changed)")
     p.add_argument("--ship", action="store_true", help="with --from-scratch: make this build the shipped suite")
     p.set_defaults(func=cmd_build_suite)
     p = sub.add_parser("list", help="list methods, recipes, pairs and suites", description=cmd_list.__doc__)

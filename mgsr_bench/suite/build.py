@@ -38,7 +38,10 @@ from mgsr_bench.suite.tokenizer import train_tokenizer
 
 # Bump when the data generator, tokenizer training or build procedure changes what a config builds,
 # so that caches made by older code are not silently reused.
-SUITE_CODE_VERSION = 2
+SUITE_CODE_VERSION = 3
+# Bump when tokenizer training or the teacher's build changes what the same teacher data trains:
+# a build may keep the shipped tokenizer and teacher only while their inputs (teacher_inputs) match.
+TEACHER_CODE_VERSION = 1
 SPLITS = ("train", "teacher", "valid", "test", "shifted")
 EVAL_SPLITS = ("test", "shifted")
 # CPU threads the build trains with, whatever the machine: the thread count changes how the matrix
@@ -77,10 +80,12 @@ class SuiteConfig:
 
     name: str = "tiny"
     seed: int = 0
-    n_train: int = 6000  # the distillation set: one response per prompt
+    # The distillation set, one response per prompt: a twelfth of the teacher's prompts, so that the
+    # teacher knows much more of each family's response distribution than the student's data shows.
+    n_train: int = 2000
     n_valid: int = 300
     n_test: int = 300
-    n_teacher_extra: int = 18000  # prompts only the teacher trains on
+    n_teacher_extra: int = 22000  # prompts only the teacher trains on (24000 teacher prompts in all)
     teacher_responses: int = 4  # responses per open-ended prompt in the teacher's training set
     references: int = 8  # references per open-ended evaluation prompt
     vocab_size: int = 1024
@@ -209,9 +214,29 @@ def finish_suite(tmp: Path, root: Path, config: SuiteConfig, report: dict[str, A
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def build_suite(config: SuiteConfig, root: Path) -> None:
+@dataclass(frozen=True)
+class KeptTeacher:
+    """A tokenizer and teacher trained from the inputs a new build would train them from (the same
+    ``teacher_inputs``), which the build copies instead of training: a change on the student's side
+    (the distillation set, the student, an evaluation split) costs the SFT init, not the teacher."""
+
+    folder: Path  # holds tokenizer/ and teacher/
+    report: dict[str, Any]  # the teacher_train report of the build that trained them
+
+
+def teacher_inputs(config: SuiteConfig, digests: Mapping[str, str]) -> dict[str, Any]:
+    """What the tokenizer and teacher are a function of: the teacher split (the tokenizer's and the
+    teacher's data) and the valid split (its checkpoint choice), by ``digests`` of their text, the
+    seed, vocabulary, teacher shape and training, and ``TEACHER_CODE_VERSION``."""
+    return {"data": {s: digests[s] for s in ("teacher", "valid")}, "seed": config.seed,
+            "vocab_size": config.vocab_size, "teacher": dataclasses.asdict(config.teacher),
+            "teacher_train": config.teacher_train, "code": TEACHER_CODE_VERSION}
+
+
+def build_suite(config: SuiteConfig, root: Path, kept: KeptTeacher | None = None) -> None:
     """Build every artefact of ``config`` into ``root`` (which must not exist yet), on
-    ``BUILD_THREADS`` CPU threads."""
+    ``BUILD_THREADS`` CPU threads; with ``kept``, copy its tokenizer and teacher instead of training
+    them (the caller checks that they were trained from the same inputs)."""
     tmp = building_folder(root)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -222,8 +247,10 @@ def build_suite(config: SuiteConfig, root: Path) -> None:
         data = suite_data(config)
         for split, rows in data.items():
             write_records(tmp / "data" / f"{split}.jsonl", rows)
-        tokenizer = train_tokenizer((r["prompt"] + r["output"] for r in data["teacher"]), config.vocab_size,
-                                    tmp / "tokenizer")
+        if kept is None:
+            train_tokenizer((r["prompt"] + r["output"] for r in data["teacher"]), config.vocab_size, tmp / "tokenizer")
+        else:
+            shutil.copytree(kept.folder / "tokenizer", tmp / "tokenizer")
         tokenizer = load_tokenizer(tmp / "tokenizer")
         vocab = len(tokenizer)
         teacher = config.teacher.build(vocab, config.seed)
@@ -231,13 +258,18 @@ def build_suite(config: SuiteConfig, root: Path) -> None:
         report: dict[str, Any] = {"teacher_params": count_parameters(teacher),
                                   "student_params": count_parameters(student), "vocab_size": vocab,
                                   "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "threads": BUILD_THREADS}
+        teacher_plan = "kept" if kept else f"{config.teacher_train['steps']} steps"
         print(f"[mgsr-bench] building suite {config.key()} (first time only): teacher "
-              f"{report['teacher_params'] / 1e6:.2f}M params, {config.teacher_train['steps']} steps; student "
+              f"{report['teacher_params'] / 1e6:.2f}M params, {teacher_plan}; student "
               f"{report['student_params'] / 1e6:.2f}M params, SFT init {config.student_init_train['steps']} steps",
               flush=True)
-        report["teacher_train"] = _train_stage(teacher, tokenizer, data["teacher"], data["valid"],
-                                               config.teacher_train, "build: teacher")
-        teacher.save_pretrained(tmp / "teacher")
+        if kept is None:
+            report["teacher_train"] = _train_stage(teacher, tokenizer, data["teacher"], data["valid"],
+                                                   config.teacher_train, "build: teacher")
+            teacher.save_pretrained(tmp / "teacher")
+        else:
+            report["teacher_train"] = {**kept.report, "kept": True}
+            shutil.copytree(kept.folder / "teacher", tmp / "teacher")
         report["student_init_train"] = _train_stage(student, tokenizer, data["train"], data["valid"],
                                                     config.student_init_train, "build: student SFT init")
         student.save_pretrained(tmp / "student-init")

@@ -12,7 +12,9 @@ caught instead of silently pairing old models with new data.
 
 A build from scratch (``mgsr-bench build-suite --from-scratch``) trains its own models beside the
 cache and reports how its teacher compares with the shipped one; ``--ship`` makes it the new
-shipped suite.
+shipped suite. ``--keep-teacher`` keeps the shipped tokenizer and teacher and trains only the SFT
+init, for a change that left the teacher's inputs (``teacher_inputs``) as they were: the teacher is
+the hour of the build, and a new teacher would make every committed record another pair's.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import torch
 from mgsr_bench.data.jsonl import read_records, records_text, write_atomic, write_records
 from mgsr_bench.errors import UserError
 from mgsr_bench.models import weights_digest
-from mgsr_bench.suite.build import SuiteConfig, build_suite, building_folder, cache_root, finish_suite, suite_data
+from mgsr_bench.suite.build import (TEACHER_CODE_VERSION, KeptTeacher, SuiteConfig, build_suite, building_folder,
+                                   cache_root, finish_suite, suite_config_from_dict, suite_data, teacher_inputs)
 
 SHIPPED = Path(__file__).resolve().parent / "shipped"
 MODELS = ("tokenizer", "teacher", "student-init")
@@ -88,12 +91,29 @@ def install_shipped(config: SuiteConfig, folder: Path, root: Path) -> None:
         raise
 
 
-def build_from_scratch(config: SuiteConfig) -> dict[str, Any]:
+def kept_teacher(config: SuiteConfig, data: dict[str, list[dict[str, Any]]]) -> KeptTeacher:
+    """The shipped tokenizer and teacher for a build of ``config`` that keeps them, refused in one line
+    unless they were trained from the inputs this build would train them from."""
+    folder = shipped_folder(config)
+    if folder is None:
+        raise UserError(f"suite {config.name!r} ships no teacher to keep: build it with --from-scratch alone")
+    manifest = read_manifest(folder)
+    shipped_inputs = teacher_inputs(suite_config_from_dict(manifest["config"]), manifest["data"])
+    if {**shipped_inputs, "code": manifest.get("teacher_code")} != teacher_inputs(config, data_digests(data)):
+        raise UserError(f"the shipped teacher of suite {config.name!r} was trained from other inputs than this "
+                        "code's (its data, vocabulary, shape, training or TEACHER_CODE_VERSION changed): "
+                        "build it with --from-scratch alone")
+    return KeptTeacher(folder, manifest["report"]["teacher_train"])
+
+
+def build_from_scratch(config: SuiteConfig, keep_teacher: bool = False) -> dict[str, Any]:
     """Train ``config``'s suite on this machine (beside the cache, never used by runs) and compare it
-    with the shipped one: weight digests and each stage's best validation score."""
+    with the shipped one: weight digests and each stage's best validation score. ``keep_teacher``
+    trains only the SFT init, on the shipped tokenizer and teacher, where their inputs are unchanged."""
+    kept = kept_teacher(config, suite_data(config)) if keep_teacher else None
     root = cache_root() / f"{config.key()}.scratch"
     shutil.rmtree(root, ignore_errors=True)
-    build_suite(config, root)
+    build_suite(config, root, kept)
     built = json.loads((root / "suite.json").read_text())["report"]
     mine = {name: weights_digest(root / name) for name in ("teacher", "student-init")}
     folder = shipped_folder(config)
@@ -113,7 +133,8 @@ def ship(config: SuiteConfig, root: Path) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     for name in MODELS:
         shutil.copytree(root / name, folder / name)
-    manifest = {"name": config.name, "key": config.key(), "config": dataclasses.asdict(config),
+    manifest = {"name": config.name, "key": config.key(), "teacher_code": TEACHER_CODE_VERSION,
+                "config": dataclasses.asdict(config),
                 "data": data_digests(data),
                 "weights": {name: weights_digest(root / name) for name in ("teacher", "student-init")},
                 "report": report,
