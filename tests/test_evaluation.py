@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 import pytest
 
 from mgsr_bench.data.instruct import DOLLY_SPLITS, dolly_records, load_instruct
@@ -28,12 +30,18 @@ def test_prompts_are_cut_and_take_bos_only_when_asked(tokenizer, records):
         encode_prompts(tokenizer, [prompt], EvalSettings(add_bos=True))
 
 
-def test_each_batch_stops_at_max_length_including_its_prompt(tokenizer, records):
+def test_every_prompt_gets_max_length_minus_max_prompt_new_tokens_whatever_its_batch(tokenizer, records):
+    """MiniLLM pads every prompt to max_prompt, so a short prompt beside a long one gets no more."""
     model = tiny_model(len(tokenizer))
-    prompts = [r["prompt"] for r in records[:4]]
-    width = max(len(p) for p in encode_prompts(tokenizer, prompts, EvalSettings()))
-    out = generate(model, tokenizer, prompts, EvalSettings(greedy=True, max_length=width + 3, no_repeat_ngram_size=0))
-    assert all(len(tokenizer(o, add_special_tokens=False).input_ids) <= 3 + 1 for o in out)
+    with torch.no_grad():
+        model.lm_head.bias = torch.nn.Parameter(torch.zeros(len(tokenizer)))
+        model.lm_head.bias[tokenizer.eos_token_id] = -1e4  # never stops
+    prompts = [records[0]["prompt"][:20], records[1]["prompt"][:80]]
+    settings = EvalSettings(greedy=True, max_length=60, max_prompt=40, batch_size=2, no_repeat_ngram_size=0)
+    encoded = encode_prompts(tokenizer, prompts, settings)
+    assert len(encoded[0]) < len(encoded[1]) < 40  # neither padded nor cut to max_prompt
+    generated = generate(model, tokenizer, prompts, settings)
+    assert [len(tokenizer(o, add_special_tokens=False).input_ids) for o in generated] == [20, 20]
 
 
 @pytest.mark.parametrize("bad,message", [({"max_prompt": 512}, "must be below --max-length"),

@@ -20,9 +20,9 @@ from mgsr_bench.sampling.decode import decode
 class EvalSettings:
     """How models are scored (MiniLLM's evaluation scripts' defaults); recorded in every run record.
 
-    Pure sampling (``top_k = 0``, ``top_p = 1``, ``temperature``) or greedy; ``max_length`` tokens
-    of prompt + response per batch, prompts cut to their first ``max_prompt`` tokens; ``max_new_tokens``
-    caps the response further (the tiny suite's 64; ``None``: only ``max_length``);
+    Pure sampling (``top_k = 0``, ``top_p = 1``, ``temperature``) or greedy; prompts cut to their
+    first ``max_prompt`` tokens and every response given ``max_length - max_prompt`` new tokens, as
+    MiniLLM's padded prompts are; ``max_new_tokens`` caps the response further (the tiny suite's 64; ``None``: only ``max_length``);
     ``no_repeat_ngram_size`` bans n-grams of prompt + output (0: off); ``add_bos`` prepends the
     tokenizer's BOS to every prompt (LLaMA-family tokenizers); ``batch_size`` rows per generation
     batch: sampled outputs depend on it, so it is recorded.
@@ -74,8 +74,9 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     """One response per prompt, returned in input order.
 
     Prompts are sorted by length (less padding), left-padded and decoded in batches of
-    ``settings.batch_size`` with the KV cache; finished rows leave their batch. Each batch may
-    generate ``max_length - its padded prompt width`` tokens (capped by ``max_new_tokens``).
+    ``settings.batch_size`` with the KV cache; finished rows leave their batch. Every prompt may
+    generate ``max_length - max_prompt`` tokens (capped by ``max_new_tokens``), whatever its batch:
+    MiniLLM pads every prompt to ``max_prompt`` and generates up to ``max_length`` in all.
     Responses are decoded with ``skip_special_tokens``, cut at the EOS text and stripped. ``seed``
     seeds torch's generator once before the first batch, so a run is reproducible for a fixed
     batch size.
@@ -83,9 +84,11 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     if seed is not None:
         torch.manual_seed(seed)
     encoded = encode_prompts(tokenizer, prompts, settings)
+    budget = settings.max_length - settings.max_prompt
+    if settings.max_new_tokens is not None:
+        budget = min(budget, settings.max_new_tokens)
     longest = max((len(r) for r in encoded), default=0)
-    check_positions(model, "model", settings.max_length if settings.max_new_tokens is None else
-                    min(settings.max_length, longest + settings.max_new_tokens),
+    check_positions(model, "model", longest + budget,
                     "a prompt with its generation budget (--max-length, --max-new-tokens)",
                     "lower --max-length or --max-new-tokens")
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
@@ -94,9 +97,6 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     for start in tqdm(batches, desc=progress, disable=progress is None, leave=False):
         idx = order[start: start + settings.batch_size]
         rows = [encoded[i] for i in idx]
-        budget = settings.max_length - max(len(r) for r in rows)
-        if settings.max_new_tokens is not None:
-            budget = min(budget, settings.max_new_tokens)
         out = decode(model, rows, tokenizer.eos_token_id, tokenizer.pad_token_id, budget, len(tokenizer),
                      greedy=settings.greedy, temperature=settings.temperature,
                      no_repeat_ngram_size=settings.no_repeat_ngram_size)

@@ -2,12 +2,12 @@
 
 ROUGE-L is ``rouge_score.RougeScorer(['rougeL'], use_stemmer=True)``'s F-measure, the maximum over
 the references of an example, averaged over examples and multiplied by 100. Exact match compares
-SQuAD-style normalised strings (lower case, no punctuation, no articles, single spaces).
+normalised strings: SQuAD's normalisation without its removal of articles (lower case, no punctuation,
+single spaces), as ``rouge_metric.py`` says of itself, so "went to a farm" does not match "went to the farm".
 """
 
 from __future__ import annotations
 
-import re
 import string
 from functools import lru_cache
 from typing import TYPE_CHECKING, Sequence
@@ -40,9 +40,8 @@ def rouge_l(prediction: str, references: str | Sequence[str]) -> float:
 
 
 def normalize_answer(text: str) -> str:
-    """Lower-case, drop punctuation and the articles a/an/the, collapse whitespace."""
+    """Lower-case, drop punctuation, collapse whitespace (articles stay, as in MiniLLM)."""
     text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 
 
