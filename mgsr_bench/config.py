@@ -30,6 +30,10 @@ from mgsr_bench.errors import UserError, unknown_name
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SEEDS = (10, 20, 30, 40, 50)  # the evaluation protocol's sampling seeds (MiniLLM, DistiLLM)
+# The tokenizer the protocol's filters count tokens with: MiniLLM's data scripts filtered the released
+# sets once, with GPT-2's, and every model of both papers was scored on those rows; counting with each
+# evaluated model's tokenizer would score two models on different examples.
+PROTOCOL_TOKENIZER = "gpt2"
 RECIPE_DIRS = (PROJECT_ROOT / "baselines", PROJECT_ROOT / "methods")
 # The recipes and the reported scores are read from the checkout, which a non-editable install
 # (``pip install .``, a wheel) leaves behind: its runs would find no recipe to run.
@@ -56,6 +60,9 @@ class TrainConfig:
     # stop after this many validations in a row without a new best score (0: run all `steps`); `steps`
     # stays the upper bound and the cosine schedule's length
     patience: int = 0
+    # a training or validation prompt longer than 256 tokens: "drop" the example, as MiniLLM's data
+    # processing does, or "truncate" its prompt, as DistiLLM's does (the cut loses `### Response:`)
+    long_prompts: str = "drop"
     seed: int = 1
     mixed_precision: str = "auto"  # "auto": bf16 where the device supports it, else fp32
     loss_chunk_size: int = 1024  # response tokens per chunk of full-vocabulary logits; 0 = full logits
@@ -99,6 +106,8 @@ class TrainConfig:
             raise UserError(f"train.max_grad_norm must be > 0, got {self.max_grad_norm}")
         if not 0 <= self.warmup_ratio < 1:
             raise UserError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.long_prompts not in ("drop", "truncate"):
+            raise UserError(f"train.long_prompts must be 'drop' or 'truncate', got {self.long_prompts!r}")
         if self.val_metric not in ("rougeL", "loss"):
             raise UserError(f"train.val_metric must be 'rougeL' or 'loss', got {self.val_metric!r}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):

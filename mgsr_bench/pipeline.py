@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mgsr_bench.config import Recipe, TrainConfig, config_hash, train_config
 from mgsr_bench.errors import UserError
-from mgsr_bench.data.collate import tokenize_records
+from mgsr_bench.data.collate import prompts_within, tokenize_records
 from mgsr_bench.eval.evaluate import evaluate_model
 from mgsr_bench.eval.generate import EvalSettings
 from mgsr_bench.methods import Method, get_method
@@ -121,12 +121,19 @@ def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedM
     ``Accelerator`` ``accelerator`` is, when the caller built it before loading the models.
     """
     cfg, method, config = resolve_recipe(recipe, train_defaults, train_overrides)
+    given = len(train_records), len(valid_records)
+    if cfg.long_prompts == "drop":
+        train_records, valid_records = prompts_within(train_records, tokenizer), prompts_within(valid_records, tokenizer)
+        if not train_records or not valid_records:
+            raise UserError("every training or validation prompt is longer than 256 tokens, and train.long_prompts "
+                            "drops such examples: shorten the prompts, or set train.long_prompts=truncate")
     result = train(student, teacher, tokenizer, method, tokenize_records(train_records, tokenizer), valid_records,
                    tokenize_records(valid_records, tokenizer), cfg, desc=f"train {recipe.name}",
                    checkpoint_dir=checkpoint_dir, accelerator=accelerator)
     summary = {"seed": cfg.seed, "best_step": result.best_step, "best_val": result.best_score,
                "steps_run": result.steps_run, "stopped_early": result.stopped_early,
-               "val_examples": result.val_examples, "wall_time_s": result.wall_time_s,
+               "val_examples": result.val_examples,
+               "long_prompts_dropped": {"train": given[0] - len(train_records), "valid": given[1] - len(valid_records)}, "wall_time_s": result.wall_time_s,
                "seconds_per_step": result.seconds_per_step, "history": result.history}
     return config, summary, result.method_state, result.model
 

@@ -12,7 +12,7 @@ import pytest
 
 from mgsr_bench.cli.main import main
 
-from conftest import tiny_model
+from conftest import SHARED, tiny_model
 
 
 def _cli(*args, env=None, cwd=None):
@@ -97,6 +97,38 @@ def test_student_with_too_few_embedding_rows_is_refused(hub_style_pair, tokenize
                str(p / "train.jsonl"), "--valid-data", str(p / "valid.jsonl"), "--out", str(p / "run"))
     assert proc.returncode == 2 and "student has" in proc.stderr and "embedding rows" in proc.stderr
     assert not (p / "run").exists()
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "instruct").is_dir() or not (SHARED / "tokenizers" / "gpt2").is_dir(),
+                    reason="../shared/data/instruct or ../shared/tokenizers/gpt2 is absent")
+def test_eval_filters_the_protocols_sets_with_gpt2s_tokenizer_whatever_the_model(hub_style_pair, cli):
+    """Raw self-instruct keeps the 242 prompts of at most 256 GPT-2 tokens for a model whose own
+    tokenizer counts them otherwise: every model is scored on the released set's examples."""
+    p = hub_style_pair
+    raw = SHARED / "data" / "instruct" / "raw" / "self-instruct" / "user_oriented_instructions.jsonl"
+    proc = cli("eval", str(p / "student"), "--data", f"selfinst={raw}", "--protocol-tokenizer",
+               str(SHARED / "tokenizers" / "gpt2"), "--seeds", "10", "--max-new-tokens", "1", "--out", str(p / "ev"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((p / "ev" / "records" / "student.json").read_text())["scores"]["selfinst"]["n"] == 242
+
+
+def test_eval_follows_the_pairs_reference_on_bos_and_records_the_pair(hub_style_pair, cli, monkeypatch):
+    p = hub_style_pair
+    from mgsr_bench.models import load_tokenizer
+
+    tok = load_tokenizer(p / "student")
+    tok.bos_token = tok.eos_token  # a LLaMA-style tokenizer with a BOS
+    tok.save_pretrained(p / "student")
+    (p / "pairs.yaml").write_text(f"mine:\n  teacher: {p / 'teacher'}\n  student: {p / 'student'}\n"
+                                  "  reference: distillm\n")
+    monkeypatch.setenv("MGSR_BENCH_PAIRS", str(p / "pairs.yaml"))
+    for pair, bos in (("mine", True), ("gpt2-xl-gpt2", False)):
+        proc = cli("eval", str(p / "student"), "--pair", pair, "--data", f"t={p / 'test.jsonl'}", "--seeds", "10",
+                   "--max-new-tokens", "1", "--out", str(p / pair))
+        assert proc.returncode == 0, proc.stderr
+        record = json.loads((p / pair / "records" / "student.json").read_text())
+        assert record["evaluation"]["add_bos"] is bos and record["pair"]["name"] == pair
+        assert record["pair"]["reference"] == ("distillm" if bos else "minillm")
 
 
 def test_malformed_data_is_refused_before_compute(hub_style_pair, cli):
@@ -203,7 +235,7 @@ def _one_record_store(root: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("case", ["data-type", "data-utf8", "out-under-file", "label-path", "data-twice",
                                   "seeds-twice", "output-folder", "write-file", "bad-date", "tolerance-nan",
                                   "gpu-mem-nan", "bench-unknown", "bench-none", "bench-odd-length", "bench-json-folder",
-                                  "usage", "cut-record", "no-tokenizer", "no-model-folder"])
+                                  "usage", "cut-record", "no-tokenizer", "no-model-folder", "protocol-tokenizer"])
 def test_bad_arguments_and_files_end_in_one_line_before_any_work(hub_style_pair, tmp_path, cli, case):
     """Each of these tracebacked, was accepted (a record written outside --out, a NaN tolerance calling a
     50-point drop noise, one seed counted twice), ran minutes first, or printed argparse's usage block;
@@ -247,6 +279,9 @@ def test_bad_arguments_and_files_end_in_one_line_before_any_work(hub_style_pair,
                          "the folder holds no tokenizer files"),
         "no-model-folder": (["eval", str(p / "gone"), "--data", f"t={p / 'valid.jsonl'}", "--out", str(p / "run")],
                             f"cannot load tokenizer '{p / 'gone'}': no such folder"),
+        "protocol-tokenizer": (["eval", str(p / "student"), "--data", f"sni={p / 'valid.jsonl'}", "--protocol-tokenizer",
+                                str(p / "afolder"), "--out", str(p / "run")],
+                               "count tokens with GPT-2's tokenizer: cannot load tokenizer"),
     }[case]
     if case == "no-tokenizer":
         tiny_model(300).save_pretrained(p / "bare")

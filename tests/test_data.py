@@ -1,6 +1,7 @@
 import pytest
 
-from mgsr_bench.data.collate import IGNORE, collate, shifted_labels, tokenize_records
+from mgsr_bench.config import train_config
+from mgsr_bench.data.collate import IGNORE, collate, prompts_within, shifted_labels, tokenize_records
 from mgsr_bench.data.jsonl import read_records, write_records
 from mgsr_bench.data.template import build_prompt
 from mgsr_bench.errors import UserError
@@ -148,3 +149,21 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("long_prompts, dropped", [("drop", 1), ("truncate", 0)])
+def test_training_drops_examples_whose_prompt_does_not_fit_unless_told_to_truncate(tokenizer, records, student,
+                                                                                    long_prompts, dropped):
+    """MiniLLM drops a training example whose prompt is over 256 tokens (its cut would lose `###
+    Response:`); DistiLLM truncates it. The summary says how many were dropped."""
+    from mgsr_bench.config import load_recipe
+    from mgsr_bench.pipeline import train_student
+
+    long = {**records[0], "prompt": "word " * 300 + records[0]["prompt"]}
+    assert len(prompts_within([long, records[0]], tokenizer)) == 1
+    _, summary, _, _ = train_student(load_recipe("sft"), student, None, tokenizer, [long] + records[:8], records[8:12],
+                                     train_overrides={"steps": 1, "micro_batch": 2, "eval_every": 1,
+                                                      "val_metric": "loss", "long_prompts": long_prompts})
+    assert summary["long_prompts_dropped"] == {"train": dropped, "valid": 0}
+    with pytest.raises(UserError, match="train.long_prompts must be 'drop' or 'truncate'"):
+        train_config({"long_prompts": "cut"}, where="t")

@@ -138,11 +138,14 @@ def test_per_family_scores_average_each_familys_examples(monkeypatch):
 
     records = [{"prompt": "p1", "output": "the cat sat", "family": "a"},
                {"prompt": "p2", "output": ["my dog ran", "the dog ran home"], "family": "b"},
-               {"prompt": "p3", "output": "blue", "family": "a"}]
+               {"prompt": "p3", "output": "blue", "family": "a", "reference_model": "gpt-3.5-turbo"}]
     preds = ["the cat sat", "the dog ran", "red"]
     monkeypatch.setattr(evaluate, "generate", lambda *a, **k: preds)
     monkeypatch.setattr(evaluate, "fingerprint", lambda *a: "x")
-    seed = evaluate_model(None, None, {"d": records}, EvalSettings(seeds=(10,)))["d"]["per_seed"]["10"]
+    scored = evaluate_model(None, None, {"d": records}, EvalSettings(seeds=(10,)))["d"]
+    seed = scored["per_seed"]["10"]
+    assert scored["data_sha256"] == evaluate.examples_digest(records) != evaluate.examples_digest(records[:2])
+    assert scored["reference_models"] == ["gpt-3.5-turbo"]
     # "the dog ran" against "my dog ran": LCS 2 of 3 and 3 -> F 2/3; against "the dog ran home": 3 of 3 and 4 -> 6/7
     assert seed["family_rougeL"] == pytest.approx({"a": 50.0, "b": 100 * 6 / 7})
     assert seed["family_exact_match"] == pytest.approx({"a": 50.0, "b": 0.0})

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from mgsr_bench.data.instruct import apply_protocol, load_instruct
+from mgsr_bench.data.instruct import apply_protocol, load_instruct, reference_warning
+from mgsr_bench.data.template import build_prompt
 from mgsr_bench.errors import UserError
 
 from conftest import SHARED
@@ -69,8 +70,97 @@ def test_fastchat_question_and_answer_files(tmp_path):
         load_instruct(f"{questions}+{answers}")
 
 
+def test_vicunas_reference_model_is_kept_and_references_not_the_protocols_are_warned_about(tmp_path):
+    questions, answers = tmp_path / "question.jsonl", tmp_path / "answer.jsonl"
+    questions.write_text(json.dumps({"question_id": 1, "text": "Why?", "category": "generic"}) + "\n")
+    answers.write_text(json.dumps({"question_id": 1, "text": "Because.", "model_id": "vicuna-13b:20230322"}) + "\n")
+    records = load_instruct(f"{questions}+{answers}")
+    assert records[0]["reference_model"] == "vicuna-13b:20230322"
+    assert "not the protocol's" in reference_warning("vicuna", records) and "vicuna-13b:20230322" in \
+        reference_warning("vicuna", records)
+    assert reference_warning("dolly", records) is None
+
+
+@needs_data
+def test_the_protocols_vicuna_file_draws_no_warning():
+    assert reference_warning("vicuna", load_instruct(DATA / "vicuna" / "valid.jsonl")) is None
+
+
 def test_plain_instruction_input_output_jsonl_gets_the_template(tmp_path):
     path = tmp_path / "raw.jsonl"
     path.write_text(json.dumps({"instruction": "Add.", "input": "2 and 3", "output": "5"}) + "\n")
     (record,) = load_instruct(path)
     assert "### Input:\n2 and 3\n\n### Response:\n" in record["prompt"]
+
+
+def test_a_minillm_record_with_a_question_id_is_read_as_a_record(tmp_path):
+    path = tmp_path / "valid.jsonl"
+    row = {"question_id": 1, "instruction": "Why?", "input": "", "output": "Because.", "prompt": "Q: Why?\nA: "}
+    path.write_text(json.dumps(row) + "\n")
+    assert load_instruct(path) == [row]
+
+
+UNNI_LINE = {"instruction": "Answer with A or B.", "instances": [
+    {"instruction_with_input": "Answer with A or B.\n\nBlue or red?", "input": "Blue or red?",
+     "constraints": "One of: A, B.", "output": "A"}]}
+
+
+def test_a_raw_unnatural_instructions_line_goes_to_its_own_reader(tmp_path):
+    path = tmp_path / "core_data.jsonl"
+    path.write_text(json.dumps(UNNI_LINE) + "\n")
+    assert load_instruct(path) == [{"constraints": "One of: A, B.", "instruction": "Answer with A or B.",
+                                    "input": "Blue or red?", "output": "A",
+                                    "prompt": build_prompt("Answer with A or B.", "Blue or red?")}]
+
+
+def ni_task(definition: str | list[str], outputs: list[list[str]]) -> str:
+    """A natural-instructions task file's text: one pretty-printed JSON object, as the repository has them."""
+    return json.dumps({"Contributors": ["someone"], "Definition": definition, "Positive Examples": [],
+                       "Instances": [{"id": f"t-{i}", "input": f"input {i}", "output": out}
+                                     for i, out in enumerate(outputs)]}, indent=4)
+
+
+def test_a_natural_instructions_task_file_loads(tmp_path):
+    path = tmp_path / "task001_demo.json"
+    path.write_text(ni_task(["Do this.", "Then that."], [["one", "uno"], ["two"]]))
+    records = load_instruct(path)
+    assert [(r["topic"], r["instruction"], r["input"], r["output"]) for r in records] == [
+        ("task001_demo", "Do this.\nThen that.", "input 0", ["one", "uno"]),
+        ("task001_demo", "Do this.\nThen that.", "input 1", ["two"])]
+    assert records[0]["prompt"] == build_prompt("Do this.\nThen that.", "input 0")
+    path.write_text(ni_task("Do this.", [["one"]]))  # some tasks hold Definition as one string
+    assert [r["instruction"] for r in load_instruct(path)] == ["Do this."]
+
+
+def test_a_task_folder_and_list_give_each_listed_tasks_first_100_instances_in_order(tmp_path):
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for name, n in (("task1_long", 150), ("task2_short", 5), ("task3_unlisted", 3)):
+        (tasks / f"{name}.json").write_text(ni_task(["Do."], [[f"{name} {i}"] for i in range(n)]))
+    task_list = tmp_path / "test_tasks.txt"
+    task_list.write_text("task2_short\ntask1_long\n\n")
+    records = load_instruct(f"{tasks}:{task_list}")
+    assert [r["output"] for r in records] == ([[f"task2_short {i}"] for i in range(5)]
+                                              + [[f"task1_long {i}"] for i in range(100)])
+    every_task = ["task1_long"] * 100 + ["task2_short"] * 5 + ["task3_unlisted"] * 3  # no list: by file name
+    assert [r["topic"] for r in load_instruct(tasks)] == every_task
+    task_list.write_text("task9_missing\n")
+    with pytest.raises(UserError, match=r"task task9_missing of .*test_tasks.txt: .*task9_missing.json is missing"):
+        load_instruct(f"{tasks}:{task_list}")
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("mixed.jsonl", json.dumps({"instruction": "a", "output": "b"}) + "\n" + json.dumps(UNNI_LINE) + "\n",
+     r"mixed formats: .*mixed.jsonl:2 is Unnatural Instructions but line 1 is MiniLLM"),
+    ("odd.jsonl", json.dumps({"prompt": "p"}) + "\n", r"unrecognised record: .*odd.jsonl:1: its keys \(prompt\)"),
+    ("bad_unni.jsonl", json.dumps({"instruction": "a", "instances": [{"constraints": "c"}]}) + "\n",
+     r"malformed Unnatural Instructions record: .*bad_unni.jsonl:1: .*text output"),
+    ("task_cut.json", '{"Definition": ["Do."],', r"malformed JSON: .*task_cut.json: .*Definition and Instances"),
+    ("task_bad.json", json.dumps({"Definition": ["Do."], "Instances": [{"input": "x", "output": "y"}]}),
+     r"task_bad.json: instance 1 needs a text input and an output list"),
+])
+def test_a_malformed_file_fails_in_one_line_naming_it(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(UserError, match=message) as e:
+        load_instruct(tmp_path / name)
+    assert "\n" not in str(e.value)

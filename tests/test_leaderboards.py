@@ -192,6 +192,31 @@ def test_compare_never_compares_records_of_another_pair_or_other_weights():
     assert "not checked" not in render_comparison(compare_records(new[:1], base[:1]), "rougeL")
 
 
+def _scored_on(record, n, digest=None):
+    scores = {d: {**s, "n": n, **({"data_sha256": digest} if digest else {})} for d, s in record["scores"].items()}
+    return {**record, "scores": scores}
+
+
+def test_rows_scored_on_other_examples_are_neither_compared_nor_ranked_together():
+    """Another count or another digest of a dataset's examples (another filter, another file): "data
+    differs" in compare, refused by the leaderboard; a digest on one side only is compared and said."""
+    base = [_scored_on(_record("kd", {"sni": [25.0, 25.0]}), 1694, "a" * 16),
+            _scored_on(_record("sft", {"sni": [25.0, 25.0]}), 1694, "a" * 16),
+            _scored_on(_record("gkd", {"sni": [25.0, 25.0]}), 1694, "a" * 16)]
+    new = [_scored_on(_record("kd", {"sni": [20.0, 20.0]}), 1650, "b" * 16),
+           _scored_on(_record("sft", {"sni": [20.0, 20.0]}), 1694, "c" * 16),
+           _scored_on(_record("gkd", {"sni": [20.0, 20.0]}), 1694)]
+    frame = compare_records(new, base).set_index(["label", "dataset"])
+    assert frame.at[("kd", "sni"), "status"] == "data differs"
+    assert frame.at[("sft", "sni"), "status"] == "data differs"
+    assert frame.at[("gkd", "sni"), "status"] == "regression"
+    report = render_comparison(compare_records(new, base), "rougeL")
+    assert "2 on other examples" in report and "not checked: whether gkd" in report
+    with pytest.raises(UserError, match=r"rows scored sni on different examples: .*kd \(n 1650"):
+        build_board(base + new[:1])
+    assert sorted(build_board(base + new[2:]).means.index) == ["gkd", "kd", "sft"]  # no digest: not refused
+
+
 def test_compare_cli_exits_non_zero_on_a_regression_only(tmp_path, cli):
     for folder, value in (("base", 25.0), ("same", 25.2), ("worse", 20.0)):
         write_record(_record("kd", {"dolly": [value, value]}), tmp_path / folder / "kd.json")

@@ -22,12 +22,17 @@ def test_the_registry_has_the_field_s_pairs_and_users_can_extend_it(tmp_path, mo
                 "open-llama-7b-open-llama-3b", "qwen2.5-7b-qwen2.5-0.5b", "qwen2.5-7b-qwen2.5-1.5b"}
     assert expected <= set(pairs)
     assert pairs["open-llama-7b-open-llama-3b"].finetune == "lora"
+    # DistiLLM's evaluation prepends the tokenizer's BOS, MiniLLM's current one does not
+    assert [p.name for p in pairs.values() if p.eval_bos] == ["open-llama-7b-open-llama-3b"]
     assert all(p.accelerate_config is None or p.accelerate_config.is_file() for p in pairs.values())
     mine = tmp_path / "pairs.yaml"
     mine.write_text("mine:\n  teacher: /models/t\n  student: /models/s\n  accelerate: ddp\n"
                     "gpt2-xl-gpt2:\n  teacher: /local/gpt2-xl\n  student: /local/gpt2\n")
     monkeypatch.setenv("MGSR_BENCH_PAIRS", str(mine))
     assert get_pair("mine").student == "/models/s" and get_pair("gpt2-xl-gpt2").teacher == "/local/gpt2-xl"
+    mine.write_text("bad:\n  teacher: t\n  student: s\n  reference: lmops\n")
+    with pytest.raises(UserError, match="pair 'bad': reference must be minillm or distillm"):
+        load_pairs()
     mine.write_text("bad:\n  teacher: t\n  student: s\n  micro_bach: 4\n")
     with pytest.raises(UserError, match="pair 'bad': unknown key 'micro_bach'"):
         load_pairs()

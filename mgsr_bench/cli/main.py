@@ -19,7 +19,7 @@ from mgsr_bench.cli.outputs import check_output_file, check_output_folder, make_
 from mgsr_bench.cli.parsing import OneLineParser, finite_float, iso_date, train_seeds
 from mgsr_bench.errors import UserError
 from mgsr_bench.signals import sigterm_as_exit
-from mgsr_bench.config import DEFAULT_SEEDS
+from mgsr_bench.config import DEFAULT_SEEDS, PROTOCOL_TOKENIZER
 
 if TYPE_CHECKING:  # the commands import the heavy modules when they run
     from mgsr_bench.config import Recipe
@@ -382,17 +382,31 @@ def _train_run(job: _TrainJob, run: SeededRun, folder: Path) -> None:
               f"{summary['best_step']}; model saved to {folder / 'model'}")
 
 
+def _protocol_tokenizer(name_or_path: str):
+    """The tokenizer the protocol's filters count with, refused in one line naming the fix."""
+    from mgsr_bench.models import load_tokenizer
+
+    try:
+        return load_tokenizer(name_or_path)
+    except UserError as e:
+        raise UserError(f"the protocol's filters (SelfInst, S-NI, UnNI) count tokens with GPT-2's tokenizer: {e}; "
+                        "pass --protocol-tokenizer PATH to a local copy of it") from None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate saved models (folders or Hub names) and write one run record each.
 
-    ``--data NAME=PATH`` reads MiniLLM JSONL, instruction/input/output JSONL, self-instruct's raw file
-    or FastChat's ``QUESTIONS+ANSWERS``; when NAME is one of the protocol's sets (dolly, selfinst,
-    vicuna, sni, unni) its filters are applied with each model's tokenizer. Each model is loaded in
-    ``--dtype`` and scored on the machine's GPU when it has one (``CUDA_VISIBLE_DEVICES=``: the CPU).
+    ``--data NAME=PATH`` reads any layout :func:`load_instruct` knows (MiniLLM JSONL, plain JSONL,
+    raw self-instruct, Unnatural Instructions and natural-instructions files, FastChat's
+    ``QUESTIONS+ANSWERS``); when NAME is one of the protocol's sets (dolly, selfinst, vicuna, sni,
+    unni) its filters are applied, counting tokens with GPT-2's tokenizer as MiniLLM's data scripts
+    did (``--protocol-tokenizer``), so that every model is scored on the same examples. ``--pair``
+    follows that pair's reference on the BOS. Each model is loaded in ``--dtype`` and scored on the
+    machine's GPU when it has one (``CUDA_VISIBLE_DEVICES=``: the CPU).
     """
     import torch
 
-    from mgsr_bench.data.instruct import PROTOCOLS, apply_protocol, load_instruct
+    from mgsr_bench.data.instruct import PROTOCOLS, apply_protocol, load_instruct, reference_warning
     from mgsr_bench.models import load_model, load_tokenizer, on_compute_device
     from mgsr_bench.pipeline import evaluate_and_record
     from mgsr_bench.suite.build import EVAL_SPLITS, ensure_suite
@@ -408,7 +422,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if name in datasets:
                 raise UserError(f"--data names the dataset {name!r} twice: give each dataset its own name")
             datasets[name] = load_instruct(path)
+        for name, rows in datasets.items():
+            warning = reference_warning(name, rows)
+            if warning:
+                print(warning, file=sys.stderr)
+        if any(PROTOCOLS[name].counts_tokens for name in datasets if name in PROTOCOLS):
+            protocol_tokenizer = _protocol_tokenizer(args.protocol_tokenizer)
+            datasets = {name: apply_protocol(rows, name, protocol_tokenizer) if name in PROTOCOLS else rows
+                        for name, rows in datasets.items()}
     settings = _eval_settings(args, None if args.data else _suite_config(args.quick))
+    pair_info: dict[str, Any] = {}
+    if args.pair:
+        from mgsr_bench.models.pairs import get_pair
+
+        pair = get_pair(args.pair)
+        settings.add_bos = settings.add_bos or pair.eval_bos
+        pair_info = {"name": pair.name, "teacher": pair.teacher, "reference": pair.reference}
     models = _models_to_evaluate(args.models, args.label)
     check_output_folder(args.out)
     if args.lm_eval:
@@ -427,10 +456,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model = on_compute_device(load_model(model_path, getattr(torch, args.dtype),
                                              trust_remote_code=args.trust_remote_code))
         make_output_folder(out)  # once a model has loaded: a refused model leaves no empty folder
-        kept = {name: apply_protocol(rows, name, tokenizer, settings.max_prompt) if args.data and name in PROTOCOLS
-                else rows for name, rows in datasets.items()}
-        record = evaluate_and_record(model, tokenizer, label=label, method="eval", datasets=kept, settings=settings,
-                                     pair={"student": str(model_path)},
+        record = evaluate_and_record(model, tokenizer, label=label, method="eval", datasets=datasets, settings=settings,
+                                     pair={**pair_info, "student": str(model_path)},
                                      config={"model": str(model_path), "dtype": args.dtype},
                                      record_path=out / "records" / f"{label}.json", started=t0,
                                      lm_eval=_lm_eval(args, model, tokenizer, suite_data))
@@ -818,6 +845,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate saved models and write run records", description=cmd_eval.__doc__)
     p.add_argument("models", nargs="+", help="model folders or Hub names")
     p.add_argument("--data", action="append", metavar="NAME=PATH", help="dataset .jsonl (default: tiny suite splits)")
+    p.add_argument("--pair", help="a registered pair (`mgsr-bench list pairs`) whose reference's evaluation to follow "
+                        "(its BOS setting) and whose name to record")
+    p.add_argument("--protocol-tokenizer", default=PROTOCOL_TOKENIZER,
+                   help=f"the tokenizer the protocol's filters count tokens with (default: {PROTOCOL_TOKENIZER}, "
+                        "as MiniLLM's data scripts)")
     p.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
     p.add_argument("--label", help="row label in the leaderboard (default: the model folder's name)")
     p.add_argument("--quick", action="store_true", help="use the smoke-sized tiny suite's splits")

@@ -70,6 +70,13 @@ class TokenBatch:
         return mask
 
 
+def prompts_within(records: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase,
+                   max_prompt: int = 256) -> list[dict[str, Any]]:
+    """The records whose prompt has at most ``max_prompt`` tokens: MiniLLM's data processing drops
+    the others, whose cut would lose the `### Response:` marker the model answers after."""
+    return [r for r in records if len(tokenizer(r["prompt"], add_special_tokens=False).input_ids) <= max_prompt]
+
+
 def tokenize_records(records: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase,
                      max_prompt: int = 256, max_length: int = 512) -> list[Example]:
     """Encode prompts (no special tokens, as MiniLLM does) and responses + EOS, truncated to fit."""

@@ -11,9 +11,15 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mgsr_bench.data.jsonl import write_atomic
+from mgsr_bench.data.jsonl import records_text, write_atomic
 from mgsr_bench.eval.generate import EvalSettings, generate
 from mgsr_bench.eval.metrics import bootstrap_ci, example_scores
+
+
+def examples_digest(records: list[dict[str, Any]]) -> str:
+    """SHA-256 (16 hex digits) of the evaluated records: rows scored on other examples (another
+    filter, another file version) are not one benchmark, and ``n`` alone does not show it."""
+    return hashlib.sha256(records_text(records).encode()).hexdigest()[:16]
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -93,8 +99,12 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             per_seed[str(seed)] = scores
         results[name] = {
             "n": len(records),
+            "data_sha256": examples_digest(records),
             "per_seed": per_seed,
         }
+        authors = sorted({str(r["reference_model"]) for r in records if "reference_model" in r})
+        if authors:  # FastChat answer files name the model that wrote each reference
+            results[name]["reference_models"] = authors
         for metric in ("rougeL", "exact_match"):
             seed_mean = [statistics.fmean(col) for col in zip(*per_example[metric])]  # per example
             results[name][metric] = {**_summary([s[metric] for s in per_seed.values()]),

@@ -40,7 +40,15 @@ class Pair:
     gpu_mem_gib: float = 80.0
     accelerate: str = "single_gpu"  # a file in mgsr_bench/launch/accelerate (without .yaml), or "cpu"
     gradient_checkpointing: bool = False
+    # whose evaluation `eval --pair` follows: "minillm" (prompts without special tokens, as its current
+    # code) or "distillm" (`tokenizer.encode(prompt)`: the tokenizer's BOS first, for LLaMA's <s>)
+    reference: str = "minillm"
     note: str = ""
+
+    @property
+    def eval_bos(self) -> bool:
+        """Whether evaluation puts the tokenizer's BOS before every prompt, as the reference does."""
+        return self.reference == "distillm"
 
     @property
     def accelerate_config(self) -> Path | None:
@@ -75,6 +83,8 @@ def _pair(name: str, raw: Any, where: str) -> Pair:
     pair = Pair(name=name, **values)
     if pair.dtype not in DTYPES:
         raise UserError(f"{where}: pair {name!r}: dtype must be one of {', '.join(DTYPES)}")
+    if pair.reference not in ("minillm", "distillm"):
+        raise UserError(f"{where}: pair {name!r}: reference must be minillm or distillm")
     if pair.finetune not in ("full", "lora"):
         raise UserError(f"{where}: pair {name!r}: finetune must be full or lora")
     if pair.accelerate_config is not None and not pair.accelerate_config.is_file():

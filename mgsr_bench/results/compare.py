@@ -11,7 +11,8 @@ means, which holds training and sampling noise alike, floored by the sampling no
 stands for the single run's spread too (a run of the same recipe retrained): that side's variance
 is ``max(std^2 / n, S^2)``. The report's ``noise`` column says which applied to each row.
 
-Rows whose evaluation settings differ (seeds, decoding, lengths) are not compared, nor rows of
+Rows whose evaluation settings differ (seeds, decoding, lengths) are not compared, nor rows scored on
+other examples of a dataset (another count, or another digest where both records carry one), nor rows of
 another teacher/student pair: another pair name, or, where both records carry them, other digests
 of the teacher's or the student init's weights (two builds of the tiny suite can differ). Records
 without digests (made before they were recorded, or of Hub models) are compared on the pair name
@@ -28,7 +29,8 @@ import pandas as pd
 
 from mgsr_bench.results.leaderboard import latest_per_seed, sample_std
 
-STATUSES = ("regression", "improvement", "within noise", "settings differ", "pair differs", "new", "missing")
+STATUSES = ("regression", "improvement", "within noise", "settings differ", "data differs", "pair differs", "new",
+            "missing")
 WEIGHTS = ("teacher_weights", "student_weights")  # the pair's weight digests in a record (tiny suite)
 
 
@@ -36,6 +38,12 @@ def pair_differs(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two records come from different models: pair names, or weight digests both of them hold."""
     pa, pb = a.get("pair", {}), b.get("pair", {})
     return pa.get("name") != pb.get("name") or any(k in pa and k in pb and pa[k] != pb[k] for k in WEIGHTS)
+
+
+def data_differs(a: dict[str, Any], b: dict[str, Any], dataset: str) -> bool:
+    """Whether two records scored ``dataset`` on different examples: counts, or digests both hold."""
+    sa, sb = a["scores"][dataset], b["scores"][dataset]
+    return sa["n"] != sb["n"] or ("data_sha256" in sa and "data_sha256" in sb and sa["data_sha256"] != sb["data_sha256"])
 
 
 def digest_on_one_side(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -113,10 +121,15 @@ def compare_records(new: list[dict[str, Any]], base: list[dict[str, Any]], metri
             if any(x["evaluation"] != y["evaluation"] for x in b for y in n):
                 rows.append({**row, "status": "settings differ"})
                 continue
+            if any(data_differs(x, y, dataset) for x in b for y in n):
+                rows.append({**row, "status": "data differs"})
+                continue
             if any(pair_differs(x, y) for x in b for y in n):
                 rows.append({**row, "status": "pair differs"})
                 continue
-            row["unchecked"] = any(digest_on_one_side(x, y) for x in b for y in n)
+            row["unchecked"] = any(digest_on_one_side(x, y) or
+                                   ("data_sha256" in x["scores"][dataset]) != ("data_sha256" in y["scores"][dataset])
+                                   for x in b for y in n)
             rows.append({**row, **_decide(Side.of(n, dataset, metric), Side.of(b, dataset, metric), tolerance, k)})
     return pd.DataFrame(rows, columns=["label", "dataset", "base", "base_std", "new", "new_std", "delta",
                                        "threshold", "status", "noise", "unchecked"])
@@ -143,12 +156,13 @@ def render_comparison(frame: pd.DataFrame, metric: str) -> str:
     counts = frame["status"].value_counts()
     verdict = (f"{counts.get('regression', 0)} regression(s), {counts.get('improvement', 0)} improvement(s), "
                f"{counts.get('within noise', 0)} within noise, {counts.get('settings differ', 0)} with other "
-               f"evaluation settings, {counts.get('pair differs', 0)} of another pair, {counts.get('new', 0)} new, "
+               f"evaluation settings, {counts.get('data differs', 0)} on other examples, "
+               f"{counts.get('pair differs', 0)} of another pair, {counts.get('new', 0)} new, "
                f"{counts.get('missing', 0)} missing ({metric})")
     unchecked = frame.loc[frame["unchecked"].eq(True), "label"].unique()
     if len(unchecked):
         verdict += (f"\nnot checked: whether {', '.join(unchecked)} used the same teacher and student init weights "
-                    "(only one side's records carry their digests)")
+                    "and the same examples (only one side's records carry their digests)")
     return table.to_markdown(index=False) + "\n\n" + verdict + "\n"
 
 

@@ -146,6 +146,7 @@ def build_board(records: list[dict[str, Any]], metric: str = "rougeL", reference
     unknown = [d for d in chosen if d not in all_sets]
     if unknown:
         raise UserError(f"no scores for dataset(s) {', '.join(unknown)}; the records have {', '.join(all_sets)}")
+    check_same_examples(rows, chosen)
     numbers = {name: row_numbers(runs, chosen, metric) for name, runs in rows.items()}
     means = pd.DataFrame({d: {name: n.means[d] for name, n in numbers.items()} for d in chosen})
     stds = pd.DataFrame({d: {name: n.stds[d] for name, n in numbers.items()} for d in chosen})
@@ -164,6 +165,19 @@ def build_board(records: list[dict[str, Any]], metric: str = "rougeL", reference
     if reference is not None and reference not in kind:
         raise UserError(f"--reference {reference!r} is not a row; rows: {', '.join(kind)}")
     return Board(metric, means, stds, kind, reference, notes, seeds, avg_stds)
+
+
+def check_same_examples(rows: dict[str, list[dict[str, Any]]], datasets: list[str]) -> None:
+    """Refuse a board whose rows scored a dataset on different examples (another count, or another
+    digest among the records that carry one): their numbers are not one benchmark's."""
+    for d in datasets:
+        scored = [(name, r["scores"][d]) for name, runs in rows.items() for r in runs if d in r["scores"]]
+        counts = {s["n"] for _, s in scored}
+        digests = {s["data_sha256"] for _, s in scored if "data_sha256" in s}
+        if len(counts) > 1 or len(digests) > 1:
+            which = sorted({f"{name} (n {s['n']}, {s.get('data_sha256', 'no digest')})" for name, s in scored})
+            raise UserError(f"rows scored {d} on different examples: {'; '.join(which)}; re-evaluate them on one "
+                            "file, or leave some out with --labels")
 
 
 @dataclass
