@@ -69,8 +69,8 @@ def hub_style_pair(tmp_path, tokenizer, records):
 def offline(monkeypatch):
     """No Hub for this test. ``huggingface_hub`` and ``datasets`` read ``HF_HUB_OFFLINE`` (and
     ``HF_DATASETS_OFFLINE``) once, when first imported, so the variables alone change nothing once
-    they are: their flags are set too (with only the variable, a config lookup went to the network
-    and spent 23 s in retries here before failing)."""
+    they are: their flags are set too (with only the variable, a config lookup goes to the network
+    and spends about 23 s in retries here before failing)."""
     import importlib.util
 
     import huggingface_hub.constants
@@ -123,9 +123,8 @@ def torchrun(args: list[str], env: dict[str, str], timeout: float = 600, succeed
     """``python -m torch.distributed.run --nproc_per_node 2 ARGS`` on a free port, once more if a worker
     was killed by a signal; the first attempt's log is kept as a warning, and a failure that repeats,
     or any other failure, fails the test with the workers' own output (with ``succeed=False`` the
-    finished process is returned instead, for tests of runs that must fail). (Workers that exited
-    with their process group open aborted at shutdown about once in 30 runs; they now end with
-    ``end_processes``, and the retry stays for aborts outside the project's code.)"""
+    finished process is returned instead, for tests of runs that must fail). (The workers end with
+    ``end_processes``; the retry is for aborts outside the project's code.)"""
     import subprocess
     import sys
     import warnings

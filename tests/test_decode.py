@@ -86,6 +86,7 @@ def test_only_tokens_the_tokenizer_knows_are_drawn_and_the_mode_is_restored():
     assert model.training
 
 
+@pytest.mark.slow
 def test_decoding_through_fsdp2_sharded_weights_equals_the_unsharded_model(tmp_path):
     """Two gloo processes on CPU, a student sharded with FSDP2: the ordinary sharded forward (each
     layer gathers its weights as it runs, one all-gather per layer per token) decodes exactly what

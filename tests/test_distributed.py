@@ -78,6 +78,7 @@ def needs_deepspeed(engine: str) -> None:
         pytest.importorskip("deepspeed", reason="DeepSpeed engines need the deepspeed extra")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine,method,dtype,rel,micro,accum", [
     ("ddp", "kd", "float64", 1e-9, 8, 1), ("ddp", "sft", "float64", 1e-9, 8, 1),
     ("fsdp", "kd", "float64", 1e-9, 4, 2), ("fsdp", "sft", "float64", 1e-9, 8, 1),
@@ -104,6 +105,7 @@ def test_two_processes_follow_the_single_process_trajectory(tmp_path, tokenizer_
         assert two["grad_shares"] == pytest.approx([0.5] * 4 * accum, abs=0.02)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shard_teacher", [True, False])
 def test_fsdp_rank0_loading_reads_the_weights_on_rank_0_only_and_trains_as_one_process(tmp_path, tokenizer_dir,
                                                                                       saved_models, shard_teacher):
@@ -122,6 +124,7 @@ def test_fsdp_rank0_loading_reads_the_weights_on_rank_0_only_and_trains_as_one_p
     assert two["weights"] == pytest.approx(one["weights"], rel=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("init_flag,shard_teacher,teacher_dtype", [
     (True, True, "float32"), (True, False, "float32"), (False, True, "float32"), (True, True, "bfloat16")])
 def test_zero3_init_flag_partitions_the_models_as_they_load_and_trains_as_one_process(tmp_path, tokenizer_dir,
@@ -150,6 +153,7 @@ def test_zero3_init_flag_partitions_the_models_as_they_load_and_trains_as_one_pr
     assert two["weights"] == pytest.approx(one["weights"], rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("init_flag", [True, False])
 def test_under_zero3_partitioned_loading_rank_0s_files_supply_every_weight_and_loaded_whole_they_are_compared(
         tmp_path, tokenizer_dir, saved_models, init_flag):
@@ -188,6 +192,7 @@ def test_under_zero3_partitioned_loading_rank_0s_files_supply_every_weight_and_l
     assert mixed["weights"] == same["weights"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine,dtype,rel", [("fsdp", "float64", 1e-9), ("zero3", "float32", 1e-5)])
 def test_on_policy_mgsr_with_sharded_models_matches_ddp(tmp_path, tokenizer_dir, engine, dtype, rel):
     """MGSR sampling from the student at every step, SCRG revising with the teacher: with the
@@ -204,6 +209,7 @@ def test_on_policy_mgsr_with_sharded_models_matches_ddp(tmp_path, tokenizer_dir,
     assert sharded["teacher_held"] == 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine,method,dtype", [
     ("fsdp", "kd", "float64"), ("zero2", "kd", "float64"), ("zero3", "kd", "float32"),
     # each process samples its own rows: each must resume with its own random stream and replay buffer
@@ -232,6 +238,7 @@ def test_a_stopped_multi_process_run_resumes_to_the_uninterrupted_result(tmp_pat
     assert resumed["weights"] == pytest.approx(whole["weights"], rel=1e-12)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_folder_that_some_process_cannot_see_is_refused(tmp_path, tokenizer_dir):
     """Each process given its own folder (as on nodes with their own disks): with checkpoints to
     write, one line naming the process and the fix, before the first step, nothing written; with
@@ -285,6 +292,7 @@ def test_fsdp_on_an_accelerate_known_to_fail_or_without_an_accelerator_is_refuse
     check_fsdp_accelerate(True)  # the engine itself (tests set an FSDP2 plugin on the CPU)
 
 
+@pytest.mark.slow
 def test_the_zero3_generation_copy_gathers_one_module_at_a_time_and_tied_weights_once(monkeypatch):
     """The unsharded generation copy under ZeRO-3 asks DeepSpeed for one module's own weights per
     gather (never the whole model at once, which would hold it twice), gathers a tied weight once,
@@ -333,11 +341,12 @@ Path(sys.argv[2], f"rank{os.environ['RANK']}.json").write_text(json.dumps(digest
 '''
 
 
+@pytest.mark.slow
 def test_a_suite_built_under_a_launch_is_the_single_process_build(tmp_path, monkeypatch):
     """Two processes started as ``accelerate launch`` starts them for zero3.yaml (mixed precision
     off), the suite not built yet: the machine's first process builds it once, in a process of its
     own without the launch's settings, and both processes get the suite a single process builds, to
-    the bit (built on ZeRO-3 the saved weights were empty partitions, and every process built)."""
+    the bit (a build under ZeRO-3 itself would save empty partitions, and every process would build)."""
     pytest.importorskip("deepspeed", reason="the launch under test is a DeepSpeed one")
     import dataclasses
 
@@ -370,10 +379,11 @@ def _running(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_launched_process_stopped_while_its_child_builds_the_suite_ends_the_build(tmp_path):
     """SIGTERM, a launcher's way of stopping its processes, to the machine's first process while the
     suite builds in its child process: the build ends with it, its temporary folder removed, no
-    suite written (the build used to go on training on its own, holding the machine)."""
+    suite written (the build does not go on training on its own, holding the machine)."""
     import dataclasses
     import signal
     import time
@@ -416,6 +426,7 @@ def _accelerate_launch(engine: str) -> list[str]:
             "--num_processes", "2", "--mixed_precision", "no"]
 
 
+@pytest.mark.slow
 def test_a_lora_student_under_ddp_and_zero2_follows_the_single_process_trajectory(hub_style_pair):
     """``mgsr-bench train --pair`` with a LoRA pair, launched by ``accelerate launch`` on two
     processes with ddp.yaml and zero2.yaml (micro-batch 4 x 2 accumulation), against one process
@@ -472,6 +483,7 @@ def _on_two_machines(p: Path, out: str, *files: dict[str, str]) -> list[subproce
     return [subprocess.CompletedProcess(m.args, m.returncode, text, "") for m, text in zip(machines, printed)]
 
 
+@pytest.mark.slow
 def test_a_launch_over_two_machines_trains_as_two_processes_on_one(hub_style_pair):
     """``accelerate launch`` over two machines of one process each (static rendezvous, as
     multi_node.yaml sets it; both on this host, so each process is its machine's LOCAL_RANK 0)
@@ -498,6 +510,7 @@ def test_a_launch_over_two_machines_trains_as_two_processes_on_one(hub_style_pai
     assert sorted(f.name for f in (p / "two").iterdir()) == ["model", "training.json"]
 
 
+@pytest.mark.slow
 def test_machines_that_read_other_weights_or_data_are_refused_in_one_line_before_training(hub_style_pair):
     """The same command on two machines whose files differ (here: machine 1 names another folder):
     a teacher with one weight changed, or training data with one record changed, ends the launch on

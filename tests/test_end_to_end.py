@@ -3,9 +3,13 @@
 import csv
 import json
 
+import pytest
+
 from mgsr_bench.suite.tasks import FAMILIES
 
 from test_cli import _cli
+
+pytestmark = pytest.mark.slow  # builds a suite, trains and evaluates in subprocesses
 
 
 def test_run_quick_end_to_end(tmp_path):

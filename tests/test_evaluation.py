@@ -97,6 +97,7 @@ def test_hub_dolly_split_sizes_and_loader(monkeypatch):
         load_instruct("hub:someone/other")
 
 
+@pytest.mark.slow
 def test_lm_eval_runs_offline_on_the_tiny_tasks(tmp_path, tokenizer, records, offline):
     pytest.importorskip("lm_eval")
     from mgsr_bench.data.jsonl import write_records
@@ -114,6 +115,25 @@ def test_lm_eval_runs_offline_on_the_tiny_tasks(tmp_path, tokenizer, records, of
     with pytest.raises(UserError, match="unknown lm-eval task"):
         run_lm_eval(model, tokenizer, ["no_such_task_xyz"], tmp_path)
 
+
+def test_the_lm_eval_task_hooks_score_as_the_projects_own_evaluation():
+    """The tiny tasks' YAMLs name their metric hooks with ``!function utils.NAME``: each exists, and
+    the generation hook gives the ROUGE-L and exact match (x 100) of the stripped generation."""
+    import re
+    from importlib import resources
+
+    from mgsr_bench.eval.metrics import example_scores
+    from mgsr_bench.eval.tasks import utils
+
+    tasks = resources.files("mgsr_bench.eval") / "tasks"
+    named = {m for f in tasks.iterdir() if f.name.endswith(".yaml")
+             for m in re.findall(r"!function utils\.(\w+)", f.read_text())}
+    assert "process_generation" in named and all(callable(getattr(utils, m, None)) for m in named)
+    doc = {"output": "Tom has 41 apples now."}
+    assert utils.process_generation(doc, ["  Tom has 41 apples now.\n"]) == {"rougeL": 100.0, "exact_match": 100.0}
+    partial = utils.process_generation(doc, ["Tom has 14 apples"])
+    scores = example_scores(["Tom has 14 apples"], [doc["output"]])
+    assert partial == {"rougeL": scores["rougeL"][0], "exact_match": 0.0} and 0 < partial["rougeL"] < 100
 
 def test_multiple_choice_rows_hide_the_reference_among_same_family_answers(records):
     from mgsr_bench.eval.lm_harness import multiple_choice_rows

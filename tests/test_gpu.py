@@ -20,6 +20,7 @@ def test_auto_mixed_precision_is_bf16_on_a_bf16_gpu():
     assert resolve_mixed_precision("auto") == ("bf16" if torch.cuda.is_bf16_supported() else "no")
 
 
+@pytest.mark.slow
 def test_kd_trains_in_bf16_on_gpu(tokenizer, records, teacher):
     student = tiny_model(len(tokenizer), seed=1)
     cfg = train_config({"steps": 20, "micro_batch": 8, "grad_accum": 2, "lr": 5e-3, "eval_every": 20,
@@ -40,6 +41,7 @@ def test_generation_on_gpu_matches_prompt_count(tokenizer, records):
     assert len(out) == 10 and out == again
 
 
+@pytest.mark.slow
 def test_mgsr_trains_in_bf16_on_gpu_with_scrg_and_its_subnetwork(tokenizer, records, teacher):
     """SCRG generation, DAC-KL with f_phi and the span loss together under autocast on the device."""
     student = tiny_model(len(tokenizer), seed=1)
@@ -56,7 +58,7 @@ def test_mgsr_trains_in_bf16_on_gpu_with_scrg_and_its_subnetwork(tokenizer, reco
 
 
 def test_eval_scores_a_saved_model_on_the_gpu(hub_style_pair, monkeypatch):
-    """`mgsr-bench eval` moves each model to the GPU before it generates (it used to score on the CPU)."""
+    """`mgsr-bench eval` moves each model to the GPU before it generates: it scores on the GPU, not the CPU."""
     import mgsr_bench.pipeline as pipeline
     from mgsr_bench.cli.main import main
 

@@ -1,4 +1,4 @@
-"""Issue 5 loaders: the real shared evaluation sets, the raw formats and the protocol's filters."""
+"""Instruction-data loaders: the real shared evaluation sets, the raw formats and the protocol's filters."""
 
 import json
 

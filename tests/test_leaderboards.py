@@ -1,4 +1,5 @@
-"""Issue 6: schema validation, the store and its index, tables (golden files), compare, history, HTML."""
+"""Run records and tables: schema validation, the store and its index, tables (golden files), compare,
+history, HTML."""
 
 import json
 import os
@@ -141,6 +142,7 @@ for i in range(25):
 """
 
 
+@pytest.mark.slow
 def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     script = _WRITER.format(tests=str(Path(__file__).parent), root=str(tmp_path))
     procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], stderr=subprocess.PIPE, text=True)
@@ -243,6 +245,7 @@ def test_history_lists_a_metric_across_commits(tmp_path, cli):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 def test_the_html_page_opens_in_headless_chromium_and_sorts(tmp_path):
     page = tmp_path / "board.html"

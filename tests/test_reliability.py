@@ -1,4 +1,4 @@
-"""Issue 8: kill-and-resume, non-finite losses, resumable evaluation, fuzzed loaders, safe loading."""
+"""Reliability: kill-and-resume, non-finite losses, resumable evaluation, fuzzed loaders, safe loading."""
 
 import json
 import os
@@ -35,6 +35,7 @@ def _outcome(out):
             "weights": (out / "model" / "model.safetensors").read_bytes()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["kd", "distillm"])
 def test_a_run_killed_at_a_random_step_resumes_to_the_same_result(hub_style_pair, tmp_path, recipe):
     """SIGKILL once a checkpoint at a random step exists, re-run the same command: the history, the
@@ -74,6 +75,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_a_run_terminated_while_it_writes_a_checkpoint_leaves_no_temporary_file(hub_style_pair, tmp_path):
     """SIGTERM (schedulers, ``timeout``, ``docker stop``) while the first checkpoint is being written
     under its temporary name: the run ends as on Ctrl-C, that file removed, nothing else written
@@ -85,11 +87,12 @@ def test_a_run_terminated_while_it_writes_a_checkpoint_leaves_no_temporary_file(
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["checkpoints"], proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe_every, flag, expected", [(None, None, 100), (3, None, 3), (3, "5", 5)])
 def test_checkpoint_spacing_comes_from_the_flag_then_the_recipe_then_the_default(hub_style_pair, tmp_path, cli,
                                                                                   recipe_every, flag, expected):
     """``train``'s checkpoint spacing: ``--checkpoint-every``, else the recipe's
-    ``train.checkpoint_every``, else 100 (the recipe's value was once overridden by the default)."""
+    ``train.checkpoint_every``, else 100 (the default never overrides the recipe's value)."""
     recipe = tmp_path / "kd-spaced.yaml"
     recipe.write_text("method: kd\n" + (f"train: {{checkpoint_every: {recipe_every}}}\n" if recipe_every else ""))
     p = hub_style_pair
@@ -101,6 +104,7 @@ def test_checkpoint_spacing_comes_from_the_flag_then_the_recipe_then_the_default
     assert config["train"]["checkpoint_every"] == expected
 
 
+@pytest.mark.slow
 def test_best_weights_are_written_once_per_best_step_and_pruned_with_the_checkpoints(tmp_path, tokenizer, records):
     """Validated every 2 steps and checkpointed every 2 of 9, two kept: the folder ends with the
     checkpoints of steps 6 and 8 and only the best copies they name, each holding the weights that
@@ -234,6 +238,23 @@ def test_fuzzed_records_read_or_fail_with_one_clear_error(tmp_path, edit, raw):
         except UserError as e:
             assert str(e) and "\n" not in str(e)
 
+
+def test_sigterm_ends_the_block_as_an_exit_and_the_previous_handler_comes_back():
+    """Inside ``sigterm_as_exit`` a SIGTERM raises ``SystemExit(143)``, so ``finally`` blocks and
+    ``with`` exits run (temporary files removed); outside it the handler before it is back."""
+    from mgsr_bench.signals import sigterm_as_exit
+
+    before = signal.getsignal(signal.SIGTERM)
+    cleaned = []
+    with pytest.raises(SystemExit) as exc:
+        with sigterm_as_exit():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler runs before this returns
+            finally:
+                cleaned.append(True)
+    assert exc.value.code == 128 + signal.SIGTERM == 143 and cleaned == [True]
+    assert signal.getsignal(signal.SIGTERM) is before
 
 def test_hub_code_runs_only_with_trust_remote_code(monkeypatch):
     import mgsr_bench.models.loading as loading

@@ -69,6 +69,7 @@ def test_the_shipped_suite_is_the_one_this_code_defines():
     assert size < 32 * 2**20
 
 
+@pytest.mark.slow
 def test_every_evaluation_prompt_fits_the_protocols_prompt_budget():
     """Evaluation cuts prompts to 256 tokens; a cut prompt loses its question or its `### Response:`."""
     tokenizer = load_tokenizer(shipped.SHIPPED / "tiny" / "tokenizer")
@@ -113,6 +114,7 @@ def _fake_shipped(tmp_path, monkeypatch, **changes):
     monkeypatch.setenv("MGSR_BENCH_CACHE", str(tmp_path / "cache"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("changes, message", [
     ({"key": "tiny-0000000000000000"}, "configuration or SUITE_CODE_VERSION changed"),
     ({"data": {"train": "0" * 16, "test": "1" * 16}}, r"splits test, train\): the generator changed"),
@@ -128,6 +130,7 @@ def test_shipped_models_that_do_not_belong_to_this_code_are_refused_in_one_line(
     assert not cache.exists() or not any(cache.iterdir()), "a refused install left files in the cache"
 
 
+@pytest.mark.slow
 def test_a_build_from_scratch_ships_and_a_rebuild_here_matches_it_to_the_bit(tmp_path, monkeypatch):
     """The maintainer's path on a micro suite: build, ship, rebuild (the same weights on the same
     machine, the build's threads pinned), and a fresh cache installs the shipped files."""
@@ -150,6 +153,7 @@ def test_a_build_from_scratch_ships_and_a_rebuild_here_matches_it_to_the_bit(tmp
     assert suite.report["source"] == "shipped" and suite.pair()["teacher_weights"] == first["weights"]["teacher"]
 
 
+@pytest.mark.slow
 def test_a_build_that_keeps_the_teacher_trains_only_the_sft_init_and_only_from_the_same_inputs(tmp_path,
                                                                                                monkeypatch):
     """A smaller distillation set with the same teacher prompts keeps the shipped teacher; a change to

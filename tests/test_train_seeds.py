@@ -198,6 +198,7 @@ def test_train_with_several_seeds_under_a_launcher_or_without_a_folder_name_is_r
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_train_writes_one_folder_per_seed_and_skips_finished_seeds(hub_style_pair, cli):
     p = hub_style_pair
     args = ["train", "kd", "--teacher", str(p / "teacher"), "--student", str(p / "student"), "--train-data",

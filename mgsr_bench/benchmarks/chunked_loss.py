@@ -11,8 +11,8 @@ logits; the chunked path (:func:`mgsr_bench.losses.chunked.chunked_linear_loss`)
 Each (path, vocabulary) runs in a fresh subprocess. Peak extra memory is the growth of the peak
 resident set (CPU, ``ru_maxrss``) or of ``torch.cuda.max_memory_allocated`` (GPU) over the
 inputs; time is the mean of ``--repeats`` forward+backward passes after the measured first one.
-Prints one line per measurement and a summary with the ratios the baselines issue targets
-(chunked peak <= 1/4 of naive, time <= 1.3x).
+Prints one line per measurement and a summary of the ratios against their targets (chunked peak
+<= 1/4 of naive, time <= 1.3x).
 """
 
 from __future__ import annotations

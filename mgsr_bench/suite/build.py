@@ -48,8 +48,8 @@ EVAL_SPLITS = ("test", "shifted")
 # products split their sums, so builds with 1 and 2 threads give different models. Pinned, one machine
 # builds the same suite whatever its thread setting, and the machine that built the shipped models
 # (mgsr_bench/suite/shipped) rebuilds them to the bit; other machines differ, which is why they are
-# shipped. One thread: a build is no longer on any run's path, and it leaves a 2-core machine's other
-# core free.
+# shipped. One thread: a build is on no run's path (the suite ships), and it leaves a 2-core machine's
+# other core free.
 BUILD_THREADS = 1
 
 
