@@ -45,6 +45,7 @@ print(torch.get_num_threads(), weights_digest(root / "teacher"), weights_digest(
 """
 
 
+@pytest.mark.slow
 def test_a_suite_builds_the_same_models_whatever_the_thread_count(tmp_path):
     """Built by processes set to 1 and to 3 threads: the same teacher and SFT init, byte for byte
     (unpinned, these two differ), and each process gets its own thread count back."""

@@ -10,14 +10,16 @@ import torch.nn.functional as F
 
 from mgsr_bench.config import available_recipes, load_recipe, train_config
 from mgsr_bench.errors import UserError
-from mgsr_bench.data.collate import ORIGINS, Example, TokenBatch, tokenize_records
+from mgsr_bench.data.collate import JOINED, ORIGINS, Example, TokenBatch, tokenize_records
 from mgsr_bench.data.spans import extract_spans, span_links, token_pieces
 from mgsr_bench.losses.chunked import chunked_linear_loss
 from mgsr_bench.losses.dac_kl import BandNet, band_kl, dac_kl, teacher_head
 from mgsr_bench.losses.span import span_pair_losses
 from mgsr_bench.methods import get_method
+from mgsr_bench.methods.mgsr import PAIRS
 from mgsr_bench.sampling import decode
-from mgsr_bench.sampling.scrg import SCRG, Revision
+from mgsr_bench.sampling.scrg import SCRG
+from mgsr_bench.sampling.sources import Sampler
 from mgsr_bench.train import train
 
 from conftest import SHARED, tiny_model
@@ -76,7 +78,7 @@ def test_scrg_corrects_keeps_the_prefix_and_regenerates(tokenizer, records):
                for p, r in zip(prompts, decode(student, prompts, eos, pad, 12).tokens)]
     scrg = SCRG(rounds=1)
     found = scrg.find_corrections(samples, student, teacher, [0] * len(samples), pad, len(tokenizer))
-    revision = Revision(_greedy(eos, pad), eos, pad, len(tokenizer), 12)
+    revision = Sampler(_greedy(eos, pad), eos, pad, len(tokenizer), 12)
     revised, stats = scrg(samples, student, teacher, revision)
     assert stats["scrg_corrected"] == sum(c is not None for c in found) / len(samples) > 0
     for before, after, c in zip(samples, revised, found):
@@ -115,7 +117,7 @@ def test_scrg_regenerates_each_row_within_its_own_budget_at_the_models_position_
     found = scrg.find_corrections(samples, student, teacher, [0] * len(samples), pad, len(tokenizer))
     regenerated = {c.position for c in found if c is not None and c.token != eos and c.position < limit - 1}
     assert len(regenerated) >= 2, found  # different prefixes, different budgets
-    revised, _ = scrg(samples, student, teacher, Revision(_greedy(eos, pad), eos, pad, len(tokenizer), limit))
+    revised, _ = scrg(samples, student, teacher, Sampler(_greedy(eos, pad), eos, pad, len(tokenizer), limit))
     for before, after, c in zip(samples, revised, found):
         assert len(after.response_ids) <= limit
         if c is not None:
@@ -131,8 +133,8 @@ def test_scrg_batched_equals_row_by_row(tokenizer, records):
     samples = [Example(p, r or [eos], origin="student")
                for p, r in zip(prompts, decode(student, prompts, eos, pad, 10).tokens)]
     scrg = SCRG(rounds=2)
-    batched, _ = scrg(samples, student, teacher, Revision(_greedy(eos, pad), eos, pad, len(tokenizer), 10, 3))
-    single = [scrg([s], student, teacher, Revision(_greedy(eos, pad), eos, pad, len(tokenizer), 10))[0][0]
+    batched, _ = scrg(samples, student, teacher, Sampler(_greedy(eos, pad), eos, pad, len(tokenizer), 10, 3))
+    single = [scrg([s], student, teacher, Sampler(_greedy(eos, pad), eos, pad, len(tokenizer), 10))[0][0]
               for s in samples]
     assert batched == single
 
@@ -144,7 +146,7 @@ def test_scrg_on_the_samplers_logits_equals_scrg_with_its_own_student_pass(token
     prompts = [e.prompt_ids for e in tokenize_records(records[:6], tokenizer)]
     drawn = decode(student, prompts, eos, pad, 10, keep_logits=True, generator=torch.Generator().manual_seed(2))
     samples = [Example(p, r, origin="student") for p, r in zip(prompts, drawn.tokens)]
-    revision = Revision(_greedy(eos, pad), eos, pad, len(tokenizer), 10, 4)
+    revision = Sampler(_greedy(eos, pad), eos, pad, len(tokenizer), 10, 4)
     scrg = SCRG(rounds=2)
     own, own_stats = scrg(samples, student, teacher, revision)
     reused, reused_stats = scrg(samples, student, teacher, revision, drawn.logits)
@@ -444,7 +446,7 @@ def test_mgsr_sft_term_only_on_ground_truth_rows_and_span_term_as_a_pair_mean():
     torch.testing.assert_close(loss, torch.cat([ce[:2], torch.zeros(2, dtype=ce.dtype)]))
     span_only = get_method("mgsr", sft_weight=0.0, dac_weight=0.0)
     link = torch.tensor([True, False, True, False])
-    loss = span_only.token_losses(s, t, TokenBatch(targets, origin, link, pair_scale=2.0))
+    loss = span_only.token_losses(s, t, TokenBatch(targets, origin, {JOINED: link}, {"tokens": 2, PAIRS: 1}))
     torch.testing.assert_close(loss, 2.0 * span_pair_losses(s, t, link))
 
 
@@ -467,6 +469,7 @@ def test_mgsr_trains_with_scrg_revised_samples_and_logs_every_component(tokenize
     assert any(not torch.equal(a, b) for a, b in zip(before, method.module().parameters()))  # f_phi trained
 
 
+@pytest.mark.slow
 def test_every_mgsr_recipe_trains_a_step(tokenizer, records):
     examples = tokenize_records(records[:16], tokenizer)
     cfg = train_config({"steps": 1, "micro_batch": 8, "val_metric": "loss", "val_size": 8, "gen_max_new_tokens": 8})

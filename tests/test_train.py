@@ -53,6 +53,7 @@ def test_naive_micro_batch_averaging_would_differ(tokenizer, records):
     assert abs(naive - global_mean) > 1e-6
 
 
+@pytest.mark.slow
 def test_training_reduces_loss_keeps_teacher_frozen_and_restores_best(tokenizer, records, teacher):
     examples = tokenize_records(records[:200], tokenizer)
     valid = records[200:]
@@ -79,6 +80,7 @@ def test_kd_without_teacher_is_refused(tokenizer, records):
               examples[:4], cfg)
 
 
+@pytest.mark.slow
 def test_every_registered_method_and_recipe_trains_a_step(tokenizer, records, teacher):
     from mgsr_bench.config import available_recipes, load_recipe
     from mgsr_bench.methods import available_methods
@@ -134,6 +136,7 @@ def test_logits_are_cut_to_the_tokenizer_vocabulary(tokenizer, records, teacher)
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.slow
 def test_sampling_methods_train_on_their_sources(tokenizer, records, teacher):
     examples = tokenize_records(records[:64], tokenizer)
     valid, valid_ex = records[64:72], tokenize_records(records[64:72], tokenizer)
@@ -252,6 +255,7 @@ def test_patience_stops_at_the_expected_step_with_the_best_weights(tokenizer, re
     assert result.seconds_per_step == pytest.approx(result.wall_time_s / 8)
 
 
+@pytest.mark.slow
 def test_patience_zero_runs_every_step(tokenizer, records, monkeypatch):
     _, result = _patience_run(tokenizer, records, monkeypatch, [1.0, 2.0, 1.5, 1.0, 0.5, 0.1], patience=0)
     assert (result.steps_run, result.stopped_early, result.best_step) == (12, False, 4)
@@ -259,6 +263,7 @@ def test_patience_zero_runs_every_step(tokenizer, records, monkeypatch):
     assert result.seconds_per_step == pytest.approx(result.wall_time_s / 12)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_its_count_of_validations_without_improvement(tokenizer, records, monkeypatch,
                                                                           tmp_path):
     """Checkpointed at step 6, after one validation without a new best (step 6), and killed at step 8's

@@ -54,8 +54,9 @@ def measure(tokenizer: Any, methods: list[str]) -> dict[str, dict[str, float]]:
     out = {}
     for name in methods:
         method = get_method(name)
-        batch = collate(method.annotate(examples, tokenizer), tokenizer.pad_token_id)
-        _, tokens = token_batch(batch, 1.0)
+        annotated = method.annotate(examples, tokenizer)
+        batch = collate(annotated, tokenizer.pad_token_id)
+        _, tokens = token_batch(batch, {**method.batch_counts(annotated), "tokens": len(examples) * RESPONSE})
         n = len(tokens.targets)
         hidden = torch.randn(n, HIDDEN, generator=g).requires_grad_()
         weight = (torch.randn(vocab, HIDDEN, generator=g) * 0.02).requires_grad_()

@@ -79,9 +79,10 @@ def time_loss_terms(suite, repeats: int = 5) -> dict:
     from mgsr_bench.losses import divergences as D
     from mgsr_bench.losses.span import span_pair_losses
     from mgsr_bench.methods import get_method
+    from mgsr_bench.methods.mgsr import PAIRS
     from mgsr_bench.models import load_model
     from mgsr_bench.suite.build import load_suite_models
-    from mgsr_bench.train.loop import span_pairs
+    from mgsr_bench.train.loop import response_tokens
 
     tokenizer, teacher = load_suite_models(suite)
     student = load_model(suite.student_init_dir)
@@ -89,8 +90,8 @@ def time_loss_terms(suite, repeats: int = 5) -> dict:
     rows = method.annotate(tokenize_records(suite.split("train")[: suite.config.method_train["micro_batch"]],
                                             tokenizer), tokenizer)
     batch = collate(rows, tokenizer.pad_token_id)
-    mask, _ = token_batch(batch)
-    mask, tokens = token_batch(batch, mask.sum().item() / max(span_pairs(rows), 1))
+    pairs = method.batch_counts(rows)[PAIRS]
+    mask, tokens = token_batch(batch, {PAIRS: pairs, "tokens": response_tokens(rows)})
     with torch.no_grad():
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         s_logits = student(**inputs).logits[mask][:, : len(tokenizer)]
@@ -99,7 +100,7 @@ def time_loss_terms(suite, repeats: int = 5) -> dict:
         "sft": lambda s: D.cross_entropy(s, tokens.targets),
         "forward KL": lambda s: D.forward_kl(s, t_logits),
         "DAC-KL": lambda s: method.dac_term(s, t_logits, tokens),
-        "span": lambda s: span_pair_losses(s, t_logits, tokens.link, method.span_top_k, method.relation),
+        "span": lambda s: span_pair_losses(s, t_logits, tokens.joined, method.span_top_k, method.relation),
     }
     out = {}
     for name, fn in terms.items():
@@ -111,7 +112,7 @@ def time_loss_terms(suite, repeats: int = 5) -> dict:
             best = min(best, time.perf_counter() - start)
         out[name] = best
     method.step_stats()
-    out["tokens"], out["pairs"] = int(mask.sum()), span_pairs(rows)
+    out["tokens"], out["pairs"] = int(mask.sum()), pairs
     return out
 
 

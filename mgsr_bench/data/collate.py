@@ -9,7 +9,7 @@ it from labels avoids the bug by construction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -21,35 +21,44 @@ IGNORE = -100
 ORIGINS = ("ground_truth", "student", "teacher")  # where a response came from; replayed samples are "student"
 
 
+#: The mark of a position whose loss term also reads the next position (a term over adjacent pairs):
+#: the chunked loss never puts the two in different chunks.
+JOINED = "joined"
+#: Prefix of a collated batch's keys that hold a method's per-token marks (``MARK + name``).
+MARK = "mark:"
+
+
 @dataclass
 class Example:
     """One tokenised record: prompt ids and response ids (the response ends with EOS).
 
-    ``origin`` says who wrote the response (one of :data:`ORIGINS`); ``links`` optionally marks,
-    per response token, that it forms a pair with the next response token inside one span (the
-    span loss's pairs; set by a method's ``annotate``).
+    ``origin`` says who wrote the response (one of :data:`ORIGINS`); ``marks`` holds, by name, one
+    flag per response token that a method's ``annotate`` attached, so that its loss can read
+    per-token side information the harness knows nothing about.
     """
 
     prompt_ids: list[int]
     response_ids: list[int]
     origin: str = "ground_truth"
-    links: list[bool] | None = None
+    marks: dict[str, list[bool]] = field(default_factory=dict)
 
 
 @dataclass
 class TokenBatch:
     """What a method sees besides the logits, for each of the N selected response positions.
 
-    ``targets`` are the next-token ids, ``origin`` indexes :data:`ORIGINS` (the row's source),
-    ``link[n]`` says positions n and n + 1 form a span pair (both in the same row; never split
-    across loss chunks) and ``pair_scale`` is (response tokens / span pairs) in the global batch,
-    so that a pair term summed per token and divided by the token count is a mean over pairs.
+    ``targets`` are the next-token ids and ``origin`` indexes :data:`ORIGINS` (the row's source).
+    ``marks`` are the examples' marks at the same positions (those that mark at least one token
+    of the micro-batch), so a loss reads them without re-aligning anything. ``totals`` are sums
+    over the whole global batch, the same in every micro-batch and process: ``"tokens"`` (the
+    response tokens) and the method's ``batch_counts``; a per-token term scaled by
+    ``totals["tokens"] / count`` becomes a mean over the counted items under the harness's token mean.
     """
 
     targets: torch.Tensor
     origin: torch.Tensor | None = None
-    link: torch.Tensor | None = None
-    pair_scale: float = 0.0
+    marks: dict[str, torch.Tensor] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.origin is None:
@@ -58,9 +67,14 @@ class TokenBatch:
     def __len__(self) -> int:
         return self.targets.shape[0]
 
+    @property
+    def joined(self) -> torch.Tensor | None:
+        """The :data:`JOINED` mark: position n's loss also reads position n + 1 (None: no such pairs)."""
+        return self.marks.get(JOINED)
+
     def slice(self, start: int, stop: int) -> "TokenBatch":
         return TokenBatch(self.targets[start:stop], self.origin[start:stop],
-                          None if self.link is None else self.link[start:stop], self.pair_scale)
+                          {name: mark[start:stop] for name, mark in self.marks.items()}, self.totals)
 
     def is_from(self, *origins: str) -> torch.Tensor:
         """Boolean mask of the positions whose row came from one of ``origins``."""
@@ -92,24 +106,24 @@ def tokenize_records(records: list[dict[str, Any]], tokenizer: PreTrainedTokeniz
 def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad prompt+response sequences for training; labels mark response tokens only.
 
-    Also returns ``origin`` (one index into :data:`ORIGINS` per row) and ``links`` (bool, aligned
-    with ``labels``: True at a response token that pairs with the next one; all False when the
-    examples carry no links).
+    Also returns ``origin`` (one index into :data:`ORIGINS` per row) and, for every mark an
+    example carries, ``MARK + name`` (bool, aligned with ``labels``; False where a row lacks it).
     """
     length = max(len(e.prompt_ids) + len(e.response_ids) for e in examples)
     ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
     labels = torch.full_like(ids, IGNORE)
     attn = torch.zeros_like(ids)
-    links = torch.zeros_like(ids, dtype=torch.bool)
+    marks = {name: torch.zeros_like(ids, dtype=torch.bool) for e in examples for name in e.marks}
     for i, e in enumerate(examples):
         seq = e.prompt_ids + e.response_ids
         ids[i, : len(seq)] = torch.tensor(seq)
         attn[i, : len(seq)] = 1
         labels[i, len(e.prompt_ids): len(seq)] = torch.tensor(e.response_ids)
-        if e.links is not None:
-            links[i, len(e.prompt_ids): len(seq)] = torch.tensor(e.links, dtype=torch.bool)
+        for name, flags in e.marks.items():
+            marks[name][i, len(e.prompt_ids): len(seq)] = torch.tensor(flags, dtype=torch.bool)
     origin = torch.tensor([ORIGINS.index(e.origin) for e in examples], dtype=torch.long)
-    return {"input_ids": ids, "attention_mask": attn, "labels": labels, "origin": origin, "links": links}
+    return {"input_ids": ids, "attention_mask": attn, "labels": labels, "origin": origin,
+            **{MARK + name: mark for name, mark in marks.items()}}
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,10 +142,15 @@ def shifted_labels(labels: torch.Tensor, fill: int | bool = IGNORE) -> torch.Ten
     return torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], fill)], dim=1)
 
 
-def token_batch(batch: dict[str, torch.Tensor], pair_scale: float = 0.0) -> tuple[torch.Tensor, TokenBatch]:
-    """The loss mask over logit positions and the :class:`TokenBatch` of the selected positions."""
+def token_batch(batch: dict[str, torch.Tensor], totals: dict[str, int] | None = None
+                ) -> tuple[torch.Tensor, TokenBatch]:
+    """The loss mask over logit positions and the :class:`TokenBatch` of the selected positions.
+
+    A mark that flags no token of the batch is left out, so a loss tests a mark's presence only.
+    """
     targets = shifted_labels(batch["labels"])
     mask = targets != IGNORE
     origin = batch["origin"].unsqueeze(1).expand_as(targets)[mask]
-    link = shifted_labels(batch["links"], False)[mask] if batch["links"].any() else None
-    return mask, TokenBatch(targets[mask], origin, link, pair_scale)
+    marks = {key[len(MARK):]: shifted_labels(flags, False)[mask] for key, flags in batch.items()
+             if key.startswith(MARK) and flags.any()}
+    return mask, TokenBatch(targets[mask], origin, marks, dict(totals or {}))

@@ -24,14 +24,15 @@ from mgsr_bench.data.collate import TokenBatch
 TokenLoss = Callable[[torch.Tensor, torch.Tensor | None, TokenBatch], torch.Tensor]
 
 
-def chunk_bounds(n: int, chunk_size: int, link: torch.Tensor | None) -> list[tuple[int, int]]:
-    """``(start, stop)`` chunks of at most ``chunk_size`` rows that never split a linked pair.
+def chunk_bounds(n: int, chunk_size: int, joined: torch.Tensor | None) -> list[tuple[int, int]]:
+    """``(start, stop)`` chunks of at most ``chunk_size`` rows that never split a joined pair.
 
-    A chunk ends early, by as many rows as needed, when its last row pairs with the next one
-    (``link[stop - 1]``); when the whole chunk is one linked run, it grows to the run's end instead.
+    A chunk ends early, by as many rows as needed, when its last row is joined to the next one
+    (``joined[stop - 1]``, :attr:`TokenBatch.joined`); when the whole chunk is one joined run, it
+    grows to the run's end instead.
     """
     bounds, start = [], 0
-    flags = link.tolist() if link is not None else None
+    flags = joined.tolist() if joined is not None else None
     while start < n:
         stop = min(start + chunk_size, n)
         if flags is not None and stop < n:
@@ -61,7 +62,7 @@ def _chunk_loop(hidden: torch.Tensor, weight: torch.Tensor, teacher_hidden: torc
                         device=hidden.device)
     w = weight.detach().requires_grad_(wanted[1])
     leaves = [p for p, want in zip(params, wanted[2:]) if want]
-    for start, stop in chunk_bounds(hidden.shape[0], chunk_size, tokens.link):
+    for start, stop in chunk_bounds(hidden.shape[0], chunk_size, tokens.joined):
         h = hidden[start:stop].detach().requires_grad_(wanted[0])
         teacher_logits = None
         if teacher_hidden is not None:

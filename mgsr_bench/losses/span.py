@@ -8,8 +8,9 @@ For each pair of adjacent response positions (i, i + 1) inside one span (MGSR sp
 * ``cosine``: the scalar cosine similarity of ``p_i`` and ``p_{i+1}`` for each model; the pair's loss
   is the squared difference of the two.
 
-``L_span`` is the mean over pairs (the harness's ``pair_scale`` turns the per-token sum into that
-mean). Both are zero when the student equals the teacher and positive otherwise.
+``L_span`` is the mean over pairs (MGSR's ``pair_scale``, response tokens per pair in the global
+batch, turns the per-token sum into that mean). Both are zero when the student equals the teacher
+and positive otherwise.
 """
 
 from __future__ import annotations

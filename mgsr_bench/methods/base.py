@@ -3,33 +3,100 @@
 A method declares the batch sources it trains on and whether it needs the teacher; the harness
 does everything else (sampling, masking, reduction, optimisation, evaluation) identically for all
 methods, so that two methods differ only in their objective.
+
+Whatever a method needs beyond its per-token loss goes through the hooks of :class:`Method`, whose
+defaults do nothing, so the harness never names a method:
+
+* what it adds to a batch: :meth:`Method.annotate` (per-token marks on the examples) and
+  :meth:`Method.batch_counts` (figures summed over the global batch, handed to the loss);
+* what trains besides the student: :meth:`Method.module` and :meth:`Method.extra_trainable`
+  (a sub-network of the loss with its own optimiser);
+* what it does when the harness validates: :meth:`Method.validate`;
+* what it logs: :meth:`Method.step_stats`.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from mgsr_bench.data.collate import Example, TokenBatch
-from mgsr_bench.sampling.sources import SourceSpec
+from mgsr_bench.sampling.sources import BatchSource, SourceSpec
+
+
+@dataclass
+class ExtraTrainable:
+    """A trainable part of the loss outside the student, with the optimiser that trains it.
+
+    The harness steps it after every optimiser step of the student, saves it in checkpoints and
+    returns its state with the best weights; it is not wrapped by any engine, so its gradients are
+    averaged over processes before each step.
+    """
+
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def step(self, average: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """One optimiser step; ``average`` (the mean over processes) is applied to each gradient first."""
+        if average is not None:
+            for p in self.module.parameters():
+                if p.grad is not None:
+                    p.grad = average(p.grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+@dataclass
+class Validation:
+    """What a method sees when the harness validates the student.
+
+    ``step`` is the step just trained (0: before the first step of a fresh run; a resumed run
+    restores its sources instead). :meth:`loss` is the student's token-mean cross-entropy on the
+    validation examples, computed on first use only, so a method that needs none costs nothing.
+    """
+
+    step: int
+    source: BatchSource | None
+    compute_loss: Callable[[], float]
+    _loss: float | None = field(default=None, repr=False)
+
+    def loss(self) -> float:
+        if self._loss is None:
+            self._loss = self.compute_loss()
+        return self._loss
+
+
+def follow_validation_loss(validation: Validation) -> dict[str, float]:
+    """The :meth:`Method.validate` of a method whose batch source's adaptive schedule follows the
+    validation loss: the schedule sees every validation's loss (the one before training is its
+    reference), and the loss and the schedule's threshold are logged."""
+    source = validation.source
+    if source is None or source.adaptive is None:
+        return {}
+    loss = validation.loss()
+    source.observe_validation_loss(loss)
+    return {"val_loss": loss, "replay_threshold": source.adaptive.threshold}
 
 
 class Method:
     """Base class for a registered method.
 
     Subclasses set ``name``, ``needs_teacher`` (whether the loss uses teacher logits) and
-    ``chunk_tensors`` (its memory, for the planner), accept
-    their options as keyword arguments in ``__init__`` (unknown options are an error, caught by the
-    recipe loader), implement :meth:`token_losses` and, when they train on samples, override
-    :meth:`source_spec`. Methods with more structure override the optional hooks: :meth:`annotate`
-    (per-example side information such as span pairs), :meth:`module` (a trainable sub-network,
-    given its own optimiser by the harness) and :meth:`step_stats` (figures logged per step).
+    ``chunk_tensors`` (its memory, for the planner), accept their options as keyword arguments in
+    ``__init__`` (unknown options are an error, caught by the recipe loader), implement
+    :meth:`token_losses` and, when they train on samples, override :meth:`source_spec`. The other
+    hooks are optional (see the module's docstring).
     """
-
-    #: learning rate of the optimiser the harness gives :meth:`module`, when there is one
-    module_lr: float = 1e-3
 
     name: ClassVar[str]
     needs_teacher: ClassVar[bool] = True
@@ -47,13 +114,34 @@ class Method:
         """The resolved options, recorded in the run record."""
         return dict(vars(self))
 
+    # -- what a method adds to a batch ------------------------------------------------------------
     def annotate(self, examples: list[Example], tokenizer: PreTrainedTokenizerBase) -> list[Example]:
-        """The examples with any per-token side information the loss needs (default: unchanged)."""
+        """The examples with the per-token marks the loss reads (``Example.marks``, arriving as
+        ``TokenBatch.marks``); run on every step's batch after its source (default: unchanged)."""
         return examples
 
+    def batch_counts(self, examples: list[Example]) -> dict[str, int]:
+        """Counts over this process's share of a step's batch that the loss needs for the whole
+        global batch: the harness sums them over processes and hands them to every micro-batch in
+        ``TokenBatch.totals``. The same keys on every process (default: none)."""
+        return {}
+
+    # -- what trains besides the student ----------------------------------------------------------
     def module(self) -> torch.nn.Module | None:
-        """A trainable sub-network of the loss, trained with its own optimiser (default: none)."""
+        """A trainable sub-network that :meth:`token_losses` uses; the chunked loss collects its
+        parameters' gradients chunk by chunk (default: none)."""
         return None
+
+    def extra_trainable(self, device: torch.device) -> ExtraTrainable | None:
+        """:meth:`module`, ready to train, with its optimiser; called once before the first step, so
+        that it starts from the training seed whatever ran before (default: none)."""
+        return None
+
+    # -- validation and logging -------------------------------------------------------------------
+    def validate(self, validation: Validation) -> dict[str, float]:
+        """Called before training and after every validation of the student; returns figures for
+        the step's history (ignored before training). Default: nothing."""
+        return {}
 
     def step_stats(self) -> dict[str, float]:
         """Figures gathered since the last call, logged in the step's history (default: none)."""
@@ -64,7 +152,8 @@ class Method:
         """Per-token loss values, shape ``(N,)``, for the N selected response positions.
 
         ``student_logits`` and ``teacher_logits`` are ``(N, V)``; ``tokens`` holds the N next-token
-        ids and each position's origin (see :class:`TokenBatch`). The harness sums these values
-        and divides by the number of response tokens in the global batch.
+        ids, each position's origin and marks, and the global batch's totals (see
+        :class:`TokenBatch`). The harness sums these values and divides by the number of response
+        tokens in the global batch.
         """
         raise NotImplementedError

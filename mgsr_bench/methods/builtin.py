@@ -12,7 +12,7 @@ import torch
 
 from mgsr_bench.losses import divergences as D
 from mgsr_bench.losses.divergences import cross_entropy
-from mgsr_bench.methods.base import Method
+from mgsr_bench.methods.base import Method, Validation, follow_validation_loss
 from mgsr_bench.methods.registry import register
 from mgsr_bench.sampling import SourceSpec
 from mgsr_bench.sampling.replay import AdaptiveSchedule
@@ -291,3 +291,7 @@ class DistiLLM(_Distillation):
     def source_spec(self) -> SourceSpec:
         return SourceSpec(adaptive=AdaptiveSchedule(init_threshold=self.init_threshold, loss_eps=self.loss_eps,
                                                     capacity=self.capacity, replay_ratio=self.replay_ratio))
+
+    def validate(self, validation: Validation) -> dict[str, float]:
+        """The adaptive replay schedule follows the validation loss."""
+        return follow_validation_loss(validation)

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from mgsr_bench.data.collate import Example, TokenBatch
+from mgsr_bench.data.collate import JOINED, Example, TokenBatch
 from mgsr_bench.data.spans import SPAN_MODES, extract_spans, span_links, spacy_pipeline
 from mgsr_bench.losses import divergences as D
 from mgsr_bench.losses.dac_kl import OUTSIDE, BandNet, dac_kl, kept_mass, reverse_gradient, teacher_head
 from mgsr_bench.losses.span import RELATIONS, span_pair_losses
-from mgsr_bench.methods.base import Method
+from mgsr_bench.methods.base import ExtraTrainable, Method, Validation, follow_validation_loss
 from mgsr_bench.methods.registry import register
 from mgsr_bench.sampling import SourceSpec
 from mgsr_bench.sampling.replay import AdaptiveSchedule
@@ -29,6 +29,8 @@ from mgsr_bench.sampling.scrg import SCRG
 TOKEN_LOSSES = ("dac_kl", "fkl")
 SUBNET_MODES = ("joint", "fixed", "adversarial")
 TARGETS = ("label", "teacher_argmax")
+#: the key of :meth:`MGSR.batch_counts`: span pairs in the global batch
+PAIRS = "span_pairs"
 
 
 @register
@@ -96,10 +98,6 @@ class MGSR(Method):
         self._sums: dict[str, float] = {}
 
     @property
-    def module_lr(self) -> float:  # the harness's learning rate for f_phi
-        return self.subnet_lr
-
-    @property
     def _uses_subnet(self) -> bool:
         return self.token_loss == "dac_kl" and self.dac_weight > 0 and self.subnet != "fixed"
 
@@ -111,14 +109,33 @@ class MGSR(Method):
         scrg = SCRG(self.rounds, self.teacher_token, self.difference, self.temperature) if self.rounds else None
         return SourceSpec(adaptive=AdaptiveSchedule(init_threshold=self.init_threshold, loss_eps=self.loss_eps,
                                                     capacity=self.capacity, replay_ratio=self.replay_ratio),
-                          reviser=scrg)
+                          rewrite=scrg)
 
+    def validate(self, validation: Validation) -> dict[str, float]:
+        """The adaptive replay schedule follows the validation loss."""
+        return follow_validation_loss(validation)
+
+    # -- f_phi, the band sub-network --------------------------------------------------------------
     def module(self) -> torch.nn.Module | None:
         return self._band_net
 
+    def extra_trainable(self, device: torch.device) -> ExtraTrainable | None:
+        """f_phi, re-initialised from the training seed, with its own AdamW at ``subnet_lr``."""
+        if self._band_net is None:
+            return None
+        for layer in self._band_net.modules():
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+        self._band_net.to(device).train()
+        return ExtraTrainable(self._band_net, torch.optim.AdamW(self._band_net.parameters(), lr=self.subnet_lr))
+
     # -- span pairs -------------------------------------------------------------------------------
     def annotate(self, examples: list[Example], tokenizer: PreTrainedTokenizerBase) -> list[Example]:
-        """Mark the span pairs of every response (cached for ground-truth rows, which recur every epoch)."""
+        """Mark the span pairs of every response (cached for ground-truth rows, which recur every epoch).
+
+        A pair is a token and the next one inside one span: the :data:`JOINED` mark, which also
+        keeps both in one loss chunk.
+        """
         if not self.span_weight:
             return examples
         out = []
@@ -130,8 +147,21 @@ class MGSR(Method):
                 links = span_links(len(e.response_ids), spans)
                 if e.origin == "ground_truth":
                     self._links[key] = links
-            out.append(Example(e.prompt_ids, e.response_ids, e.origin, links))
+            out.append(Example(e.prompt_ids, e.response_ids, e.origin, {**e.marks, JOINED: links}))
         return out
+
+    def batch_counts(self, examples: list[Example]) -> dict[str, int]:
+        """The span pairs, so that the span term is a mean over the global batch's pairs."""
+        if not self.span_weight:
+            return {}
+        return {PAIRS: sum(sum(e.marks[JOINED]) for e in examples if JOINED in e.marks)}
+
+    @staticmethod
+    def pair_scale(tokens: TokenBatch) -> float:
+        """Response tokens per span pair in the global batch: a per-token sum of pair terms times this,
+        divided by the token count as the harness does, is the mean over pairs."""
+        pairs = tokens.totals.get(PAIRS, 0)
+        return tokens.totals["tokens"] / pairs if pairs else 0.0
 
     # -- the loss ---------------------------------------------------------------------------------
     def _add(self, name: str, value: torch.Tensor) -> None:
@@ -194,10 +224,10 @@ class MGSR(Method):
                 loss = loss + self.dac_weight * self.dac_term(student_logits, teacher_logits, tokens)
             else:
                 loss = loss + self.dac_weight * D.forward_kl(student_logits, teacher_logits, self.temperature)
-        if self.span_weight and tokens.link is not None:
-            pairs = span_pair_losses(student_logits, teacher_logits, tokens.link, self.span_top_k, self.relation,
+        if self.span_weight and tokens.joined is not None:
+            pairs = span_pair_losses(student_logits, teacher_logits, tokens.joined, self.span_top_k, self.relation,
                                      self.temperature)
             self._add("span", pairs)
-            self._add("pairs", tokens.link.float())
-            loss = loss + self.span_weight * tokens.pair_scale * pairs
+            self._add("pairs", tokens.joined.float())
+            loss = loss + self.span_weight * self.pair_scale(tokens) * pairs
         return loss

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,27 +32,10 @@ from transformers import PreTrainedModel
 from mgsr_bench.data.collate import Example, collate, token_batch
 from mgsr_bench.losses import divergences as D
 from mgsr_bench.models.heads import selected_logits
-from mgsr_bench.sampling.decode import Decoded
+from mgsr_bench.sampling.sources import Sampler
 
 TEACHER_TOKENS = ("argmax", "sample")
 DIFFERENCES = ("fkl", "rkl", "jsd")
-
-
-@dataclass(frozen=True)
-class Revision:
-    """What a reviser needs from the batch source: its sampler and its settings.
-
-    ``generate(model, prompts, limits, keep_logits)`` samples continuations with the source's own
-    settings, each prompt up to its own token limit; ``max_new_tokens`` is the response length
-    limit the samples were drawn with; ``micro_batch`` rows go through one no-grad forward.
-    """
-
-    generate: Callable[[PreTrainedModel, list[list[int]], int | list[int], bool], Decoded]
-    eos_id: int
-    pad_id: int
-    vocab_size: int
-    max_new_tokens: int
-    micro_batch: int = 8
 
 
 @dataclass(frozen=True)
@@ -144,7 +126,7 @@ class SCRG:
         return out
 
     def __call__(self, samples: list[Example], student: PreTrainedModel, teacher: PreTrainedModel,
-                 revision: Revision, student_logits: list[torch.Tensor] | None = None
+                 sampler: Sampler, student_logits: list[torch.Tensor] | None = None
                  ) -> tuple[list[Example], dict[str, float]]:
         """The revised samples and the step's figures: fraction corrected, mean relative position and d of j,
         and the seconds SCRG took.
@@ -164,8 +146,8 @@ class SCRG:
             if not active:
                 break
             found = self.find_corrections([samples[i] for i in active], student, teacher,
-                                          [starts[i] for i in active], revision.pad_id, revision.vocab_size,
-                                          revision.micro_batch,
+                                          [starts[i] for i in active], sampler.pad_id, sampler.vocab_size,
+                                          sampler.micro_batch,
                                           None if logits is None else [logits[i] for i in active])
             regenerate: list[tuple[int, list[int], int]] = []  # (row, new response prefix, token budget left)
             still = []
@@ -177,18 +159,18 @@ class SCRG:
                 rel_positions.append(c.position / len(e.response_ids))
                 differences.append(c.difference)
                 prefix = e.response_ids[: c.position] + [c.token]
-                budget = revision.max_new_tokens - len(prefix)
+                budget = sampler.max_new_tokens - len(prefix)
                 samples[i] = Example(e.prompt_ids, prefix, origin=e.origin)
                 starts[i] = len(prefix)
                 if logits is not None:  # q at j is conditioned on the kept prefix only: still valid
                     logits[i] = logits[i][: len(prefix)]
-                if c.token != revision.eos_id and budget > 0:
+                if c.token != sampler.eos_id and budget > 0:
                     regenerate.append((i, prefix, budget))
-                if c.token != revision.eos_id:
+                if c.token != sampler.eos_id:
                     still.append(i)
             if regenerate:
                 prompts = [samples[i].prompt_ids + prefix for i, prefix, _ in regenerate]
-                out = revision.generate(student, prompts, [b for _, _, b in regenerate], logits is not None)
+                out = sampler.generate(student, prompts, [b for _, _, b in regenerate], logits is not None)
                 for k, ((i, prefix, _), cont) in enumerate(zip(regenerate, out.tokens)):
                     samples[i] = Example(samples[i].prompt_ids, prefix + cont, origin=samples[i].origin)
                     if logits is not None:

@@ -6,16 +6,17 @@ from a generator seeded with the training seed, so every process makes the same 
 is reproducible.
 
 * ground truth: the batch as drawn from the training set;
-* student samples ("on-policy", GKD's ``lambda``): the prompts are kept, the responses are sampled
-  from the current student;
-* teacher samples (SeqKD, f-distill): the responses are sampled from the teacher;
-* both (f-distill's JS and TVD estimators): half of the rows sampled from the teacher, the other
-  half from the student;
-* DistiLLM's adaptive off-policy replay (:mod:`mgsr_bench.sampling.replay`): student samples,
-  stored and replayed on an adaptive schedule driven by the validation loss.
+* student samples ("on-policy", with probability ``student_prob`` per step): the prompts are kept,
+  the responses are sampled from the current student;
+* teacher samples (with probability ``teacher_prob``): the responses are sampled from the teacher;
+* both (for estimators that take one term under each model): half of the rows sampled from the
+  teacher, the other half from the student;
+* adaptive off-policy replay (:mod:`mgsr_bench.sampling.replay`): student samples, stored and
+  replayed on an adaptive schedule driven by the validation loss.
 
-A method may also give a ``reviser`` (MGSR's SCRG): it rewrites every batch of freshly generated
-student samples before training (and before they enter the replay buffer).
+A method may also give a ``rewrite`` step: it rewrites every batch of freshly generated student
+samples before training (and before they enter the replay buffer), with the source's own
+:class:`Sampler`, so that whatever it re-generates is sampled exactly like the first draft.
 """
 
 from __future__ import annotations
@@ -31,11 +32,27 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mgsr_bench.data.collate import Example
 from mgsr_bench.sampling.decode import Decoded, decode
 from mgsr_bench.sampling.replay import AdaptiveOffPolicy, AdaptiveSchedule
-from mgsr_bench.sampling.scrg import Revision
 
 
-# (samples, student, teacher, Revision, the student's logits of each sampled token) -> (revised samples, figures)
-Reviser = Callable[[list[Example], PreTrainedModel, PreTrainedModel, Revision, list[torch.Tensor] | None],
+@dataclass(frozen=True)
+class Sampler:
+    """What a rewrite step gets from the batch source: its sampler and its settings.
+
+    ``generate(model, prompts, limits, keep_logits)`` samples continuations with the source's own
+    settings, each prompt up to its own token limit; ``max_new_tokens`` is the response length
+    limit the samples were drawn with; ``micro_batch`` rows go through one no-grad forward.
+    """
+
+    generate: Callable[[PreTrainedModel, list[list[int]], int | list[int], bool], Decoded]
+    eos_id: int
+    pad_id: int
+    vocab_size: int
+    max_new_tokens: int
+    micro_batch: int = 8
+
+
+# (samples, student, teacher, Sampler, the student's logits of each sampled token) -> (new samples, figures)
+Rewrite = Callable[[list[Example], PreTrainedModel, PreTrainedModel, Sampler, list[torch.Tensor] | None],
                    tuple[list[Example], dict[str, float]]]
 
 
@@ -55,9 +72,9 @@ class SourceSpec:
 
     student_prob: float = 0.0
     teacher_prob: float = 0.0
-    adaptive: AdaptiveSchedule | None = None  # DistiLLM's schedule; excludes the two probabilities
+    adaptive: AdaptiveSchedule | None = None  # adaptive off-policy replay; excludes the two probabilities
     both: bool = False  # every step: first half of the rows teacher samples, second half student samples
-    reviser: Reviser | None = None  # applied to every batch of fresh student samples
+    rewrite: Rewrite | None = None  # applied to every batch of fresh student samples (it may use the teacher)
 
     def __post_init__(self) -> None:
         if (self.adaptive is not None or self.both) and (self.student_prob or self.teacher_prob):
@@ -85,7 +102,7 @@ class BatchSource:
         self.gather = gather or as_they_are  # around every sampling call (the harness gathers sharded weights)
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.vocab_size = len(tokenizer)
-        self.micro_batch = micro_batch  # rows per no-grad forward of a reviser
+        self.micro_batch = micro_batch  # rows per no-grad forward of a rewrite step
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.rng = random.Random(seed)
@@ -93,11 +110,8 @@ class BatchSource:
         self.counts = {"ground_truth": 0, "student": 0, "teacher": 0, "replay": 0, "both": 0}
         self.stats: dict[str, float] = {}
 
-    @property
-    def wants_validation_loss(self) -> bool:
-        return self.adaptive is not None
-
     def observe_validation_loss(self, loss: float) -> None:
+        """Feed the adaptive schedule the student's validation loss (nothing without one)."""
         if self.adaptive is not None:
             self.adaptive.observe_validation_loss(loss)
 
@@ -115,7 +129,7 @@ class BatchSource:
         return "ground_truth"
 
     def step_stats(self) -> dict[str, float]:
-        """The reviser's figures for the last batch of student samples (cleared when read)."""
+        """The rewrite step's figures for the last batch of student samples (cleared when read)."""
         stats, self.stats = self.stats, {}
         return stats
 
@@ -131,19 +145,19 @@ class BatchSource:
         prompts = [e.prompt_ids for e in batch]
         out = self.generate(model, prompts, self.max_new_tokens, keep_logits)
         # An empty response (the prompt's end hit the limit) still needs one target: keep EOS; it
-        # has no sampling logits, so a reviser then runs its own forward.
+        # has no sampling logits, so a rewrite step then runs its own forward.
         samples = [Example(p, r or [self.eos_id], origin=origin) for p, r in zip(prompts, out.tokens)]
-        # (an empty prompt has no position predicting its first token: the reviser then runs its own pass)
+        # (an empty prompt has no position predicting its first token: the rewrite then runs its own pass)
         logits = out.logits if keep_logits and all(out.tokens) and all(prompts) else None
         return samples, logits
 
     def student_samples(self, batch: list[Example], student: PreTrainedModel,
                         teacher: PreTrainedModel | None) -> list[Example]:
-        samples, logits = self.sample(student, batch, "student", keep_logits=self.spec.reviser is not None)
-        if self.spec.reviser is not None:
-            revision = Revision(self.generate, self.eos_id, self.pad_id, self.vocab_size, self.max_new_tokens,
-                                self.micro_batch)
-            samples, self.stats = self.spec.reviser(samples, student, teacher, revision, logits)
+        samples, logits = self.sample(student, batch, "student", keep_logits=self.spec.rewrite is not None)
+        if self.spec.rewrite is not None:
+            sampler = Sampler(self.generate, self.eos_id, self.pad_id, self.vocab_size, self.max_new_tokens,
+                              self.micro_batch)
+            samples, self.stats = self.spec.rewrite(samples, student, teacher, sampler, logits)
         return samples
 
     def __call__(self, batch: list[Example], student: PreTrainedModel, teacher: PreTrainedModel | None,
@@ -155,9 +169,9 @@ class BatchSource:
             return batch, source
         if source == "replay":
             return self.adaptive.replay(len(batch)), source
-        # only the models this source samples from (and SCRG's teacher) are gathered
+        # only the models this source samples from (and the rewrite step's teacher) are gathered
         samples_student = source in ("student", "both")
-        uses_teacher = source in ("teacher", "both") or (samples_student and self.spec.reviser is not None)
+        uses_teacher = source in ("teacher", "both") or (samples_student and self.spec.rewrite is not None)
         with self.gather(student if samples_student else None, teacher if uses_teacher else None) as present:
             student, teacher = (given if whole is None else whole for given, whole in zip((student, teacher), present))
             if source == "teacher":

@@ -2,11 +2,12 @@
 
 A checkpoint is the file ``step-NNNNNNN.pt``, written to a temporary name, flushed to disk and
 renamed, so a kill at any moment leaves the previous checkpoints intact and never a torn one; the
-newest ``keep`` are kept. It holds the optimiser's scheduler, a loss sub-network (MGSR's f_phi)
-with its optimiser, the history so far, the best validation point, the count of validations
-without a new best (patience), the elapsed time, the hash of the run's configuration (a
-checkpoint is only resumed by the run that wrote it, with as many processes) and, for each process, its RNG states (Python, torch, CUDA) and its sample source's
-state (generators, DistiLLM's replay buffer of that process's own samples, threshold), so every
+newest ``keep`` are kept. It holds the optimiser's scheduler, a method's extra trainable
+sub-network with its optimiser, the history so far, the best validation point, the count of
+validations without a new best (patience), the elapsed time, the hash of the run's configuration
+(a checkpoint is only resumed by the run that wrote it, with as many processes) and, for each
+process, its RNG states (Python, torch, CUDA) and its sample source's state (generators, the
+adaptive schedule's replay buffer of that process's own samples, threshold), so every
 process of a multi-process run continues with its own random stream. The data order needs no
 state: every global batch is drawn from a generator seeded with the training seed, so resuming at
 step ``k`` replays the first ``k`` draws.
@@ -57,8 +58,13 @@ BEST = re.compile(r"^best-(\d+)(\.pt|\.parts)$")
 
 
 def examples_state(rows: list[Example]) -> list[dict[str, Any]]:
-    return [{"prompt_ids": e.prompt_ids, "response_ids": e.response_ids, "origin": e.origin, "links": e.links}
+    return [{"prompt_ids": e.prompt_ids, "response_ids": e.response_ids, "origin": e.origin, "marks": e.marks}
             for e in rows]
+
+
+def example_from_state(row: dict[str, Any]) -> Example:
+    """An example as :func:`examples_state` saved it (the replay buffer holds unmarked samples)."""
+    return Example(row["prompt_ids"], row["response_ids"], row["origin"], row.get("marks") or {})
 
 
 def rng_state() -> dict[str, Any]:
@@ -81,7 +87,7 @@ def _as_tuple(value: Any) -> Any:
 
 
 def source_state(source: Any) -> dict[str, Any] | None:
-    """A batch source's generators, and DistiLLM's replay buffer, threshold and reference loss."""
+    """A batch source's generators, and its adaptive schedule's replay buffer, threshold and reference loss."""
     if source is None:
         return None
     state: dict[str, Any] = {"rng": source.rng.getstate(), "counts": dict(source.counts)}
@@ -102,7 +108,7 @@ def restore_source(source: Any, state: dict[str, Any] | None) -> None:
         a.rng.setstate(_as_tuple(saved["rng"]))
         a.threshold, a.reference_loss = saved["threshold"], saved["reference_loss"]
         a.buffer.clear()
-        a.buffer.extend(Example(**row) for row in saved["buffer"])
+        a.buffer.extend(example_from_state(row) for row in saved["buffer"])
 
 
 def _write(path: Path, state: dict[str, Any]) -> Path:

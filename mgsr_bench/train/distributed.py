@@ -13,7 +13,7 @@ an engine changes what a step must do live here, each named for what it does:
   (:func:`broadcast_from_main`), so a machine's host memory holds each model once. Under ZeRO-3
   with ``zero3_init_flag`` the models are partitioned as they load, so no process ever holds one
   whole (a teacher kept whole excepted);
-* **generation** (:func:`gathered`): on-policy samples, teacher samples and SCRG's passes run with
+* **generation** (:func:`gathered`): on-policy samples, teacher samples and a rewrite step's passes run with
   every parameter of the sharded models gathered once for the whole sampling call. Per-layer
   gathering (the ordinary sharded forward) costs one all-gather per layer per decoded token, and
   worse, it is a collective: processes whose samples end at different lengths would wait for each

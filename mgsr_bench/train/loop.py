@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -42,10 +42,11 @@ from mgsr_bench.eval.generate import EvalSettings, generate
 from mgsr_bench.errors import UserError
 from mgsr_bench.eval.metrics import corpus_scores
 from mgsr_bench.losses.chunked import chunked_linear_loss
+from mgsr_bench.losses.divergences import cross_entropy
 from mgsr_bench.methods import Method
+from mgsr_bench.methods.base import Validation
 from mgsr_bench.models.heads import last_hidden_states, output_head
 from mgsr_bench.models.loading import check_positions, count_parameters, weight_shapes
-from mgsr_bench.methods.builtin import SFT
 from mgsr_bench.sampling import BatchSource
 from mgsr_bench.train import distributed
 from mgsr_bench.train.checkpoint import Checkpoints, restore_source, rng_state, set_rng_state, source_state
@@ -112,7 +113,7 @@ def global_batches(examples: list[Example], batch_size: int, seed: int) -> Itera
 
 def micro_batch_loss(method: Method, student: PreTrainedModel, teacher: PreTrainedModel | None,
                      batch: dict[str, torch.Tensor], vocab_size: int, chunk_size: int = 1024,
-                     pair_scale: float = 0.0) -> torch.Tensor:
+                     totals: dict[str, int] | None = None) -> torch.Tensor:
     """Sum of the method's per-token losses over the response tokens of one micro-batch.
 
     Only response positions (``shifted labels != IGNORE``) are scored, and logits are cut to the
@@ -120,9 +121,10 @@ def micro_batch_loss(method: Method, student: PreTrainedModel, teacher: PreTrain
     ``chunk_size > 0`` the heads are applied chunk by chunk (:func:`chunked_linear_loss`), so no
     full ``(tokens, vocab)`` logits tensor is ever held (also under DDP or FSDP: the hidden states
     come from the wrapped model's own forward); ``0`` computes full logits (the naive path, also
-    used for models whose head is not a plain bias-free linear layer).
+    used for models whose head is not a plain bias-free linear layer). ``totals`` are the global
+    batch's (see :func:`global_totals`).
     """
-    mask, tokens = token_batch(batch, pair_scale)
+    mask, tokens = token_batch(batch, totals)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     heads = (output_head(student), output_head(teacher) if method.needs_teacher else None)
     if chunk_size and heads[0] is not None and (heads[1] is not None or not method.needs_teacher):
@@ -147,7 +149,7 @@ def micro_batch_loss(method: Method, student: PreTrainedModel, teacher: PreTrain
 def backward_global_batch(method: Method, student: PreTrainedModel, teacher: PreTrainedModel | None,
                           examples: list[Example], n_tokens: int, micro_batch: int, pad_id: int,
                           accelerator: Accelerator, vocab_size: int, chunk_size: int = 1024,
-                          pair_scale: float = 0.0) -> float:
+                          totals: dict[str, int] | None = None) -> float:
     """Accumulate the gradients of one optimiser step; returns this process's share of the loss.
 
     ``examples`` is this process's share of the global batch and ``n_tokens`` the number of
@@ -164,15 +166,10 @@ def backward_global_batch(method: Method, student: PreTrainedModel, teacher: Pre
         with distributed.local_accumulation(accelerator, student, last):
             with accelerator.autocast():  # the forward under autocast, the backward outside it
                 loss = micro_batch_loss(method, student, teacher, batch, vocab_size, chunk_size,
-                                        pair_scale) * world / n_tokens
+                                        totals) * world / n_tokens
             distributed.backward(accelerator, loss, last)
         losses.append(loss.detach())
     return sum(part.item() for part in losses) / world  # summed in Python's float64, whatever the model's dtype
-
-
-def span_pairs(examples: list[Example]) -> int:
-    """Span pairs (linked adjacent response tokens) in a list of examples."""
-    return sum(sum(e.links) for e in examples if e.links is not None)
 
 
 def response_tokens(examples: list[Example]) -> int:
@@ -183,17 +180,37 @@ def response_tokens(examples: list[Example]) -> int:
     return sum(len(e.response_ids) - (0 if e.prompt_ids else 1) for e in examples)
 
 
+def global_totals(method: Method, examples: list[Example], accelerator: Accelerator) -> dict[str, int]:
+    """The response tokens (``"tokens"``) and the method's batch counts of the whole global batch,
+    ``examples`` being this process's share."""
+    totals = {**method.batch_counts(examples), "tokens": response_tokens(examples)}
+    if accelerator.num_processes > 1:
+        summed = accelerator.reduce(torch.tensor(list(totals.values()), device=accelerator.device), "sum")
+        totals = dict(zip(totals, (int(c) for c in summed.tolist())))
+    return totals
+
+
+class _NextTokenLoss(Method):
+    """Cross-entropy of the response tokens: the validation loss, the same whatever the method trained."""
+
+    name = "validation"
+    needs_teacher = False
+
+    def token_losses(self, student_logits, teacher_logits, tokens) -> torch.Tensor:
+        return cross_entropy(student_logits, tokens.targets)
+
+
 @torch.no_grad()
 def validation_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, valid_examples: list[Example],
                     cfg: TrainConfig, device: torch.device) -> float:
-    """Token-mean SFT cross-entropy on the validation examples (chunked like the training loss)."""
+    """Token-mean cross-entropy on the validation examples (chunked like the training loss)."""
     model.eval()
-    sft = SFT()
+    loss = _NextTokenLoss()
     total, count = 0.0, 0
     for start in range(0, len(valid_examples), cfg.micro_batch):
         chunk = valid_examples[start: start + cfg.micro_batch]
         batch = {k: v.to(device) for k, v in collate(chunk, tokenizer.pad_token_id).items()}
-        total += micro_batch_loss(sft, model, None, batch, len(tokenizer), cfg.loss_chunk_size).item()
+        total += micro_batch_loss(loss, model, None, batch, len(tokenizer), cfg.loss_chunk_size).item()
         count += response_tokens(chunk)
     model.train()
     return total / count
@@ -208,6 +225,14 @@ def validation_score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         preds = generate(model, tokenizer, [r["prompt"] for r in valid], greedy)
         return corpus_scores(preds, [r["output"] for r in valid])["rougeL"]
     return -validation_loss(model, tokenizer, valid_examples, cfg, device)
+
+
+def _loss_now(record: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+              valid_examples: list[Example], cfg: TrainConfig, device: torch.device) -> Callable[[], float]:
+    """The validation loss for a method's validate hook: the one just recorded, or computed on demand."""
+    if "val_loss" in record:
+        return lambda: record["val_loss"]
+    return lambda: validation_loss(model, tokenizer, valid_examples, cfg, device)
 
 
 def _digest(examples: list[Example]) -> str:
@@ -249,7 +274,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     rank, world = accelerator.process_index, accelerator.num_processes
     spec = method.source_spec()
-    uses_teacher = method.needs_teacher or spec.teacher_prob > 0 or spec.both or spec.reviser is not None
+    uses_teacher = method.needs_teacher or spec.teacher_prob > 0 or spec.both or spec.rewrite is not None
     examples = [*train_examples, *valid_examples]
     longest = max((len(e.prompt_ids) + len(e.response_ids) for e in examples), default=0)
     sampled = max((len(e.prompt_ids) for e in train_examples), default=0) + cfg.gen_max_new_tokens
@@ -285,15 +310,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     # ZeRO-3 frees each module's weights after its forward: the loss then needs the heads' own
     # forward (full logits) instead of reading their weights for the chunked loss.
     chunk_size = 0 if kind == "zero3" else cfg.loss_chunk_size
-    # A loss with its own sub-network (MGSR's f_phi) trains it with its own optimiser state.
-    module = method.module()
-    module_optimizer = None
-    if module is not None:  # initialised from the training seed, whatever ran before
-        for layer in module.modules():
-            if hasattr(layer, "reset_parameters"):
-                layer.reset_parameters()
-        module.to(accelerator.device).train()
-        module_optimizer = torch.optim.AdamW(module.parameters(), lr=method.module_lr)
+    extra = method.extra_trainable(accelerator.device)  # a loss's own sub-network, with its optimiser
     if uses_teacher:
         if teacher is None:
             raise ValueError(f"method {method.name!r} needs a teacher")
@@ -313,9 +330,8 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     if loaded is not None:
         resumed, this_process = loaded
         scheduler.load_state_dict(resumed["scheduler"])
-        if module is not None:
-            module.load_state_dict(resumed["module"])
-            module_optimizer.load_state_dict(resumed["module_optimizer"])
+        if extra is not None:
+            extra.load_state_dict({"module": resumed["module"], "optimizer": resumed["module_optimizer"]})
         restore_source(source, this_process["source"])
         if accelerator.scaler is not None and resumed.get("scaler") is not None:  # fp16's loss scale
             accelerator.scaler.load_state_dict(resumed["scaler"])
@@ -327,15 +343,19 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         for _ in range(resumed["step"]):  # the data order is a function of the seed: replay the draws
             next(batches)
         set_rng_state(this_process["rng"])
-    elif source is not None and source.wants_validation_loss:  # DistiLLM's reference before training
-        with distributed.gathered(model) as (whole,):
-            source.observe_validation_loss(validation_loss(whole, tokenizer, valid_examples, cfg, accelerator.device))
+    else:  # a fresh run: the method sees the student before training (a resumed run restored that state)
+
+        def loss_before_training() -> float:
+            with distributed.gathered(model) as (whole,):
+                return validation_loss(whole, tokenizer, valid_examples, cfg, accelerator.device)
+
+        method.validate(Validation(0, source, loss_before_training))
 
     def snapshot(step: int) -> dict[str, Any]:
         """The run's state after ``step`` (the checkpoint adds the weights and optimiser)."""
         return {"step": step, "scheduler": scheduler.state_dict(),
-                "module": module.state_dict() if module is not None else None,
-                "module_optimizer": module_optimizer.state_dict() if module_optimizer is not None else None,
+                "module": extra.module.state_dict() if extra is not None else None,
+                "module_optimizer": extra.optimizer.state_dict() if extra is not None else None,
                 "history": result.history, "best_score": result.best_score, "best_step": result.best_step,
                 "stale_validations": patience.stale, "method_state": result.method_state,
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
@@ -355,13 +375,10 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         if source is not None:  # every process draws the same source; each samples its own share
             mine, origin = source(mine, model, teacher, step, cfg.steps)
         mine = method.annotate(mine, tokenizer)
-        n_tokens, n_pairs = response_tokens(mine), span_pairs(mine)
-        if world > 1:  # the token and pair counts of the whole global batch
-            counts = accelerator.reduce(torch.tensor([n_tokens, n_pairs], device=accelerator.device), "sum")
-            n_tokens, n_pairs = (int(c) for c in counts.tolist())
+        totals = global_totals(method, mine, accelerator)
+        n_tokens = totals["tokens"]
         step_loss = backward_global_batch(method, student, teacher, mine, n_tokens, cfg.micro_batch,
-                                          tokenizer.pad_token_id, accelerator, len(tokenizer), chunk_size,
-                                          n_tokens / n_pairs if n_pairs else 0.0)
+                                          tokenizer.pad_token_id, accelerator, len(tokenizer), chunk_size, totals)
         if world > 1:  # summed in float64, as each process's own share was
             share = torch.tensor(step_loss, dtype=torch.float64, device=accelerator.device)
             step_loss = accelerator.reduce(share, "sum").item()
@@ -374,13 +391,8 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
         grad_norm = distributed.optimizer_step(accelerator, student, optimizer, cfg.max_grad_norm)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if module_optimizer is not None:
-            if world > 1:  # the sub-network is not wrapped by DDP: average its gradients here
-                for p in module.parameters():
-                    if p.grad is not None:
-                        p.grad = accelerator.reduce(p.grad, "mean")
-            module_optimizer.step()
-            module_optimizer.zero_grad(set_to_none=True)
+        if extra is not None:  # not wrapped by any engine: its gradients are averaged here
+            extra.step((lambda grad: accelerator.reduce(grad, "mean")) if world > 1 else None)
         record: dict[str, Any] = {"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
                                   "grad_norm": grad_norm, "source": origin, "tokens": n_tokens,
                                   **(source.step_stats() if source is not None else {}), **method.step_stats()}
@@ -393,21 +405,16 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
                     record["val_loss"] = -score  # the score is minus the loss (higher is better)
                 else:
                     record["val_rougeL"] = score
-                if source is not None and source.wants_validation_loss:
-                    if "val_loss" not in record:
-                        record["val_loss"] = validation_loss(whole, tokenizer, valid_examples, cfg,
-                                                             accelerator.device)
-                    source.observe_validation_loss(record["val_loss"])
-                    record["replay_threshold"] = source.adaptive.threshold
+                loss = _loss_now(record, whole, tokenizer, valid_examples, cfg, accelerator.device)
+                record.update(method.validate(Validation(step, source, loss)))
             improved = score > result.best_score  # the same on every process: so is the stop below
             if patience.stops(improved) and step < cfg.steps:
                 result.stopped_early = record["stopped_early"] = True
             if improved:
                 result.best_score, result.best_step = score, step
                 best_state = distributed.snapshot(accelerator, model)
-                if module is not None:  # the sub-network saved with the student is the one from the same step
-                    result.method_state = {"module": copy.deepcopy(module.state_dict()),
-                                           "optimizer": copy.deepcopy(module_optimizer.state_dict())}
+                if extra is not None:  # the sub-network saved with the student is the one from the same step
+                    result.method_state = copy.deepcopy(extra.state_dict())
             bar.set_postfix(loss=f"{step_loss:.3f}", val=f"{score:.2f}", best=f"{result.best_score:.2f}")
         elif step % 10 == 0:
             bar.set_postfix(loss=f"{step_loss:.3f}", best=f"{result.best_score:.2f}")
@@ -419,8 +426,8 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
             checkpoints.save(step, snapshot(step), own(), best_state)
     result.wall_time_s = elapsed_before + time.perf_counter() - start
     result.seconds_per_step = result.wall_time_s / result.steps_run
-    if module is not None and result.method_state is None:
-        result.method_state = {"module": module.state_dict(), "optimizer": module_optimizer.state_dict()}
+    if extra is not None and result.method_state is None:
+        result.method_state = extra.state_dict()
     if result.best_step:
         distributed.restore(accelerator, model, best_state)
     result.model = distributed.plain_model(accelerator, model)

@@ -22,20 +22,21 @@ weights are read). The rest follows the harness as it runs:
   gradient checkpointing, each layer's input ``s b h`` in the module's dtype, and one layer
   recomputed during the backward;
 * the loss chunk: the method's ``chunk_tensors`` fp32 ``chunk x V`` tensors (student and teacher
-  logits, softmaxes, intermediates, gradient: 3 for SFT, 7 for KL, 11 for the JSD family), as
+  logits, softmaxes, intermediates, gradient: 3 for cross-entropy alone, 7 for a KL, 11 for a JSD), as
   ``python -m mgsr_bench.benchmarks.loss_memory`` measures them; with full logits (``loss_chunk=0``, and always
   under ``zero3``, whose freed head weights the chunked loss cannot read) the chunk is every
   response row, and the student's and teacher's whole ``(batch, seq, V)`` logits come on top;
 * generation, from the method's sources (:class:`Sampling`): the sampling model's KV cache for
   the rank's whole step batch (``micro_batch x grad_accum`` rows: samples are drawn for the step
   at once) of ``s`` tokens; under ``fsdp`` and ``zero3`` the sampling models' whole weights,
-  gathered for the sampling call (in the compute dtype); MGSR's SCRG also keeps the sampler's
-  logits (rows x generated tokens x V x 4 bytes) and, on top, either the decoder's stacking of
-  them (a second copy) or the revision's divergence over one micro-batch of samples (seven fp32
-  tensors of that shape), whichever is larger;
+  gathered for the sampling call (in the compute dtype); a method whose sources rewrite the
+  student's samples (``SourceSpec.rewrite``) also keeps the sampler's logits (rows x generated
+  tokens x V x 4 bytes) and, on top, either the decoder's stacking of them (a second copy) or the
+  rewrite's divergence over one micro-batch of samples (seven fp32 tensors of that shape),
+  whichever is larger;
 * phases: the terms above fall into what the whole run holds (weights, optimizer state), what
   exists only during one stage of a training step, and what exists only while sampling or
-  validating (KV cache, gathered weights, SCRG's logits). A step's stages follow the harness: the
+  validating (KV cache, gathered weights, the rewrite's logits). A step's stages follow the harness: the
   student's forward keeps its activations (or checkpoints) and torch's gradients exist through the
   step; on top of them come, one after another, the teacher's no-grad forward, the loss, and with
   checkpointing the backward's recomputed layer. Sampling runs between optimizer steps, so the peak
@@ -78,9 +79,9 @@ MATERIALISED_ATTENTION_BYTES = 11.5
 class Sampling:
     """What a method generates while it trains."""
 
-    student: bool = False  # on-policy samples (GKD, DistiLLM, MGSR, f-distill's student half)
-    teacher: bool = False  # teacher samples (SeqKD, f-distill)
-    scrg: bool = False  # MGSR's SCRG: kept sampler logits, teacher passes over the samples
+    student: bool = False  # on-policy samples (every step, some steps, or the student half of each batch)
+    teacher: bool = False  # teacher samples
+    rewrite: bool = False  # a rewrite of the student's samples: kept sampler logits, teacher passes over them
 
     @classmethod
     def of_method(cls, name: str) -> Sampling:
@@ -89,7 +90,7 @@ class Sampling:
 
         spec = get_method(name).source_spec()
         return cls(student=spec.student_prob > 0 or spec.adaptive is not None or spec.both,
-                   teacher=spec.teacher_prob > 0 or spec.both, scrg=spec.reviser is not None)
+                   teacher=spec.teacher_prob > 0 or spec.both, rewrite=spec.rewrite is not None)
 
 
 @dataclass(frozen=True)
@@ -352,16 +353,16 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
         sampling_terms["generation KV cache"] = max(2 * m.layers * rows * s * m.kv_dim * kv for m, kv in samplers) / GIB
     if shard_weights:  # every validation gathers the whole student (so does sampling), and a sampling teacher
         gathered = student.params * cbytes
-        if teacher_shards > 1 and (sampling.teacher or sampling.scrg):
+        if teacher_shards > 1 and (sampling.teacher or sampling.rewrite):
             gathered += teacher.params * wbytes
         sampling_terms["weights gathered (validation, sampling)"] = gathered / GIB
-    if sampling.scrg:
+    if sampling.rewrite:
         kept = rows * gen * student.vocab * 4
-        sampling_terms["SCRG: kept sampler logits (fp32)"] = kept / GIB
+        sampling_terms["rewrite: kept sampler logits (fp32)"] = kept / GIB
         # on top of them: the decoder stacking them row by row (a second copy, briefly), or the
-        # revision's divergence over one micro-batch of samples (their logits, the teacher's, and
+        # rewrite's divergence over one micro-batch of samples (their logits, the teacher's, and
         # five fp32 intermediates of the same shape), whichever is larger
-        sampling_terms["SCRG: stacking, or the revision's divergence (fp32 x 7)"] = \
+        sampling_terms["rewrite: stacking, or its divergence (fp32 x 7)"] = \
             max(kept, 7 * min(b, rows) * gen * vocab * 4) / GIB
     if sampling_terms:
         stages[SAMPLING] = sampling_terms
