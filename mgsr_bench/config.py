@@ -8,8 +8,9 @@ A recipe is a small YAML file::
     options: {temperature: 1.0}
     train: {steps: 400}        # overrides of TrainConfig fields
 
-Recipes live in ``baselines/`` and ``methods/`` at the project root and are loaded by name (the
-file stem) or by path. YAML is read with the safe loader only.
+Recipes live in ``baselines/`` and ``methods/`` at the project root, in folders named by
+``$MGSR_BENCH_RECIPES`` and in installed packages' folders (entry-point group ``mgsr_bench.recipes``),
+and are loaded by name (the file stem) or by path. YAML is read with the safe loader only.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ DEFAULT_SEEDS = (10, 20, 30, 40, 50)  # the evaluation protocol's sampling seeds
 # evaluated model's tokenizer would score two models on different examples.
 PROTOCOL_TOKENIZER = "gpt2"
 RECIPE_DIRS = (PROJECT_ROOT / "baselines", PROJECT_ROOT / "methods")
+RECIPE_ENTRY_POINT_GROUP = "mgsr_bench.recipes"  # installed packages' recipe folders (package_recipe_dirs)
 # The recipes and the reported scores are read from the checkout, which a non-editable install
 # (``pip install .``, a wheel) leaves behind: its runs would find no recipe to run.
 NO_CHECKOUT = ("this install has no checkout beside it (a non-editable pip install leaves baselines/, methods/ "
@@ -177,9 +179,29 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def recipe_dirs() -> list[Path]:
-    """Where recipes are looked up by name: ``$MGSR_BENCH_RECIPES`` (os.pathsep-separated) first."""
+    """Where recipes are looked up by name, earlier first: ``$MGSR_BENCH_RECIPES`` (os.pathsep-separated),
+    the checkout's ``baselines/`` and ``methods/``, then installed packages' folders
+    (:func:`package_recipe_dirs`), which therefore cannot shadow a shipped recipe."""
     extra = [Path(p) for p in os.environ.get("MGSR_BENCH_RECIPES", "").split(os.pathsep) if p]
-    return extra + [d for d in RECIPE_DIRS if d.is_dir()]
+    return extra + [d for d in RECIPE_DIRS if d.is_dir()] + package_recipe_dirs()
+
+
+def package_recipe_dirs() -> list[Path]:
+    """The recipe folders that installed packages declare in the entry-point group
+    :data:`RECIPE_ENTRY_POINT_GROUP`, each entry point naming an object that is the folder's path
+    (so a package that adds a method through ``mgsr_bench.methods`` ships its recipes with it)."""
+    from importlib.metadata import entry_points
+
+    folders = []
+    for ep in entry_points(group=RECIPE_ENTRY_POINT_GROUP):
+        try:
+            folder = Path(ep.load())
+        except Exception as e:  # a broken plug-in must not hide behind a traceback
+            raise UserError(f"cannot load recipe entry point {ep.name!r} ({ep.value}): {e}") from None
+        if not folder.is_dir():
+            raise UserError(f"recipe entry point {ep.name!r} ({ep.value}) names no folder: {folder}")
+        folders.append(folder)
+    return folders
 
 
 def available_recipes() -> dict[str, Path]:

@@ -13,6 +13,8 @@ defaults do nothing, so the harness never names a method:
   (a sub-network of the loss with its own optimiser);
 * what it does when the harness validates: :meth:`Method.validate`;
 * what it logs: :meth:`Method.step_stats`.
+
+A method's options are its dataclass fields (:mod:`mgsr_bench.methods.options`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from mgsr_bench.data.collate import Example, TokenBatch
+from mgsr_bench.methods.options import check_values, option, option_fields
+from mgsr_bench.sampling.replay import SCHEDULES, AdaptiveSchedule
 from mgsr_bench.sampling.sources import BatchSource, SourceSpec
 
 
@@ -88,14 +92,20 @@ def follow_validation_loss(validation: Validation) -> dict[str, float]:
     return {"val_loss": loss, "replay_threshold": source.adaptive.threshold}
 
 
+@dataclass(kw_only=True, eq=False)
 class Method:
     """Base class for a registered method.
 
     Subclasses set ``name``, ``needs_teacher`` (whether the loss uses teacher logits) and
-    ``chunk_tensors`` (its memory, for the planner), accept their options as keyword arguments in
-    ``__init__`` (unknown options are an error, caught by the recipe loader), implement
+    ``chunk_tensors`` (its memory, for the planner), declare their options as annotated fields
+    (:func:`mgsr_bench.methods.options.option` gives a field its default and rule), implement
     :meth:`token_losses` and, when they train on samples, override :meth:`source_spec`. The other
     hooks are optional (see the module's docstring).
+
+    Every subclass is made a keyword-only dataclass when it is defined, so a method cannot forget
+    to be one; identity, not option values, makes two methods equal, since each holds its own state.
+    A subclass that checks options against each other or builds state from them overrides
+    ``__post_init__`` and calls ``super().__post_init__()`` first.
     """
 
     name: ClassVar[str]
@@ -106,13 +116,20 @@ class Method:
     #: registered method; the default is the largest of the built-in methods'.
     chunk_tensors: ClassVar[float] = 11.0
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dataclass(kw_only=True, eq=False)(cls)
+
+    def __post_init__(self) -> None:
+        check_values(self)
+
     def source_spec(self) -> SourceSpec:
         """Where the responses of each step's batch come from (default: the ground truth only)."""
         return SourceSpec()
 
     def options(self) -> dict[str, Any]:
-        """The resolved options, recorded in the run record."""
-        return dict(vars(self))
+        """The resolved options, as run records and run hashes hold them: every field's value."""
+        return {name: getattr(self, name) for name in option_fields(type(self))}
 
     # -- what a method adds to a batch ------------------------------------------------------------
     def annotate(self, examples: list[Example], tokenizer: PreTrainedTokenizerBase) -> list[Example]:
@@ -157,3 +174,25 @@ class Method:
         tokens in the global batch.
         """
         raise NotImplementedError
+
+
+class AdaptiveReplay(Method):
+    """A method that trains on DistiLLM's adaptive off-policy replay of student samples
+    (:mod:`mgsr_bench.sampling.replay`; its defaults): the schedule's options, and a schedule that
+    follows the validation loss."""
+
+    init_threshold: float = option(0.0, ge=0, le=1)
+    loss_eps: float = option(0.1, ge=0)
+    capacity: int = option(1000, ge=1)
+    replay_ratio: str = option("decreasing", choices=SCHEDULES)
+
+    def adaptive_schedule(self) -> AdaptiveSchedule:
+        return AdaptiveSchedule(init_threshold=self.init_threshold, loss_eps=self.loss_eps, capacity=self.capacity,
+                                replay_ratio=self.replay_ratio)
+
+    def source_spec(self) -> SourceSpec:
+        return SourceSpec(adaptive=self.adaptive_schedule())
+
+    def validate(self, validation: Validation) -> dict[str, float]:
+        """The adaptive replay schedule follows the validation loss."""
+        return follow_validation_loss(validation)

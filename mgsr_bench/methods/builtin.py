@@ -12,10 +12,10 @@ import torch
 
 from mgsr_bench.losses import divergences as D
 from mgsr_bench.losses.divergences import cross_entropy
-from mgsr_bench.methods.base import Method, Validation, follow_validation_loss
+from mgsr_bench.methods.base import AdaptiveReplay, Method
+from mgsr_bench.methods.options import option
 from mgsr_bench.methods.registry import register
 from mgsr_bench.sampling import SourceSpec
-from mgsr_bench.sampling.replay import AdaptiveSchedule
 
 
 @register
@@ -33,19 +33,15 @@ class SFT(Method):
 class _Distillation(Method):
     """Token-level distillation with one divergence, optionally mixed with the SFT loss."""
 
-    def __init__(self, temperature: float = 1.0, sft_weight: float = 0.0) -> None:
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not 0.0 <= sft_weight <= 1.0:
-            raise ValueError(f"sft_weight must be in [0, 1], got {sft_weight}")
-        self.temperature = temperature
-        self.sft_weight = sft_weight
+    temperature: float = option(1.0, gt=0)
+    sft_weight: float = option(0.0, ge=0, le=1)
 
-    def divergence(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    def token_divergence(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """The divergence per token, shape ``(N,)``."""
         raise NotImplementedError
 
     def token_losses(self, student_logits, teacher_logits, tokens) -> torch.Tensor:
-        loss = self.divergence(student_logits, teacher_logits)
+        loss = self.token_divergence(student_logits, teacher_logits)
         if self.sft_weight:
             loss = (1 - self.sft_weight) * loss + self.sft_weight * cross_entropy(student_logits, tokens.targets)
         return loss
@@ -58,11 +54,9 @@ class KD(_Distillation):
     name = "kd"
     chunk_tensors = 7.0
 
-    def __init__(self, temperature: float = 1.0, sft_weight: float = 0.0, cross_entropy_form: bool = False) -> None:
-        super().__init__(temperature, sft_weight)
-        self.cross_entropy_form = cross_entropy_form
+    cross_entropy_form: bool = False
 
-    def divergence(self, student_logits, teacher_logits):
+    def token_divergence(self, student_logits, teacher_logits):
         return D.forward_kl(student_logits, teacher_logits, self.temperature, self.cross_entropy_form)
 
 
@@ -73,7 +67,7 @@ class RKL(_Distillation):
     name = "rkl"
     chunk_tensors = 7.0
 
-    def divergence(self, student_logits, teacher_logits):
+    def token_divergence(self, student_logits, teacher_logits):
         return D.reverse_kl(student_logits, teacher_logits, self.temperature)
 
 
@@ -84,13 +78,9 @@ class JSD(_Distillation):
     name = "jsd"
     chunk_tensors = 11.0
 
-    def __init__(self, beta: float = 0.5, temperature: float = 1.0, sft_weight: float = 0.0) -> None:
-        super().__init__(temperature, sft_weight)
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"beta must be in [0, 1], got {beta}")
-        self.beta = beta
+    beta: float = option(0.5, ge=0, le=1)
 
-    def divergence(self, student_logits, teacher_logits):
+    def token_divergence(self, student_logits, teacher_logits):
         return D.generalized_jsd(student_logits, teacher_logits, self.beta, self.temperature)
 
 
@@ -101,7 +91,7 @@ class TVD(_Distillation):
     name = "tvd"
     chunk_tensors = 7.0
 
-    def divergence(self, student_logits, teacher_logits):
+    def token_divergence(self, student_logits, teacher_logits):
         return D.total_variation(student_logits, teacher_logits, self.temperature)
 
 
@@ -112,13 +102,9 @@ class SkewForwardKL(_Distillation):
     name = "sfkl"
     chunk_tensors = 10.0
 
-    def __init__(self, alpha: float = 0.1, temperature: float = 1.0, sft_weight: float = 0.0) -> None:
-        super().__init__(temperature, sft_weight)
-        if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
-        self.alpha = alpha
+    alpha: float = option(0.1, ge=0, lt=1)
 
-    def divergence(self, student_logits, teacher_logits):
+    def token_divergence(self, student_logits, teacher_logits):
         return D.skew_forward_kl(student_logits, teacher_logits, self.alpha, self.temperature)
 
 
@@ -128,7 +114,7 @@ class SkewReverseKL(SkewForwardKL):
 
     name = "srkl"
 
-    def divergence(self, student_logits, teacher_logits):
+    def token_divergence(self, student_logits, teacher_logits):
         return D.skew_reverse_kl(student_logits, teacher_logits, self.alpha, self.temperature)
 
 
@@ -142,13 +128,8 @@ class GKD(JSD):
 
     name = "gkd"
 
-    def __init__(self, beta: float = 0.5, lmbda: float = 0.5, seq_kd: bool = False, temperature: float = 1.0,
-                 sft_weight: float = 0.0) -> None:
-        super().__init__(beta, temperature, sft_weight)
-        if not 0.0 <= lmbda <= 1.0:
-            raise ValueError(f"lmbda must be in [0, 1], got {lmbda}")
-        self.lmbda = lmbda
-        self.seq_kd = seq_kd
+    lmbda: float = option(0.5, ge=0, le=1)
+    seq_kd: bool = False
 
     def source_spec(self) -> SourceSpec:
         return SourceSpec(student_prob=self.lmbda, teacher_prob=(1 - self.lmbda) if self.seq_kd else 0.0)
@@ -176,13 +157,15 @@ class ABKD(_Distillation):
     name = "abkd"
     chunk_tensors = 9.0
 
-    def __init__(self, alpha: float = 0.5, beta: float = 0.5, temperature: float = 1.0,
-                 sft_weight: float = 0.0) -> None:
-        super().__init__(temperature, sft_weight)
-        D.alpha_beta_divergence(torch.zeros(1, 2), torch.zeros(1, 2), alpha, beta)  # rejects invalid pairs now
-        self.alpha, self.beta = alpha, beta
+    alpha: float = 0.5
+    beta: float = 0.5
 
-    def divergence(self, student_logits, teacher_logits):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # the divergence's own check of the pair, run now rather than at the first step
+        D.alpha_beta_divergence(torch.zeros(1, 2), torch.zeros(1, 2), self.alpha, self.beta)
+
+    def token_divergence(self, student_logits, teacher_logits):
         return D.alpha_beta_divergence(student_logits, teacher_logits, self.alpha, self.beta, self.temperature)
 
 
@@ -210,7 +193,7 @@ class FDistillKL(_FDistill):
     def source_spec(self) -> SourceSpec:
         return SourceSpec(teacher_prob=1.0)
 
-    def divergence(self, student_logits, teacher_logits):
+    def token_divergence(self, student_logits, teacher_logits):
         return D.forward_kl(student_logits, teacher_logits, self.temperature)
 
 
@@ -224,7 +207,7 @@ class FDistillRKL(_FDistill):
     def source_spec(self) -> SourceSpec:
         return SourceSpec(student_prob=1.0)
 
-    def divergence(self, student_logits, teacher_logits):
+    def token_divergence(self, student_logits, teacher_logits):
         return D.reverse_kl(student_logits, teacher_logits, self.temperature)
 
 
@@ -255,43 +238,20 @@ class FDistillTVD(_FDistill):
     name = "fdistill-tvd"
     chunk_tensors = 7.0
 
-    def divergence(self, student_logits, teacher_logits):
+    def token_divergence(self, student_logits, teacher_logits):
         return D.total_variation(student_logits, teacher_logits, self.temperature)
 
 
 @register
-class DistiLLM(_Distillation):
+class DistiLLM(_Distillation, AdaptiveReplay):
     """DistiLLM (Ko et al., 2024): skew KL with the adaptive off-policy replay of student samples."""
 
     name = "distillm"
     chunk_tensors = 10.0
 
-    def __init__(self, divergence: str = "srkl", alpha: float = 0.1, init_threshold: float = 0.0,
-                 loss_eps: float = 0.1, capacity: int = 1000, replay_ratio: str = "decreasing",
-                 temperature: float = 1.0, sft_weight: float = 0.0) -> None:
-        super().__init__(temperature, sft_weight)
-        if divergence not in ("sfkl", "srkl"):
-            raise ValueError(f"divergence must be 'sfkl' or 'srkl', got {divergence!r}")
-        if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
-        self.divergence_name, self.alpha = divergence, alpha
-        self.init_threshold, self.loss_eps, self.capacity, self.replay_ratio = (init_threshold, loss_eps, capacity,
-                                                                              replay_ratio)
-        self.source_spec()  # validates the schedule options now, before any compute
+    divergence: str = option("srkl", choices=("sfkl", "srkl"))
+    alpha: float = option(0.1, ge=0, lt=1)
 
-    def options(self) -> dict:
-        options = super().options()
-        options["divergence"] = options.pop("divergence_name")
-        return options
-
-    def divergence(self, student_logits, teacher_logits):
-        skew = D.skew_forward_kl if self.divergence_name == "sfkl" else D.skew_reverse_kl
+    def token_divergence(self, student_logits, teacher_logits):
+        skew = D.skew_forward_kl if self.divergence == "sfkl" else D.skew_reverse_kl
         return skew(student_logits, teacher_logits, self.alpha, self.temperature)
-
-    def source_spec(self) -> SourceSpec:
-        return SourceSpec(adaptive=AdaptiveSchedule(init_threshold=self.init_threshold, loss_eps=self.loss_eps,
-                                                    capacity=self.capacity, replay_ratio=self.replay_ratio))
-
-    def validate(self, validation: Validation) -> dict[str, float]:
-        """The adaptive replay schedule follows the validation loss."""
-        return follow_validation_loss(validation)

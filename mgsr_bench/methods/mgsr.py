@@ -10,8 +10,6 @@ is trained on or stored. Every detail the paper leaves open is an option with th
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -20,11 +18,11 @@ from mgsr_bench.data.spans import SPAN_MODES, extract_spans, span_links, spacy_p
 from mgsr_bench.losses import divergences as D
 from mgsr_bench.losses.dac_kl import OUTSIDE, BandNet, dac_kl, kept_mass, reverse_gradient, teacher_head
 from mgsr_bench.losses.span import RELATIONS, span_pair_losses
-from mgsr_bench.methods.base import ExtraTrainable, Method, Validation, follow_validation_loss
+from mgsr_bench.methods.base import AdaptiveReplay, ExtraTrainable
+from mgsr_bench.methods.options import option
 from mgsr_bench.methods.registry import register
 from mgsr_bench.sampling import SourceSpec
-from mgsr_bench.sampling.replay import AdaptiveSchedule
-from mgsr_bench.sampling.scrg import SCRG
+from mgsr_bench.sampling.scrg import DIFFERENCES, SCRG, TEACHER_TOKENS
 
 TOKEN_LOSSES = ("dac_kl", "fkl")
 SUBNET_MODES = ("joint", "fixed", "adversarial")
@@ -34,66 +32,53 @@ PAIRS = "span_pairs"
 
 
 @register
-class MGSR(Method):
-    """Multi-granularity semantic revision; the options are listed in docs/methods/mgsr.md."""
+class MGSR(AdaptiveReplay):
+    """Multi-granularity semantic revision; the options (the sampling schedule's from
+    :class:`AdaptiveReplay`) are listed in docs/methods/mgsr.md."""
 
     name = "mgsr"
     # measured at the default options (outside: drop); outside: bucket adds masked (rows, V) copies of the
     # teacher's and student's log-probabilities for the bucket's mass, not measured
     chunk_tensors = 8.5
 
-    def __init__(self, *,
-                 # objective
-                 sft_weight: float = 1.0, dac_weight: float = 1.0, span_weight: float = 1.0,
-                 token_loss: str = "dac_kl", temperature: float = 1.0,
-                 # SCRG (sequence level)
-                 rounds: int = 1, teacher_token: str = "argmax", difference: str = "fkl",
-                 # DAC-KL (token level)
-                 top_k_max: int = 256, target: str = "label", subnet: str = "joint", subnet_inputs: int = 64,
-                 subnet_hidden: int = 64, subnet_lr: float = 1e-3, sharpness: float = 0.02,
-                 renormalize: bool = True, outside: str = "drop", coverage: float = 0.9,
-                 coverage_weight: float = 1.0, fixed_lower: float = 0.1, fixed_upper: float = 0.9,
-                 # span level
-                 spans: str = "rule", span_max_tokens: int = 8, span_top_k: int = 64, relation: str = "hadamard",
-                 spacy_model: str = "en_core_web_sm",
-                 # sampling schedule (DistiLLM's adaptive off-policy replay)
-                 init_threshold: float = 0.0, loss_eps: float = 0.1, capacity: int = 1000,
-                 replay_ratio: str = "decreasing") -> None:
-        for label, value in (("sft_weight", sft_weight), ("dac_weight", dac_weight), ("span_weight", span_weight),
-                             ("coverage_weight", coverage_weight)):
-            if value < 0:
-                raise ValueError(f"{label} must be >= 0, got {value}")
-        for label, value, allowed in (("token_loss", token_loss, TOKEN_LOSSES), ("subnet", subnet, SUBNET_MODES),
-                                      ("target", target, TARGETS), ("outside", outside, OUTSIDE),
-                                      ("spans", spans, SPAN_MODES),
-                                      ("relation", relation, RELATIONS)):
-            if value not in allowed:
-                raise ValueError(f"{label} must be one of {', '.join(allowed)}, got {value!r}")
-        if temperature <= 0 or sharpness <= 0 or subnet_lr <= 0:
-            raise ValueError("temperature, sharpness and subnet_lr must be > 0")
-        if min(top_k_max, subnet_inputs, subnet_hidden, span_top_k) < 1 or span_max_tokens < 2:
-            raise ValueError("top_k_max, subnet_inputs, subnet_hidden and span_top_k must be >= 1, "
-                             "span_max_tokens >= 2")
-        if not 0.0 <= coverage <= 1.0:
-            raise ValueError(f"coverage must be in [0, 1], got {coverage}")
-        if fixed_lower >= fixed_upper:
-            raise ValueError(f"fixed_lower must be < fixed_upper, got {fixed_lower} >= {fixed_upper}")
-        self.sft_weight, self.dac_weight, self.span_weight = sft_weight, dac_weight, span_weight
-        self.token_loss, self.temperature = token_loss, temperature
-        self.rounds, self.teacher_token, self.difference = rounds, teacher_token, difference
-        self.top_k_max, self.target, self.subnet = top_k_max, target, subnet
-        self.subnet_inputs, self.subnet_hidden, self.subnet_lr = subnet_inputs, subnet_hidden, subnet_lr
-        self.sharpness, self.renormalize, self.outside = sharpness, renormalize, outside
-        self.coverage, self.coverage_weight = coverage, coverage_weight
-        self.fixed_lower, self.fixed_upper = fixed_lower, fixed_upper
-        self.spans, self.span_max_tokens, self.span_top_k = spans, span_max_tokens, span_top_k
-        self.relation, self.spacy_model = relation, spacy_model
-        self.init_threshold, self.loss_eps, self.capacity, self.replay_ratio = (init_threshold, loss_eps, capacity,
-                                                                              replay_ratio)
-        self.source_spec()  # validates the SCRG and schedule options now, before any compute
-        if spans == "spacy" and span_weight:
-            spacy_pipeline(spacy_model)  # a missing spaCy or model is reported now, before any compute
-        self._band_net = BandNet(subnet_inputs, subnet_hidden) if self._uses_subnet else None
+    # objective
+    sft_weight: float = option(1.0, ge=0)
+    dac_weight: float = option(1.0, ge=0)
+    span_weight: float = option(1.0, ge=0)
+    token_loss: str = option("dac_kl", choices=TOKEN_LOSSES)
+    temperature: float = option(1.0, gt=0)
+    # SCRG (sequence level)
+    rounds: int = option(1, ge=0)
+    teacher_token: str = option("argmax", choices=TEACHER_TOKENS)
+    difference: str = option("fkl", choices=DIFFERENCES)
+    # DAC-KL (token level)
+    top_k_max: int = option(256, ge=1)
+    target: str = option("label", choices=TARGETS)
+    subnet: str = option("joint", choices=SUBNET_MODES)
+    subnet_inputs: int = option(64, ge=1)
+    subnet_hidden: int = option(64, ge=1)
+    subnet_lr: float = option(1e-3, gt=0)
+    sharpness: float = option(0.02, gt=0)
+    renormalize: bool = True
+    outside: str = option("drop", choices=OUTSIDE)
+    coverage: float = option(0.9, ge=0, le=1)
+    coverage_weight: float = option(1.0, ge=0)
+    fixed_lower: float = 0.1  # with fixed_upper: checked as a pair (lower < upper)
+    fixed_upper: float = 0.9
+    # span level
+    spans: str = option("rule", choices=SPAN_MODES)
+    span_max_tokens: int = option(8, ge=2)
+    span_top_k: int = option(64, ge=1)
+    relation: str = option("hadamard", choices=RELATIONS)
+    spacy_model: str = "en_core_web_sm"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fixed_lower >= self.fixed_upper:
+            raise ValueError(f"fixed_lower must be < fixed_upper, got {self.fixed_lower} >= {self.fixed_upper}")
+        if self.spans == "spacy" and self.span_weight:
+            spacy_pipeline(self.spacy_model)  # a missing spaCy or model is reported now, before any compute
+        self._band_net = BandNet(self.subnet_inputs, self.subnet_hidden) if self._uses_subnet else None
         self._links: dict[tuple[int, ...], list[bool]] = {}
         self._sums: dict[str, float] = {}
 
@@ -101,19 +86,9 @@ class MGSR(Method):
     def _uses_subnet(self) -> bool:
         return self.token_loss == "dac_kl" and self.dac_weight > 0 and self.subnet != "fixed"
 
-    def options(self) -> dict[str, Any]:
-        """Every option, as records and run hashes hold them."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
-
     def source_spec(self) -> SourceSpec:
         scrg = SCRG(self.rounds, self.teacher_token, self.difference, self.temperature) if self.rounds else None
-        return SourceSpec(adaptive=AdaptiveSchedule(init_threshold=self.init_threshold, loss_eps=self.loss_eps,
-                                                    capacity=self.capacity, replay_ratio=self.replay_ratio),
-                          rewrite=scrg)
-
-    def validate(self, validation: Validation) -> dict[str, float]:
-        """The adaptive replay schedule follows the validation loss."""
-        return follow_validation_loss(validation)
+        return SourceSpec(adaptive=self.adaptive_schedule(), rewrite=scrg)
 
     # -- f_phi, the band sub-network --------------------------------------------------------------
     def module(self) -> torch.nn.Module | None:

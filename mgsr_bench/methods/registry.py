@@ -5,18 +5,18 @@ A package exposes a method by declaring, in its ``pyproject.toml``::
     [project.entry-points."mgsr_bench.methods"]
     my_method = "my_package.module:MyMethod"
 
-where ``MyMethod`` subclasses :class:`mgsr_bench.methods.Method`.
+where ``MyMethod`` subclasses :class:`mgsr_bench.methods.Method` and declares its options as fields
+(:mod:`mgsr_bench.methods.options`).
 """
 
 from __future__ import annotations
 
-import typing
 from importlib.metadata import entry_points
 from typing import Any
 
-from mgsr_bench.config import type_problem
 from mgsr_bench.errors import UserError, unknown_name
 from mgsr_bench.methods.base import Method
+from mgsr_bench.methods.options import check_options, option_fields
 
 ENTRY_POINT_GROUP = "mgsr_bench.methods"
 _REGISTRY: dict[str, type[Method]] = {}
@@ -53,28 +53,25 @@ def available_methods() -> dict[str, type[Method]]:
 
 
 def get_method(name: str, **options: Any) -> Method:
-    """Instantiate a method by name with its options; unknown names or options raise ``UserError``."""
-    methods = available_methods()
-    if name not in methods:
-        raise unknown_name("method", name, methods)
-    cls = methods[name]
-    _check_option_types(cls, options)
+    """Instantiate a method by name with its options; unknown names, unknown options and values of
+    the wrong type or out of range raise ``UserError``."""
+    cls = method_class(name)
+    check_options(cls, options)
     try:
         return cls(**options)
     except (TypeError, ValueError) as e:
         raise UserError(f"bad options for method {name!r}: {e}") from None
 
 
-def _check_option_types(cls: type[Method], options: dict[str, Any]) -> None:
-    """Refuse an option whose value is not of its constructor annotation's type (bool, int, float or
-    str; :func:`mgsr_bench.config.type_problem`), naming it, before the constructor compares it with
-    anything: a YAML string ``"false"`` for a bool would be true, and ``.nan`` passes range checks."""
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # a plug-in's annotations that do not resolve: its constructor checks alone
-        return
-    for key, value in options.items():
-        expected = hints.get(key)
-        problem = type_problem(value, expected) if expected in (bool, int, float, str) else None
-        if problem:
-            raise UserError(f"option {key!r} of method {cls.name!r} {problem}, got {value!r}")
+def method_class(name: str) -> type[Method]:
+    """The class registered under ``name``; an unknown name raises ``UserError`` naming the nearest."""
+    methods = available_methods()
+    if name not in methods:
+        raise unknown_name("method", name, methods)
+    return methods[name]
+
+
+def option_names(name: str) -> tuple[str, ...]:
+    """The options of the method registered under ``name`` (its dataclass fields), e.g. to tell
+    which methods take a ``--set KEY=VALUE``."""
+    return tuple(option_fields(method_class(name)))
