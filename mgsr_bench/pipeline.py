@@ -1,15 +1,19 @@
-"""The end-to-end path the CLI drives: train a student with a recipe, evaluate models, write records.
+"""The end-to-end path the commands share: resolve and check a request's settings, train a student
+with a recipe, evaluate models, write records.
 
 Every function here validates its inputs before any compute and writes its outputs atomically
 (models into a temporary folder renamed into place, records via temporary file + rename), so an
-interrupted run leaves either finished artefacts or nothing.
+interrupted run leaves either finished artefacts or nothing. :mod:`mgsr_bench.runs` (``run``,
+``train``) and :mod:`mgsr_bench.scoring` (``eval``, ``agreement``) compose these into the commands.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -19,19 +23,22 @@ import torch
 from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mgsr_bench.config import Recipe, TrainConfig, config_hash, train_config
+from mgsr_bench.config import Recipe, TrainConfig, config_hash, load_recipe, train_config
 from mgsr_bench.errors import UserError
 from mgsr_bench.data.collate import prompts_within, tokenize_records
 from mgsr_bench.eval.evaluate import evaluate_model
 from mgsr_bench.eval.generate import EvalSettings
-from mgsr_bench.methods import Method, get_method
+from mgsr_bench.methods import Method, available_methods, get_method
 from mgsr_bench.models.lora import merged
 from mgsr_bench.results import make_record, read_record, write_record
+from mgsr_bench.requests import EvalOptions
 from mgsr_bench.results.record import seeded_label
+from mgsr_bench.signals import launched_processes
 from mgsr_bench.train import train
 
 
 METHOD_STATE = "method_state.pt"
+SEED_MAX = 2 ** 64 - 1  # torch's generators take seeds from 0 to 2^64 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,15 +88,108 @@ def save_model_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         raise
 
 
+@dataclasses.dataclass(frozen=True)
+class ResolvedRecipe:
+    """A recipe with its settings merged: what a run with it trains with and records."""
+
+    train: TrainConfig
+    method: Method
+    config: dict[str, Any]  # the resolved config a run record and ``training.json`` keep
+
+
 def resolve_recipe(recipe: Recipe, train_defaults: dict[str, Any] | None = None,
-                   train_overrides: dict[str, Any] | None = None) -> tuple[TrainConfig, Method, dict[str, Any]]:
+                   train_overrides: dict[str, Any] | None = None) -> ResolvedRecipe:
     """The training settings, the method and the resolved config a run with ``recipe`` records."""
     merged = {**(train_defaults or {}), **recipe.train, **(train_overrides or {})}
     cfg = train_config(merged, where=f"recipe {recipe.name!r} train")
     method = get_method(recipe.method, **recipe.options)
     config = {"recipe": recipe.name, "method": recipe.method, "options": method.options(),
               "train": dataclasses.asdict(cfg)}
-    return cfg, method, config
+    return ResolvedRecipe(cfg, method, config)
+
+
+def suite_config(quick: bool) -> Any:
+    """The tiny suite's config, or the smoke-sized tiny-quick's."""
+    from mgsr_bench.suite.build import SUITES
+
+    return SUITES["tiny-quick" if quick else "tiny"]
+
+
+def load_recipes(names: str) -> list[Recipe]:
+    """The recipes of a comma-separated list, at least one."""
+    recipes = [load_recipe(n.strip()) for n in names.split(",") if n.strip()]
+    if not recipes:
+        raise UserError("--methods must name at least one recipe (see `mgsr-bench list recipes`)")
+    return recipes
+
+
+def apply_sets(recipes: list[Recipe], sets: Sequence[str]) -> list[Recipe]:
+    """``--set KEY=VALUE`` (YAML value) overrides a method option in every recipe whose method has it;
+    every recipe's options are then checked by building its method, so an out-of-range value fails
+    here, before any compute."""
+    if not sets:
+        return recipes
+    import yaml
+
+    methods = available_methods()
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set takes KEY=VALUE, got {item!r}")
+        value = yaml.safe_load(text)
+        takers = [r for r in recipes if r.method in methods
+                  and key.strip() in inspect.signature(methods[r.method].__init__).parameters]
+        if not takers:
+            raise UserError(f"--set {key.strip()}: no chosen recipe's method has that option "
+                            "(see the recipes' options: block)")
+        recipes = [dataclasses.replace(r, options={**r.options, key.strip(): value}) if r in takers else r
+                   for r in recipes]
+    for recipe in recipes:
+        get_method(recipe.method, **recipe.options)
+    return recipes
+
+
+def eval_settings(options: EvalOptions, suite: Any = None) -> EvalSettings:
+    """The protocol's settings; with ``suite`` (a suite config) the tiny suite's own (its
+    max_new_tokens, no n-gram ban) for its splits; each option given overrides them."""
+    settings = EvalSettings(seeds=parse_seeds(options.seeds), greedy=options.greedy, batch_size=options.batch_size,
+                            temperature=options.temperature, max_length=options.max_length,
+                            max_prompt=options.max_prompt, add_bos=options.bos)
+    if suite is not None:
+        settings.max_new_tokens = suite.max_new_tokens
+        settings.no_repeat_ngram_size = suite.no_repeat_ngram_size
+    if options.max_new_tokens is not None:
+        settings.max_new_tokens = options.max_new_tokens
+    if options.no_repeat_ngram_size is not None:
+        settings.no_repeat_ngram_size = options.no_repeat_ngram_size
+    settings.validate()
+    return settings
+
+
+def check_lm_eval_tasks(options: EvalOptions, tiny_suite: bool) -> None:
+    """Refuse unknown lm-eval tasks (or lm-eval missing) before any compute; nothing when none are asked for."""
+    if options.lm_eval:
+        from mgsr_bench.eval.lm_harness import check_tasks
+
+        check_tasks(list(options.lm_eval), tiny_suite=tiny_suite)
+
+
+def lm_eval_scores(options: EvalOptions, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                   suite_data: Path | None) -> dict[str, Any] | None:
+    """The lm-eval tasks' scores for one model, or None when none were asked for."""
+    if not options.lm_eval:
+        return None
+    if options.lm_eval_limit is not None and options.lm_eval_limit < 1:
+        raise UserError(f"--lm-eval-limit must be >= 1, got {options.lm_eval_limit}")
+    from mgsr_bench.eval.lm_harness import run_lm_eval
+
+    return run_lm_eval(model, tokenizer, list(options.lm_eval), suite_data, options.lm_eval_limit)
+
+
+def refuse_several_processes(message: str) -> None:
+    """The commands that run in one process stop, with ``message``, when launched on several."""
+    if launched_processes() > 1:
+        raise UserError(message)
 
 
 def finished(record_path: Path, config: dict[str, Any], settings: EvalSettings, lm_eval: bool = False,
@@ -120,20 +220,23 @@ def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedM
     ``checkpoint_dir`` the run checkpoints there and resumes from it (see :func:`train`), whose
     ``Accelerator`` ``accelerator`` is, when the caller built it before loading the models.
     """
-    cfg, method, config = resolve_recipe(recipe, train_defaults, train_overrides)
+    resolved = resolve_recipe(recipe, train_defaults, train_overrides)
+    cfg, config = resolved.train, resolved.config
     given = len(train_records), len(valid_records)
     if cfg.long_prompts == "drop":
-        train_records, valid_records = prompts_within(train_records, tokenizer), prompts_within(valid_records, tokenizer)
+        train_records = prompts_within(train_records, tokenizer)
+        valid_records = prompts_within(valid_records, tokenizer)
         if not train_records or not valid_records:
             raise UserError("every training or validation prompt is longer than 256 tokens, and train.long_prompts "
                             "drops such examples: shorten the prompts, or set train.long_prompts=truncate")
-    result = train(student, teacher, tokenizer, method, tokenize_records(train_records, tokenizer), valid_records,
-                   tokenize_records(valid_records, tokenizer), cfg, desc=f"train {recipe.name}",
+    result = train(student, teacher, tokenizer, resolved.method, tokenize_records(train_records, tokenizer),
+                   valid_records, tokenize_records(valid_records, tokenizer), cfg, desc=f"train {recipe.name}",
                    checkpoint_dir=checkpoint_dir, accelerator=accelerator)
     summary = {"seed": cfg.seed, "best_step": result.best_step, "best_val": result.best_score,
                "steps_run": result.steps_run, "stopped_early": result.stopped_early,
                "val_examples": result.val_examples,
-               "long_prompts_dropped": {"train": given[0] - len(train_records), "valid": given[1] - len(valid_records)}, "wall_time_s": result.wall_time_s,
+               "long_prompts_dropped": {"train": given[0] - len(train_records), "valid": given[1] - len(valid_records)},
+               "wall_time_s": result.wall_time_s,
                "seconds_per_step": result.seconds_per_step, "history": result.history}
     return config, summary, result.method_state, result.model
 
@@ -163,8 +266,6 @@ def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
 
 def parse_seeds(text: str | Sequence[int]) -> tuple[int, ...]:
     """``"10,20,30"`` -> ``(10, 20, 30)``; a clear error for anything else."""
-    from mgsr_bench.errors import UserError
-
     if not isinstance(text, str):
         return tuple(text)
     try:
@@ -175,4 +276,23 @@ def parse_seeds(text: str | Sequence[int]) -> tuple[int, ...]:
         raise UserError("--seeds must name at least one seed")
     if len(set(seeds)) < len(seeds):  # one seed twice would be scored once but counted twice in the std and CI
         raise UserError(f"--seeds names a seed twice ({text}): give each seed once")
+    return seeds
+
+
+def parse_train_seeds(text: str | None) -> tuple[int, ...] | None:
+    """``--train-seeds 1,2,3``: distinct seeds from 0 to 2^64 - 1 (what torch's generators take),
+    checked before any compute; None when the option is not given."""
+    if text is None:
+        return None
+    parts = [part.strip() for part in text.split(",")]
+    if not all(re.fullmatch(r"[+-]?[0-9]+", part) for part in parts):
+        raise UserError(f"--train-seeds takes comma-separated integers such as 1,2,3, got {text!r}")
+    seeds = tuple(int(part) for part in parts)
+    for seed in seeds:
+        if not 0 <= seed <= SEED_MAX:
+            problem = "is negative" if seed < 0 else "does not fit in 64 bits"
+            raise UserError(f"--train-seeds: seed {seed} {problem}; give seeds from 0 to {SEED_MAX}")
+    twice = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if twice:
+        raise UserError(f"--train-seeds names seed {twice[0]} twice: give each seed once")
     return seeds

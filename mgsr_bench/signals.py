@@ -9,6 +9,7 @@ a saved model, a suite build) stays behind. Under :func:`sigterm_as_exit` SIGTER
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -32,3 +33,9 @@ def sigterm_as_exit() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def launched_processes() -> int:
+    """How many processes this run was launched on (1 without a launcher): torchrun and accelerate
+    set ``WORLD_SIZE`` before Python starts, so this is known before any process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -32,9 +32,9 @@ import sys
 import time
 from typing import Any
 
-from mgsr_bench.cli.outputs import check_output_file
 from mgsr_bench.cli.parsing import OneLineParser
 from mgsr_bench.errors import UserError, unknown_name
+from mgsr_bench.outputs import check_output_file
 
 SHAPES = {
     # name: (teacher GPT-2 config, student GPT-2 config), vocabulary 50257

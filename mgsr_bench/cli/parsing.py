@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from datetime import datetime
-
-from mgsr_bench.errors import UserError
-
-SEED_MAX = 2 ** 64 - 1  # torch's generators take seeds from 0 to 2^64 - 1
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -41,22 +36,3 @@ def iso_date(text: str) -> str:
         raise argparse.ArgumentTypeError(f"expected an ISO date such as 2026-12-01 or 2026-12-01T12:00, "
                                          f"got {text!r}") from None
     return text
-
-
-def train_seeds(text: str | None) -> tuple[int, ...] | None:
-    """``--train-seeds 1,2,3``: distinct seeds from 0 to 2^64 - 1 (what torch's generators take),
-    checked before any compute; None when the option is not given."""
-    if text is None:
-        return None
-    parts = [part.strip() for part in text.split(",")]
-    if not all(re.fullmatch(r"[+-]?[0-9]+", part) for part in parts):
-        raise UserError(f"--train-seeds takes comma-separated integers such as 1,2,3, got {text!r}")
-    seeds = tuple(int(part) for part in parts)
-    for seed in seeds:
-        if not 0 <= seed <= SEED_MAX:
-            problem = "is negative" if seed < 0 else "does not fit in 64 bits"
-            raise UserError(f"--train-seeds: seed {seed} {problem}; give seeds from 0 to {SEED_MAX}")
-    twice = sorted({seed for seed in seeds if seeds.count(seed) > 1})
-    if twice:
-        raise UserError(f"--train-seeds names seed {twice[0]} twice: give each seed once")
-    return seeds
