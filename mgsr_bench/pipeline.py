@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import os
 import re
 import shutil
@@ -28,7 +27,7 @@ from mgsr_bench.errors import UserError
 from mgsr_bench.data.collate import prompts_within, tokenize_records
 from mgsr_bench.eval.evaluate import evaluate_model
 from mgsr_bench.eval.generate import EvalSettings
-from mgsr_bench.methods import Method, available_methods, get_method
+from mgsr_bench.methods import Method, available_methods, get_method, option_names
 from mgsr_bench.models.lora import merged
 from mgsr_bench.results import make_record, read_record, write_record
 from mgsr_bench.requests import EvalOptions
@@ -138,7 +137,7 @@ def apply_sets(recipes: list[Recipe], sets: Sequence[str]) -> list[Recipe]:
             raise UserError(f"--set takes KEY=VALUE, got {item!r}")
         value = yaml.safe_load(text)
         takers = [r for r in recipes if r.method in methods
-                  and key.strip() in inspect.signature(methods[r.method].__init__).parameters]
+                  and key.strip() in option_names(r.method)]
         if not takers:
             raise UserError(f"--set {key.strip()}: no chosen recipe's method has that option "
                             "(see the recipes' options: block)")
