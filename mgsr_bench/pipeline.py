@@ -205,14 +205,24 @@ def finished(record_path: Path, config: dict[str, Any], settings: EvalSettings, 
     return same and (pair is None or record["pair"] == pair) and (not lm_eval or bool(record.get("lm_eval")))
 
 
+@dataclasses.dataclass
+class TrainedStudent:
+    """What :func:`train_student` gives back: the resolved config, the training summary the record
+    stores, the method's state at the best step (saved beside the weights) and the trained student
+    (``None`` on the processes other than the main one of a run that sharded the student's weights)."""
+
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    method_state: dict[str, Any] | None
+    model: PreTrainedModel | None
+
+
 def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedModel | None,
                   tokenizer: PreTrainedTokenizerBase, train_records: list[dict[str, Any]],
                   valid_records: list[dict[str, Any]], train_defaults: dict[str, Any] | None = None,
                   train_overrides: dict[str, Any] | None = None, checkpoint_dir: Path | None = None,
-                  accelerator: Accelerator | None = None
-                  ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, PreTrainedModel | None]:
-    """Train ``student`` with ``recipe``; returns (resolved config, training summary, method state, trained
-    student: ``None`` on the processes other than the main one of a run that sharded the student's weights).
+                  accelerator: Accelerator | None = None) -> TrainedStudent:
+    """Train ``student`` with ``recipe`` (:class:`TrainedStudent` says what comes back).
 
     Training settings resolve as: ``TrainConfig`` defaults < ``train_defaults`` (the suite's)
     < the recipe's ``train`` block < ``train_overrides`` (the command line). With
@@ -237,7 +247,7 @@ def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedM
                "long_prompts_dropped": {"train": given[0] - len(train_records), "valid": given[1] - len(valid_records)},
                "wall_time_s": result.wall_time_s,
                "seconds_per_step": result.seconds_per_step, "history": result.history}
-    return config, summary, result.method_state, result.model
+    return TrainedStudent(config, summary, result.method_state, result.model)
 
 
 def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, label: str, method: str,

@@ -153,10 +153,10 @@ def _run_student(job: _RunJob, recipe: Recipe, run: SeededRun) -> None:
         return
     student = load_model(suite.student_init_dir)
     checkpoints = out / "checkpoints" / run.label  # a killed run re-run with the same command resumes here
-    config, summary, method_state, student = train_student(recipe, student, job.teacher, job.tokenizer,
-                                                           job.train_records, job.valid_records,
-                                                           plan.train_defaults, overrides, checkpoints)
-    save_model_atomic(student, job.tokenizer, out / "models" / run.label, method_state)
+    trained = train_student(recipe, student, job.teacher, job.tokenizer, job.train_records, job.valid_records,
+                            plan.train_defaults, overrides, checkpoints)
+    student, config, summary = trained.model, trained.config, trained.summary
+    save_model_atomic(student, job.tokenizer, out / "models" / run.label, trained.method_state)
     evaluate_and_record(student, job.tokenizer, label=run.label, group=run.group, method=recipe.method,
                         datasets=job.datasets, settings=plan.settings, pair=pair,
                         config={**job.suite_info, **config}, record_path=record_path, training=summary, started=t0,
@@ -353,10 +353,9 @@ def _train_run(job: _TrainJob, run: SeededRun, folder: Path) -> TrainedRun | Non
         from mgsr_bench.models.lora import apply_lora
 
         student = apply_lora(student, plan.pair.lora, cfg.seed)
-    config, summary, method_state, student = train_student(plan.recipe, student, teacher, job.tokenizer,
-                                                           job.train_records, job.valid_records, plan.defaults,
-                                                           overrides, checkpoint_dir=folder / "checkpoints",
-                                                           accelerator=accelerator)
+    trained = train_student(plan.recipe, student, teacher, job.tokenizer, job.train_records, job.valid_records,
+                            plan.defaults, overrides, checkpoint_dir=folder / "checkpoints", accelerator=accelerator)
+    config, summary, method_state, student = trained.config, trained.summary, trained.method_state, trained.model
     if not _is_main_process():  # under torchrun / accelerate launch the main process writes the results
         return None
     if plan.pair is not None:

@@ -162,9 +162,9 @@ def test_training_drops_examples_whose_prompt_does_not_fit_unless_told_to_trunca
 
     long = {**records[0], "prompt": "word " * 300 + records[0]["prompt"]}
     assert len(prompts_within([long, records[0]], tokenizer)) == 1
-    _, summary, _, _ = train_student(load_recipe("sft"), student, None, tokenizer, [long] + records[:8], records[8:12],
-                                     train_overrides={"steps": 1, "micro_batch": 2, "eval_every": 1,
-                                                      "val_metric": "loss", "long_prompts": long_prompts})
-    assert summary["long_prompts_dropped"] == {"train": dropped, "valid": 0}
+    trained = train_student(load_recipe("sft"), student, None, tokenizer, [long] + records[:8], records[8:12],
+                            train_overrides={"steps": 1, "micro_batch": 2, "eval_every": 1, "val_metric": "loss",
+                                             "long_prompts": long_prompts})
+    assert trained.summary["long_prompts_dropped"] == {"train": dropped, "valid": 0}
     with pytest.raises(UserError, match="train.long_prompts must be 'drop' or 'truncate'"):
         train_config({"long_prompts": "cut"}, where="t")

@@ -61,6 +61,26 @@ def test_both_source_splits_rows_between_teacher_and_student_and_records_origins
     assert batch["origin"].tolist() == [2, 2, 2, 1, 1, 1]
 
 
+def test_a_source_restored_from_its_state_dict_goes_on_as_the_original(tokenizer, records, tmp_path):
+    """Generators, counts, threshold, reference loss and replay buffer survive a round trip through
+    a checkpoint file (``torch.load(weights_only=True)``, which gives lists for tuples)."""
+    from mgsr_bench.sampling.replay import AdaptiveSchedule
+
+    spec = SourceSpec(adaptive=AdaptiveSchedule(init_threshold=0.6, capacity=4))
+    src = BatchSource(spec, tokenizer, 8, 1.0, seed=3)
+    src.adaptive.store([Example([1, 2], [3, 4], origin="student"), Example([5], [6], origin="student")])
+    src.observe_validation_loss(2.0)
+    src.counts["student"] = 2
+    [src.choose(step, 10, 2) for step in range(3)]
+    torch.save(src.state_dict(), tmp_path / "state.pt")
+    twin = BatchSource(spec, tokenizer, 8, 1.0, seed=0)
+    twin.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert twin.counts == src.counts and list(twin.adaptive.buffer) == list(src.adaptive.buffer)
+    assert (twin.adaptive.threshold, twin.adaptive.reference_loss) == (src.adaptive.threshold, 2.0)
+    assert [twin.choose(step, 10, 2) for step in range(3, 40)] == [src.choose(step, 10, 2) for step in range(3, 40)]
+    assert twin.adaptive.replay(2) == src.adaptive.replay(2)
+
+
 def test_bad_specs_are_refused():
     with pytest.raises(ValueError):
         SourceSpec(student_prob=1.5)

@@ -464,7 +464,7 @@ def test_a_lora_student_trains_only_its_adapters_through_the_chunked_loss_and_sa
     from mgsr_bench.models.pairs import LoraSettings
     from mgsr_bench.pipeline import save_model_atomic
     from mgsr_bench.train import train
-    from mgsr_bench.train.loop import micro_batch_loss
+    from mgsr_bench.train.loop import Objective, micro_batch_loss
 
     student = apply_lora(tiny_model(len(tokenizer), seed=1).double(), LoraSettings(r=4, alpha=8, dropout=0.0,
                                                                                   target_modules=("q_proj", "v_proj")),
@@ -474,8 +474,10 @@ def test_a_lora_student_trains_only_its_adapters_through_the_chunked_loss_and_sa
     assert trainable and all("lora_" in n for n in trainable)
     batch = collate(tokenize_records(records[:4], tokenizer), tokenizer.pad_token_id)
     method = get_method("kd")
-    chunked = micro_batch_loss(method, student, teacher, batch, len(tokenizer), chunk_size=16)
-    full = micro_batch_loss(method, student, teacher, batch, len(tokenizer), chunk_size=0)
+    chunked = micro_batch_loss(Objective(method, student, teacher, len(tokenizer), tokenizer.pad_token_id,
+                                         chunk_size=16), batch)
+    full = micro_batch_loss(Objective(method, student, teacher, len(tokenizer), tokenizer.pad_token_id,
+                                      chunk_size=0), batch)
     torch.testing.assert_close(chunked, full)
     frozen = {n: p.detach().clone() for n, p in student.named_parameters() if not p.requires_grad}
     cfg = train_config({"steps": 3, "micro_batch": 8, "lr": 1e-2, "eval_every": 3, "val_metric": "loss",
@@ -531,6 +533,7 @@ def test_a_lora_students_checkpoints_and_best_weights_hold_its_adapters_only_and
     from mgsr_bench.models.lora import apply_lora
     from mgsr_bench.models.pairs import LoraSettings
     from mgsr_bench.train import distributed, loop, train
+    from mgsr_bench.train.runtime import Runtime
 
     def student():
         return apply_lora(tiny_model(len(tokenizer), seed=1).double(), LoraSettings(r=4, alpha=8, dropout=0.0,
@@ -569,16 +572,16 @@ def test_a_lora_students_checkpoints_and_best_weights_hold_its_adapters_only_and
     got = dict(resumed_model.named_parameters())
     assert all(torch.equal(got[n], p) for n, p in whole_model.named_parameters())
 
-    accelerator = Accelerator(cpu=True)
-    copy = distributed.snapshot(accelerator, resumed_model)
+    runtime = Runtime.of(Accelerator(cpu=True))
+    copy = distributed.snapshot(runtime, resumed_model)
     assert set(copy) == adapters
     with torch.no_grad():
         for name in adapters:
             got[name].add_(1.0)
-    distributed.restore(accelerator, resumed_model, copy)
+    distributed.restore(runtime, resumed_model, copy)
     assert all(torch.equal(got[n], copy[n]) for n in adapters)
     with pytest.raises(RuntimeError, match="missing .*lora_"):
-        distributed.restore(accelerator, resumed_model, {n: copy[n] for n in sorted(adapters)[1:]})
+        distributed.restore(runtime, resumed_model, {n: copy[n] for n in sorted(adapters)[1:]})
 
 
 @pytest.mark.slow

@@ -6,7 +6,9 @@ from mgsr_bench.config import train_config
 from mgsr_bench.data.collate import tokenize_records
 from mgsr_bench.methods import get_method
 from mgsr_bench.train import train
-from mgsr_bench.train.loop import backward_global_batch, micro_batch_loss, response_tokens, validation_score
+from mgsr_bench.train.loop import (Objective, backward_global_batch, micro_batch_loss, response_tokens,
+                                   validation_metric)
+from mgsr_bench.train.runtime import Runtime
 
 from conftest import tiny_model
 
@@ -23,14 +25,14 @@ def test_gradient_accumulation_gives_the_same_loss_and_gradients(method_name, ch
     examples = tokenize_records(records[:8], tokenizer)
     assert len({len(e.response_ids) for e in examples}) > 1  # unequal lengths make naive averaging wrong
     method = get_method(method_name)
-    n_tokens = response_tokens(examples)
-    accelerator = Accelerator()
-    teacher = teacher.double().to(accelerator.device)
+    totals = {"tokens": response_tokens(examples)}
+    runtime = Runtime.of(Accelerator())
+    teacher = teacher.double().to(runtime.device)
     results = []
     for micro in (8, 4, 2, 3):
-        student = tiny_model(len(tokenizer), seed=1).double().to(accelerator.device)
-        loss = backward_global_batch(method, student, teacher, examples, n_tokens, micro,
-                                     tokenizer.pad_token_id, accelerator, len(tokenizer), chunk_size)
+        student = tiny_model(len(tokenizer), seed=1).double().to(runtime.device)
+        objective = Objective(method, student, teacher, len(tokenizer), tokenizer.pad_token_id, micro, chunk_size)
+        loss = backward_global_batch(objective, examples, totals, runtime)
         results.append((loss, _grads(student)))
     ref_loss, ref_grads = results[0]
     for loss, grads in results[1:]:
@@ -43,12 +45,12 @@ def test_naive_micro_batch_averaging_would_differ(tokenizer, records):
     """The check above can fail: averaging per-micro-batch means gives a different loss."""
     examples = tokenize_records(records[:8], tokenizer)
     method = get_method("sft")
-    accelerator = Accelerator()
-    student = tiny_model(len(tokenizer), seed=1).double().to(accelerator.device)
-    global_mean = backward_global_batch(method, student, None, examples, response_tokens(examples), 8,
-                                        tokenizer.pad_token_id, accelerator, len(tokenizer))
-    naive = sum(backward_global_batch(method, student, None, examples[i:i + 2], response_tokens(examples[i:i + 2]),
-                                      2, tokenizer.pad_token_id, accelerator, len(tokenizer))
+    runtime = Runtime.of(Accelerator())
+    student = tiny_model(len(tokenizer), seed=1).double().to(runtime.device)
+    objective = Objective(method, student, None, len(tokenizer), tokenizer.pad_token_id, 8)
+    global_mean = backward_global_batch(objective, examples, {"tokens": response_tokens(examples)}, runtime)
+    naive = sum(backward_global_batch(objective, examples[i:i + 2], {"tokens": response_tokens(examples[i:i + 2])},
+                                      runtime)
                 for i in range(0, 8, 2)) / 4
     assert abs(naive - global_mean) > 1e-6
 
@@ -68,8 +70,8 @@ def test_training_reduces_loss_keeps_teacher_frozen_and_restores_best(tokenizer,
     assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
     vals = [h["val_loss"] for h in result.history if "val_loss" in h]
     assert len(vals) == 3 and min(vals) > 0 and result.best_score == -min(vals)
-    again = validation_score(student, tokenizer, valid, valid_ex, cfg, next(student.parameters()).device)
-    assert again == pytest.approx(result.best_score, rel=1e-5)
+    again = validation_metric(student, tokenizer, valid, valid_ex, cfg, next(student.parameters()).device)
+    assert again == pytest.approx(-result.best_score, rel=1e-5)
 
 
 def test_kd_without_teacher_is_refused(tokenizer, records):
@@ -106,7 +108,8 @@ def test_chunked_loss_equals_full_logits_in_the_harness(method_name, tokenizer, 
     results = []
     for chunk_size in (0, 5, 10_000):
         student = tiny_model(len(tokenizer), seed=1).double()
-        loss = micro_batch_loss(method, student, teacher, batch, len(tokenizer), chunk_size)
+        loss = micro_batch_loss(Objective(method, student, teacher, len(tokenizer), tokenizer.pad_token_id,
+                                          chunk_size=chunk_size), batch)
         loss.backward()
         results.append((loss.item(), _grads(student)))
     for loss, grads in results[1:]:
@@ -131,8 +134,10 @@ def test_logits_are_cut_to_the_tokenizer_vocabulary(tokenizer, records, teacher)
     method = get_method("kd")
     student = tiny_model(len(tokenizer), seed=1)
     for chunk_size in (0, 8):
-        a = micro_batch_loss(method, student, teacher, batch, len(tokenizer), chunk_size)
-        b = micro_batch_loss(method, student, padded, batch, len(tokenizer), chunk_size)
+        a = micro_batch_loss(Objective(method, student, teacher, len(tokenizer), tokenizer.pad_token_id,
+                                       chunk_size=chunk_size), batch)
+        b = micro_batch_loss(Objective(method, student, padded, len(tokenizer), tokenizer.pad_token_id,
+                                       chunk_size=chunk_size), batch)
         torch.testing.assert_close(a, b)
 
 
@@ -213,8 +218,8 @@ class Killed(Exception):
 
 
 def scripted_validation(monkeypatch, scores, seen=None):
-    """Replace the validation score with ``scores`` in order (a ``Killed`` entry kills the run there);
-    with ``seen``, keep a copy of the weights each validation saw."""
+    """Replace the validation ROUGE-L (higher is better) with ``scores`` in order (a ``Killed`` entry
+    kills the run there); with ``seen``, keep a copy of the weights each validation saw."""
     from mgsr_bench.train import loop
 
     script = iter(scores)
@@ -227,12 +232,12 @@ def scripted_validation(monkeypatch, scores, seen=None):
             seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return value
 
-    monkeypatch.setattr(loop, "validation_score", score)
+    monkeypatch.setattr(loop, "validation_metric", score)
 
 
 def _patience_run(tokenizer, records, monkeypatch, scores, checkpoint_dir=None, seen=None, **overrides):
     examples = tokenize_records(records[:64], tokenizer)
-    cfg = train_config({"steps": 12, "micro_batch": 8, "lr": 5e-3, "eval_every": 2, "val_metric": "loss",
+    cfg = train_config({"steps": 12, "micro_batch": 8, "lr": 5e-3, "eval_every": 2, "val_metric": "rougeL",
                         "val_size": 8, "patience": 2, **overrides})
     scripted_validation(monkeypatch, scores, seen)
     student = tiny_model(len(tokenizer), seed=1)
@@ -288,7 +293,7 @@ def test_validation_generates_up_to_val_max_new_tokens(tokenizer, records, monke
     monkeypatch.setattr(loop, "generate", lambda model, tok, prompts, settings: asked.append(settings) or
                         ["x"] * len(prompts))
     cfg = train_config({"val_max_new_tokens": 128, "val_size": 4})
-    validation_score(tiny_model(len(tokenizer)), tokenizer, records[:4], [], cfg, torch.device("cpu"))
+    validation_metric(tiny_model(len(tokenizer)), tokenizer, records[:4], [], cfg, torch.device("cpu"))
     assert asked[0].max_new_tokens == 128 and asked[0].greedy
 
 

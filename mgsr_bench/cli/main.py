@@ -262,7 +262,9 @@ COMMANDS = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "agreement": c
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--deterministic" in argv:  # cuBLAS reads this when it first initialises: before any CUDA work
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        from mgsr_bench.train.runtime import deterministic_cublas
+
+        deterministic_cublas()
     if argv[:1] == ["bench"]:  # the benchmark parses its own options
         from mgsr_bench.benchmarks.bench import main as bench_main
 

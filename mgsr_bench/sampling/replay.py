@@ -17,9 +17,11 @@ ids), so the masking and reduction are the harness's, as for every other source.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from mgsr_bench.data.collate import Example
 
@@ -87,3 +89,20 @@ class AdaptiveOffPolicy:
         elif loss >= self.reference_loss + self.schedule.loss_eps:
             self.threshold = min(self.threshold + self.schedule.step_size, 1.0)
             self.reference_loss = loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator, threshold, reference loss and buffer: a checkpoint's, to go on where it stopped."""
+        return {"rng": self.rng.getstate(), "threshold": self.threshold, "reference_loss": self.reference_loss,
+                "buffer": [dataclasses.asdict(e) for e in self.buffer]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.setstate(as_tuples(state["rng"]))
+        self.threshold, self.reference_loss = state["threshold"], state["reference_loss"]
+        self.buffer.clear()  # samples are stored before a method marks them: "marks" may be empty or absent
+        self.buffer.extend(Example(row["prompt_ids"], row["response_ids"], row["origin"], row.get("marks") or {})
+                           for row in state["buffer"])
+
+
+def as_tuples(value: Any) -> Any:
+    """A generator's state as ``setstate`` wants it: the nested tuples ``getstate`` gave (a load may give lists)."""
+    return tuple(as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -24,14 +24,14 @@ from __future__ import annotations
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mgsr_bench.data.collate import Example
 from mgsr_bench.sampling.decode import Decoded, decode
-from mgsr_bench.sampling.replay import AdaptiveOffPolicy, AdaptiveSchedule
+from mgsr_bench.sampling.replay import AdaptiveOffPolicy, AdaptiveSchedule, as_tuples
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,22 @@ class SourceSpec:
             raise ValueError("student_prob + teacher_prob must be <= 1")
 
     @property
+    def samples_student(self) -> bool:
+        """Whether some steps train on the student's samples (fresh or replayed)."""
+        return self.student_prob > 0 or self.adaptive is not None or self.both
+
+    @property
+    def samples_teacher(self) -> bool:
+        return self.teacher_prob > 0 or self.both
+
+    @property
     def samples(self) -> bool:
-        return self.student_prob > 0 or self.teacher_prob > 0 or self.adaptive is not None or self.both
+        return self.samples_student or self.samples_teacher
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether the sources need the teacher: to sample from, or for the rewrite step."""
+        return self.samples_teacher or self.rewrite is not None
 
 
 class BatchSource:
@@ -127,6 +141,21 @@ class BatchSource:
         if r < self.spec.student_prob + self.spec.teacher_prob:
             return "teacher"
         return "ground_truth"
+
+    def state_dict(self) -> dict[str, Any]:
+        """The per-step generator, the count of each source, and the adaptive schedule's state.
+
+        Each process of a run samples its own rows, so each saves its own."""
+        state: dict[str, Any] = {"rng": self.rng.getstate(), "counts": dict(self.counts)}
+        if self.adaptive is not None:
+            state["adaptive"] = self.adaptive.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.setstate(as_tuples(state["rng"]))
+        self.counts = dict(state["counts"])
+        if "adaptive" in state:
+            self.adaptive.load_state_dict(state["adaptive"])
 
     def step_stats(self) -> dict[str, float]:
         """The rewrite step's figures for the last batch of student samples (cleared when read)."""

@@ -2,13 +2,14 @@
 
 A checkpoint is the file ``step-NNNNNNN.pt``, written to a temporary name, flushed to disk and
 renamed, so a kill at any moment leaves the previous checkpoints intact and never a torn one; the
-newest ``keep`` are kept. It holds the optimiser's scheduler, a method's extra trainable
-sub-network with its optimiser, the history so far, the best validation point, the count of
-validations without a new best (patience), the elapsed time, the hash of the run's configuration
-(a checkpoint is only resumed by the run that wrote it, with as many processes) and, for each
-process, its RNG states (Python, torch, CUDA) and its sample source's state (generators, the
-adaptive schedule's replay buffer of that process's own samples, threshold), so every
-process of a multi-process run continues with its own random stream. The data order needs no
+newest ``keep`` are kept. It holds what the loop hands it, each stateful part's own
+``state_dict()``: the run's state (step, history, best validation point, the count of validations
+without a new best, elapsed time), the scheduler, a method's extra trainable sub-network with its
+optimiser, the fp16 loss scaler; and, for each process, its RNG states (Python, torch, CUDA) and
+its batch source's state (generators, the adaptive schedule's replay buffer of that process's own
+samples, threshold), so every process of a multi-process run continues with its own random
+stream. Beside them: the hash of the run's configuration (a checkpoint is only resumed by the run
+that wrote it, with as many processes) and the engine. The data order needs no
 state: every global batch is drawn from a generator seeded with the training seed, so resuming at
 step ``k`` replays the first ``k`` draws.
 
@@ -37,6 +38,7 @@ arbitrary pickled objects (DeepSpeed reads its own parts with its own loader).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import re
@@ -47,27 +49,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 
 from mgsr_bench.data.collate import Example
 from mgsr_bench.errors import UserError
+from mgsr_bench.sampling.replay import as_tuples
 from mgsr_bench.train import distributed
+from mgsr_bench.train.runtime import Runtime
 
 PATTERN = re.compile(r"^step-(\d+)\.pt$")
 BEST = re.compile(r"^best-(\d+)(\.pt|\.parts)$")
 
 
-def examples_state(rows: list[Example]) -> list[dict[str, Any]]:
-    return [{"prompt_ids": e.prompt_ids, "response_ids": e.response_ids, "origin": e.origin, "marks": e.marks}
-            for e in rows]
-
-
-def example_from_state(row: dict[str, Any]) -> Example:
-    """An example as :func:`examples_state` saved it (the replay buffer holds unmarked samples)."""
-    return Example(row["prompt_ids"], row["response_ids"], row["origin"], row.get("marks") or {})
-
-
 def rng_state() -> dict[str, Any]:
+    """This process's global random streams: Python's, torch's and its own device's."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():  # this process's own device (one per process under every launcher)
         state["cuda"] = torch.cuda.get_rng_state()
@@ -75,40 +69,10 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(_as_tuple(state["python"]))
+    random.setstate(as_tuples(state["python"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def _as_tuple(value: Any) -> Any:
-    """``random.setstate`` wants the nested tuples ``getstate`` gave (a load may return lists)."""
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-def source_state(source: Any) -> dict[str, Any] | None:
-    """A batch source's generators, and its adaptive schedule's replay buffer, threshold and reference loss."""
-    if source is None:
-        return None
-    state: dict[str, Any] = {"rng": source.rng.getstate(), "counts": dict(source.counts)}
-    if source.adaptive is not None:
-        a = source.adaptive
-        state["adaptive"] = {"rng": a.rng.getstate(), "threshold": a.threshold, "reference_loss": a.reference_loss,
-                             "buffer": examples_state(list(a.buffer))}
-    return state
-
-
-def restore_source(source: Any, state: dict[str, Any] | None) -> None:
-    if source is None or state is None:
-        return
-    source.rng.setstate(_as_tuple(state["rng"]))
-    source.counts = dict(state["counts"])
-    if "adaptive" in state:
-        a, saved = source.adaptive, state["adaptive"]
-        a.rng.setstate(_as_tuple(saved["rng"]))
-        a.threshold, a.reference_loss = saved["threshold"], saved["reference_loss"]
-        a.buffer.clear()
-        a.buffer.extend(example_from_state(row) for row in saved["buffer"])
 
 
 def _write(path: Path, state: dict[str, Any]) -> Path:
@@ -149,13 +113,13 @@ class Checkpoints:
     refused at once, before training; otherwise only if a failure is saved or a checkpoint found.
     """
 
-    def __init__(self, folder: Path, config_hash: str, accelerator: Accelerator, model: torch.nn.Module,
+    def __init__(self, folder: Path, config_hash: str, runtime: Runtime, model: torch.nn.Module,
                  optimizer: Any, keep: int = 2, every: int = 0) -> None:
         self.folder, self.config_hash, self.keep = folder, config_hash, keep
-        self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
-        self.engine = distributed.engine(accelerator)
+        self.runtime, self.accelerator, self.model, self.optimizer = runtime, runtime.accelerator, model, optimizer
+        self.engine = runtime.engine
         self.parted = self.engine in ("fsdp", "zero2", "zero3")  # weights or optimiser state held in shards
-        self._shared = accelerator.num_processes == 1  # whether every process is known to see the folder
+        self._shared = runtime.world == 1  # whether every process is known to see the folder
         if every:
             self._check_every_process_sees_the_folder()
 
@@ -168,7 +132,7 @@ class Checkpoints:
             return
         name = distributed.from_main(f".shared-{uuid.uuid4().hex}")
         marker = self.folder / name
-        if self.accelerator.is_main_process:
+        if self.runtime.is_main:
             self.folder.mkdir(parents=True, exist_ok=True)
             marker.write_text(name)
         self.accelerator.wait_for_everyone()
@@ -176,7 +140,7 @@ class Checkpoints:
         while not (sees := marker.is_file() and marker.read_text() == name) and time.monotonic() < deadline:
             time.sleep(0.5)
         seen = distributed.per_process(sees)  # returns once every process has looked
-        if self.accelerator.is_main_process:
+        if self.runtime.is_main:
             marker.unlink()
         if not all(seen):
             blind = ", ".join(str(rank) for rank, ok in enumerate(seen) if not ok)
@@ -190,7 +154,7 @@ class Checkpoints:
         own ``mine`` (its RNG and source states), the weights and optimiser, and ``best_state``;
         then delete all but the newest ``keep``."""
         path = self._write_checkpoint(f"step-{step:07d}", state, mine, best_state)
-        if self.accelerator.is_main_process:
+        if self.runtime.is_main:
             found = checkpoints(self.folder)
             for old in found[:-self.keep]:
                 old.unlink(missing_ok=True)
@@ -210,7 +174,7 @@ class Checkpoints:
                      best_state: dict[str, torch.Tensor] | None, batch: list[Example]) -> Path:
         """The state before a failed step and that step's whole batch (every process's share), as
         ``nonfinite-step-N.pt`` (never resumed; its parts, under sharded engines, in ``.parts``)."""
-        shares = distributed.per_process(examples_state(batch))
+        shares = distributed.per_process([dataclasses.asdict(e) for e in batch])
         path = self._write_checkpoint(f"nonfinite-step-{step}", {**state, "batch": [e for share in shares for e in share]},
                            mine, best_state)
         self.accelerator.wait_for_everyone()
@@ -219,14 +183,14 @@ class Checkpoints:
     def _write_checkpoint(self, stem: str, state: dict[str, Any], mine: dict[str, Any],
                           best_state: dict[str, torch.Tensor] | None) -> Path:
         self._check_every_process_sees_the_folder()
-        main = self.accelerator.is_main_process
+        main = self.runtime.is_main
         ranks = distributed.per_process(mine)
         best = self._write_best(state["best_step"], best_state)
         if self.parted:
             self._write_parts(self.folder / f"{stem}.parts", self._save_parts)
             weights: dict[str, Any] = {}
         elif main:  # the weights that train (a LoRA student's base is loaded again by the same command)
-            weights = {"student": distributed.snapshot(self.accelerator, self.model),
+            weights = {"student": distributed.snapshot(self.runtime, self.model),
                        "optimizer": self.optimizer.state_dict()}
         path = self.folder / f"{stem}.pt"
         if main:
@@ -250,7 +214,7 @@ class Checkpoints:
             import torch.distributed.checkpoint as dcp
 
             self._write_parts(path, lambda folder: dcp.save({"best": best_state}, checkpoint_id=folder))
-        elif self.accelerator.is_main_process:
+        elif self.runtime.is_main:
             _write(path, best_state)
         return name
 
@@ -259,7 +223,7 @@ class Checkpoints:
 
     def _write_parts(self, parts: Path, save: Any) -> None:
         """``save(folder)`` on every process into a temporary folder, renamed to ``parts`` once all are done."""
-        main = self.accelerator.is_main_process
+        main = self.runtime.is_main
         tmp = parts.with_name(f".{parts.name}.tmp")
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -300,7 +264,7 @@ class Checkpoints:
         under another engine, one whose parts are missing); every process then loads that one, or
         stops with the same message: processes never resume different steps."""
         choice, problem = None, None
-        if self.accelerator.is_main_process:
+        if self.runtime.is_main:
             try:
                 choice = self._choose()
             except UserError as e:
@@ -316,20 +280,20 @@ class Checkpoints:
         if self.parted:
             self._load_parts((self.folder / choice).with_suffix(".parts"))
         else:
-            distributed.restore(self.accelerator, self.model, state["student"])
+            distributed.restore(self.runtime, self.model, state["student"])
             self.optimizer.load_state_dict(state["optimizer"])
         state["best_state"] = self._load_best(state["best"])
-        return state, state["ranks"][self.accelerator.process_index]
+        return state, state["ranks"][self.runtime.rank]
 
     def _load_best(self, name: str | None) -> dict[str, torch.Tensor] | None:
         """The best validated weights a checkpoint names (FSDP2: this process's shards; ZeRO-3: on
         the main process only)."""
-        if name is None or (self.engine == "zero3" and not self.accelerator.is_main_process):
+        if name is None or (self.engine == "zero3" and not self.runtime.is_main):
             return None
         if self.engine == "fsdp":
             import torch.distributed.checkpoint as dcp
 
-            target = {"best": distributed.snapshot(self.accelerator, self.model)}  # this process's shapes
+            target = {"best": distributed.snapshot(self.runtime, self.model)}  # this process's shapes
             dcp.load(target, checkpoint_id=self._best_path(name))
             return target["best"]
         return torch.load(self._best_path(name), map_location="cpu", weights_only=True, mmap=True)
@@ -361,8 +325,8 @@ class Checkpoints:
                             f"delete {path} to resume from the one before")
         if self.engine in ("zero2", "zero3"):  # DeepSpeed would go on without them, with a warning only
             held = len(list((parts / "deepspeed").glob("*zero_pp_rank_*optim_states.pt")))
-            if held != self.accelerator.num_processes:
-                raise UserError(f"{parts} holds {held} of the {self.accelerator.num_processes} optimizer "
+            if held != self.runtime.world:
+                raise UserError(f"{parts} holds {held} of the {self.runtime.world} optimizer "
                                 f"partitions; delete {path} to resume from the one before")
         return path.name
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import accelerate
 import torch
@@ -45,6 +45,9 @@ from packaging.version import Version
 from transformers import PreTrainedModel
 
 from mgsr_bench.errors import UserError
+
+if TYPE_CHECKING:
+    from mgsr_bench.train.runtime import Runtime
 
 
 # The oldest accelerate the FSDP2 path passes its tests with (torch 2.13): with 1.10-1.13 the first
@@ -148,7 +151,7 @@ def partitioned_loading(accelerator: Accelerator | None, partition: bool,
     teacher kept whole) loads with the registration lifted for the block. Either way the
     accelerator's own registration is back when the block ends.
     """
-    if accelerator is None or engine(accelerator) != "zero3":
+    if accelerator is None or not _zero3(accelerator):
         yield
         return
     import copy
@@ -277,8 +280,13 @@ def engine(accelerator: Accelerator) -> str:
                             "(mgsr_bench/launch/accelerate/fsdp.yaml)")
         return "fsdp"
     if kind == DistributedType.DEEPSPEED:
-        return "zero3" if accelerator.state.deepspeed_plugin.zero_stage == 3 else "zero2"
+        return "zero3" if _zero3(accelerator) else "zero2"
     return "ddp" if accelerator.num_processes > 1 else "single"
+
+
+def _zero3(accelerator: Accelerator) -> bool:
+    return (accelerator.distributed_type == DistributedType.DEEPSPEED
+            and accelerator.state.deepspeed_plugin.zero_stage == 3)
 
 
 SHARDED = ("fsdp", "zero3")  # the engines that shard the weights themselves
@@ -299,11 +307,11 @@ def configure_deepspeed(accelerator: Accelerator, micro_batch: int, grad_accum: 
     config["gradient_clipping"] = max_grad_norm
 
 
-def prepare_teacher(teacher: PreTrainedModel, accelerator: Accelerator, shard: bool) -> torch.nn.Module:
+def prepare_teacher(teacher: PreTrainedModel, runtime: Runtime, shard: bool) -> torch.nn.Module:
     """The frozen teacher, in eval mode, placed for this engine (sharded under FSDP2 and ZeRO-3 when ``shard``)."""
     teacher = teacher.eval().requires_grad_(False)
-    kind = engine(accelerator)
-    if not shard or kind not in SHARDED:
+    accelerator, kind = runtime.accelerator, runtime.engine
+    if not shard or not runtime.sharded:
         teacher = teacher.to(accelerator.device)
         if rank0_loading(accelerator):  # the other processes built it without weights
             broadcast_from_main(teacher, accelerator, parameters=True)
@@ -421,7 +429,7 @@ def _rebuild(model: PreTrainedModel, state: dict[str, torch.Tensor]) -> PreTrain
     return plain
 
 
-def local_accumulation(accelerator: Accelerator, student: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
+def local_accumulation(runtime: Runtime, student: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
     """Where a micro-batch's gradients stay on each process until the ``last`` one reduces them:
     DDP's ``no_sync`` (one all-reduce per optimiser step; DeepSpeed decides in :func:`backward`).
 
@@ -429,29 +437,29 @@ def local_accumulation(accelerator: Accelerator, student: torch.nn.Module, last:
     parameter's gradient unsharded (whole, in the reduce dtype, bf16 under bf16 mixed precision)
     until the last micro-batch, 2 bytes per student parameter on every GPU more than the sharded
     fp32 gradients the planner counts, summed in bf16."""
-    if last or accelerator.distributed_type == DistributedType.FSDP:  # (FSDP1 was refused at set-up)
+    if last or runtime.engine == "fsdp":
         return contextlib.nullcontext()
-    return accelerator.no_sync(student)
+    return runtime.accelerator.no_sync(student)
 
 
-def backward(accelerator: Accelerator, loss: torch.Tensor, last: bool) -> None:
+def backward(runtime: Runtime, loss: torch.Tensor, last: bool) -> None:
     """One micro-batch's backward; gradients are reduced across processes on the ``last`` one."""
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        ds_engine = accelerator.deepspeed_engine_wrapped.engine
+    if runtime.engine in ("zero2", "zero3"):
+        ds_engine = runtime.accelerator.deepspeed_engine_wrapped.engine
         ds_engine.set_gradient_accumulation_boundary(last)
         ds_engine.backward(loss, scale_wrt_gas=False)
     else:
-        accelerator.backward(loss)
+        runtime.accelerator.backward(loss)
 
 
-def optimizer_step(accelerator: Accelerator, student: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def optimizer_step(runtime: Runtime, student: torch.nn.Module, optimizer: torch.optim.Optimizer,
                    max_grad_norm: float) -> float:
     """Clip to ``max_grad_norm`` and step; returns the gradient norm before clipping."""
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        ds_engine = accelerator.deepspeed_engine_wrapped.engine
+    if runtime.engine in ("zero2", "zero3"):
+        ds_engine = runtime.accelerator.deepspeed_engine_wrapped.engine
         ds_engine.step()  # clips to gradient_clipping (set from the training config), steps, zeroes
         return float(ds_engine.get_global_grad_norm())
-    norm = accelerator.clip_grad_norm_(student.parameters(), max_grad_norm)
+    norm = runtime.accelerator.clip_grad_norm_(student.parameters(), max_grad_norm)
     optimizer.step()
     return float(norm)
 
@@ -462,23 +470,23 @@ def _frozen(model: torch.nn.Module) -> set[str]:
     return {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
 
 
-def snapshot(accelerator: Accelerator, model: torch.nn.Module, whole: bool = False) -> dict[str, torch.Tensor] | None:
+def snapshot(runtime: Runtime, model: torch.nn.Module, whole: bool = False) -> dict[str, torch.Tensor] | None:
     """A CPU copy of the weights to restore later: those that train (a LoRA student's adapters
     only), or every one with ``whole``; FSDP2: this process's shards; ZeRO-3: gathered, on the main
     process, ``None`` elsewhere."""
-    zero3 = engine(accelerator) == "zero3"
+    zero3 = runtime.engine == "zero3"
     frozen = set() if whole else _frozen(model)
     with contextlib.ExitStack() as stack:
         if zero3:
             import deepspeed
 
             stack.enter_context(deepspeed.zero.GatheredParameters(_zero3_parameters(model), modifier_rank=None))
-        if zero3 and not accelerator.is_main_process:
+        if zero3 and not runtime.is_main:
             return None
         return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k not in frozen}
 
 
-def restore(accelerator: Accelerator, model: torch.nn.Module, state: dict[str, torch.Tensor] | None) -> None:
+def restore(runtime: Runtime, model: torch.nn.Module, state: dict[str, torch.Tensor] | None) -> None:
     """Load weights taken by :func:`snapshot` (ZeRO-3: the main process's copy, re-partitioned);
     every weight that trains must be in ``state``."""
     def load() -> None:
@@ -487,29 +495,28 @@ def restore(accelerator: Accelerator, model: torch.nn.Module, state: dict[str, t
             raise RuntimeError(f"weights to restore do not fit the model: missing {sorted(set(missing) - _frozen(model))}"
                                f", unexpected {sorted(unexpected)}")
 
-    if engine(accelerator) == "zero3":
+    if runtime.engine == "zero3":
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(_zero3_parameters(model), modifier_rank=0):
-            if accelerator.is_main_process:
+            if runtime.is_main:
                 load()
         return
     load()
 
 
-def plain_model(accelerator: Accelerator, model: PreTrainedModel) -> PreTrainedModel | None:
+def plain_model(runtime: Runtime, model: PreTrainedModel) -> PreTrainedModel | None:
     """The trained student as an ordinary, unsharded model: the model itself unless its weights are
     sharded, else a fresh copy holding the gathered weights on the main process (``None`` elsewhere)."""
-    kind = engine(accelerator)
-    if kind not in SHARDED:
+    if not runtime.sharded:
         return model
-    if kind == "fsdp":
+    if runtime.engine == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     else:
-        state = snapshot(accelerator, model, whole=True)
-    if not accelerator.is_main_process:
+        state = snapshot(runtime, model, whole=True)
+    if not runtime.is_main:
         return None
     return _rebuild(model, state).eval()
 

@@ -89,8 +89,7 @@ class Sampling:
         from mgsr_bench.methods import get_method
 
         spec = get_method(name).source_spec()
-        return cls(student=spec.student_prob > 0 or spec.adaptive is not None or spec.both,
-                   teacher=spec.teacher_prob > 0 or spec.both, rewrite=spec.rewrite is not None)
+        return cls(student=spec.samples_student, teacher=spec.samples_teacher, rewrite=spec.rewrite is not None)
 
 
 @dataclass(frozen=True)
@@ -264,6 +263,38 @@ class Plan:
                           *[f"  - {a}" for a in self.advice]]) + "\n"
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """How a strategy lays the weights out: what it shards, and the bytes per element of each copy."""
+
+    gpus: int
+    strategy: str
+    weight_bytes: int  # the teacher's dtype
+    compute_dtype: str
+    compute_bytes: int
+    module_bytes: int  # the student module's own: fp32, or DeepSpeed's compute-dtype copy
+    module_dtype: str
+
+    @classmethod
+    def of(cls, gpus: int, strategy: str, dtype: str, compute_dtype: str) -> _Layout:
+        cbytes = DTYPE_BYTES[compute_dtype]
+        deepspeed = strategy in ("zero2", "zero3")
+        module_bytes, module_dtype = (cbytes, compute_dtype) if deepspeed else (4, "float32")
+        return cls(gpus, strategy, DTYPE_BYTES[dtype], compute_dtype, cbytes, module_bytes, module_dtype)
+
+    @property
+    def deepspeed(self) -> bool:
+        return self.strategy in ("zero2", "zero3")
+
+    @property
+    def shard_weights(self) -> bool:
+        return self.strategy in ("fsdp", "zero3")
+
+    @property
+    def shard_states(self) -> bool:
+        return self.strategy != "ddp"
+
+
 def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: float = 80.0,
                 strategy: str = "ddp", dtype: str = "bfloat16", compute_dtype: str = "bfloat16",
                 micro_batch: int = 8, grad_accum: int = 1, seq_len: int = 512, gradient_checkpointing: bool = False,
@@ -277,36 +308,55 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
     runtime allowance instead of CUDA's."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
-    n = gpus
-    wbytes, cbytes = DTYPE_BYTES[dtype], DTYPE_BYTES[compute_dtype]
-    act_scale = cbytes / 2  # the formula counts 16-bit activations
-    shard_weights = strategy in ("fsdp", "zero3")
-    shard_states = strategy != "ddp"
-    deepspeed = strategy in ("zero2", "zero3")
-    module_bytes, module_dtype = (cbytes, compute_dtype) if deepspeed else (4, "float32")
+    layout = _Layout.of(gpus, strategy, dtype, compute_dtype)
+    teacher_shards = gpus if layout.shard_weights and shard_teacher else 1
+    held, step = _held_terms(teacher, student, layout, lora_params, teacher_shards, device)
+    stages = _training_stages(teacher, student, layout, step, seq_len=seq_len, micro_batch=micro_batch,
+                              gradient_checkpointing=gradient_checkpointing, loss_chunk=loss_chunk,
+                              loss_tensors=loss_tensors, device=device)
+    sampling_terms = _sampling_terms(teacher, student, layout, sampling, rows=micro_batch * grad_accum,
+                                     seq_len=seq_len, gen=gen_tokens or seq_len // 2, micro_batch=micro_batch,
+                                     teacher_shards=teacher_shards)
+    if sampling_terms:
+        stages[SAMPLING] = sampling_terms
+    plan = Plan(held, stages, gpu_mem_gib)
+    if not plan.fits:
+        plan.advice = _advice(plan, strategy, gradient_checkpointing, micro_batch, lora_params is not None)
+    return plan
+
+
+def _held_terms(teacher: Shape, student: Shape, layout: _Layout, lora_params: int | None, teacher_shards: int,
+                device: str) -> tuple[dict[str, float], dict[str, float]]:
+    """What the whole run holds, and what a training step holds through its stages (torch's gradients)."""
+    n, module_bytes, deepspeed = layout.gpus, layout.module_bytes, layout.deepspeed
     held: dict[str, float] = {}
-    step: dict[str, float] = {}  # what a training step holds through its stages
-    sampling_terms: dict[str, float] = {}
+    step: dict[str, float] = {}
     if lora_params is None:
-        held[f"student weights ({module_dtype})"] = module_bytes * student.params / (n if shard_weights else 1) / GIB
+        held[f"student weights ({layout.module_dtype})"] = \
+            module_bytes * student.params / (n if layout.shard_weights else 1) / GIB
         if deepspeed:
             held["student fp32 master weights (DeepSpeed's)"] = 4 * student.params / n / GIB
         # the harness frees torch's gradients after every optimiser step; DeepSpeed keeps its partitions
         (held if deepspeed else step)["student gradients (fp32)"] = \
-            4 * student.params / (n if shard_states else 1) / GIB
-        held["AdamW state (fp32 x 2)"] = 8 * student.params / (n if shard_states else 1) / GIB
+            4 * student.params / (n if layout.shard_states else 1) / GIB
+        held["AdamW state (fp32 x 2)"] = 8 * student.params / (n if layout.shard_states else 1) / GIB
     else:
-        held[f"student weights (frozen, {module_dtype})"] = module_bytes * student.params / GIB
+        held[f"student weights (frozen, {layout.module_dtype})"] = module_bytes * student.params / GIB
         held["LoRA weights + grads + AdamW"] = 16 * lora_params / GIB
-    if strategy == "ddp" and n > 1:  # accelerate's DDP keeps its all-reduce buckets beside .grad (no bucket views)
+    if layout.strategy == "ddp" and n > 1:  # accelerate's DDP keeps its all-reduce buckets beside .grad (no bucket views)
         held["DDP gradient buckets (fp32)"] = 4 * (student.params if lora_params is None else lora_params) / GIB
-    teacher_shards = n if shard_weights and shard_teacher else 1
     held[f"teacher weights (frozen, {'sharded' if teacher_shards > 1 else 'replicated'})"] = \
-        wbytes * teacher.params / teacher_shards / GIB
+        layout.weight_bytes * teacher.params / teacher_shards / GIB
     held[ALLOWANCE] = CPU_OVERHEAD_GIB if device == "cpu" else OVERHEAD_GIB
+    return held, step
 
-    s, b, h = seq_len, micro_batch, student.hidden
-    hidden_bytes, mlp_bytes, position_bytes = ACTIVATION_BYTES[compute_dtype][student.mlp]
+
+def _training_stages(teacher: Shape, student: Shape, layout: _Layout, step: dict[str, float], *, seq_len: int,
+                     micro_batch: int, gradient_checkpointing: bool, loss_chunk: int, loss_tensors: float,
+                     device: str) -> dict[str, dict[str, float]]:
+    """A training step's stages: the teacher's forward, the loss, and a checkpointed layer's recomputation."""
+    s, b, h, cbytes = seq_len, micro_batch, student.hidden, layout.compute_bytes
+    hidden_bytes, mlp_bytes, position_bytes = ACTIVATION_BYTES[layout.compute_dtype][student.mlp]
     per_token = hidden_bytes * h + mlp_bytes * student.mlp_width + position_bytes * s
     if device == "cpu" and student.attn_dropout > 0:
         per_token += MATERIALISED_ATTENTION_BYTES * student.heads * s
@@ -317,21 +367,22 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
         return {"attention scores, one layer (CPU kernels)": b * model.heads * s * s * cbytes / GIB} \
             if device == "cpu" else {}
 
-    stages: dict[str, dict[str, float]] = {}  # the phases: a training step's stages, then sampling
+    stages: dict[str, dict[str, float]] = {}
+    step = dict(step)
     if gradient_checkpointing:
         # each layer's saved input is the residual stream, in the module's dtype (fp32 under autocast)
         step["student activations (checkpointed: each layer's input)"] = \
-            student.layers * s * b * h * module_bytes / GIB
+            student.layers * s * b * h * layout.module_bytes / GIB
     else:
         step["student activations"] = student.layers * per_layer
     stages[TEACHER_PASS] = {**step, "teacher forward (one layer, no grad)":
-                            s * b * teacher.hidden * 20 * act_scale / GIB, **scores(teacher)}
+                            s * b * teacher.hidden * 20 * (cbytes / 2) / GIB, **scores(teacher)}
     vocab = max(student.vocab, teacher.vocab)
     responses = s * b // 2  # response tokens are at most half of the sequence in the protocol (256 of 512)
     loss = stages[LOSS_PASS] = dict(step)
-    if loss_chunk == 0 or strategy == "zero3":  # the harness's full-logits path
+    if loss_chunk == 0 or layout.strategy == "zero3":  # the harness's full-logits path
         # accelerate hands DDP's and FSDP's outputs back in fp32 (convert_outputs_to_fp32); DeepSpeed's as computed
-        loss["full logits (student + teacher)"] = b * s * vocab * ((cbytes if deepspeed else 4) + cbytes) / GIB
+        loss["full logits (student + teacher)"] = b * s * vocab * ((cbytes if layout.deepspeed else 4) + cbytes) / GIB
         loss[f"loss on all response rows (fp32 x {loss_tensors:g})"] = loss_tensors * responses * vocab * 4 / GIB
     else:
         loss[f"loss chunk (fp32 x {loss_tensors:g})"] = loss_tensors * min(loss_chunk, responses) * vocab * 4 / GIB
@@ -341,35 +392,35 @@ def plan_memory(teacher: Shape, student: Shape, *, gpus: int = 1, gpu_mem_gib: f
             student.vocab * student.hidden * (4 + (cbytes if cbytes < 4 else 0)) / GIB
     if gradient_checkpointing:
         stages[RECOMPUTE] = {**step, "one layer recomputed (its saved activations)": per_layer, **scores(student)}
+    return stages
 
-    rows = b * grad_accum
-    gen = gen_tokens or s // 2
+
+def _sampling_terms(teacher: Shape, student: Shape, layout: _Layout, sampling: Sampling, *, rows: int,
+                    seq_len: int, gen: int, micro_batch: int, teacher_shards: int) -> dict[str, float]:
+    """What exists only while sampling and validating (``rows`` per process, ``gen`` sampled tokens)."""
+    s, cbytes, wbytes = seq_len, layout.compute_bytes, layout.weight_bytes
+    terms: dict[str, float] = {}
     # each sampler with its cache's bytes per element: a student kept in fp32 under autocast caches
     # rotary models' keys in fp32 (cos/sin follow the residual stream) and values in the compute
     # dtype, planned so for every architecture
-    samplers = [(m, kv) for m, used, kv in ((student, sampling.student, (module_bytes + cbytes) / 2),
+    samplers = [(m, kv) for m, used, kv in ((student, sampling.student, (layout.module_bytes + cbytes) / 2),
                                             (teacher, sampling.teacher, cbytes)) if used]
     if samplers:  # one sampling model at a time: the larger cache counts
-        sampling_terms["generation KV cache"] = max(2 * m.layers * rows * s * m.kv_dim * kv for m, kv in samplers) / GIB
-    if shard_weights:  # every validation gathers the whole student (so does sampling), and a sampling teacher
+        terms["generation KV cache"] = max(2 * m.layers * rows * s * m.kv_dim * kv for m, kv in samplers) / GIB
+    if layout.shard_weights:  # every validation gathers the whole student (so does sampling), and a sampling teacher
         gathered = student.params * cbytes
         if teacher_shards > 1 and (sampling.teacher or sampling.rewrite):
             gathered += teacher.params * wbytes
-        sampling_terms["weights gathered (validation, sampling)"] = gathered / GIB
+        terms["weights gathered (validation, sampling)"] = gathered / GIB
     if sampling.rewrite:
         kept = rows * gen * student.vocab * 4
-        sampling_terms["rewrite: kept sampler logits (fp32)"] = kept / GIB
+        terms["rewrite: kept sampler logits (fp32)"] = kept / GIB
         # on top of them: the decoder stacking them row by row (a second copy, briefly), or the
         # rewrite's divergence over one micro-batch of samples (their logits, the teacher's, and
         # five fp32 intermediates of the same shape), whichever is larger
-        sampling_terms["rewrite: stacking, or its divergence (fp32 x 7)"] = \
-            max(kept, 7 * min(b, rows) * gen * vocab * 4) / GIB
-    if sampling_terms:
-        stages[SAMPLING] = sampling_terms
-    plan = Plan(held, stages, gpu_mem_gib)
-    if not plan.fits:
-        plan.advice = _advice(plan, strategy, gradient_checkpointing, micro_batch, lora_params is not None)
-    return plan
+        terms["rewrite: stacking, or its divergence (fp32 x 7)"] = \
+            max(kept, 7 * min(micro_batch, rows) * gen * max(student.vocab, teacher.vocab) * 4) / GIB
+    return terms
 
 
 def _advice(plan: Plan, strategy: str, checkpointing: bool, micro_batch: int, lora: bool) -> list[str]:
