@@ -58,17 +58,20 @@ def leaderboard(request: LeaderboardRequest) -> Leaderboard:
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """A rendered comparison, and whether any row regressed."""
+    """A rendered comparison, whether any row regressed, and the command's exit status with its
+    one-line summary (:func:`mgsr_bench.results.compare.gate`)."""
 
     text: str
     regression: bool
+    exit_code: int = 0
+    summary: str = ""
 
 
 def compare(request: CompareRequest) -> Comparison:
     """The records under ``new`` against those under ``against``, written to ``output`` when named."""
     from mgsr_bench.data.jsonl import write_atomic
     from mgsr_bench.results import load_records
-    from mgsr_bench.results.compare import compare_records, render_comparison
+    from mgsr_bench.results.compare import compare_records, gate, render_comparison
 
     if request.tolerance < 0 or request.k < 0:
         raise UserError("--tolerance and --k must be >= 0")
@@ -76,10 +79,11 @@ def compare(request: CompareRequest) -> Comparison:
         check_output_file(request.output, "--output")
     new, base = load_records(request.new), load_records(request.against)
     frame = compare_records(new, base, request.metric, request.tolerance, request.k)
-    text = render_comparison(frame, request.metric)
+    text = render_comparison(frame, request.metric, request.allow_missing)
     if request.output:
         write_atomic(request.output, text)
-    return Comparison(text, bool((frame["status"] == "regression").any()))
+    code, summary = gate(frame, request.allow_missing)
+    return Comparison(text, bool((frame["status"] == "regression").any()), code, summary)
 
 
 def history(request: HistoryRequest) -> Any:

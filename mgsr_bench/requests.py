@@ -143,6 +143,7 @@ class CompareRequest:
     tolerance: float = 0.5
     k: float = 2.0
     output: str | None = None
+    allow_missing: bool = False  # rows of the baseline absent from the new records do not fail the gate
 
 
 @dataclasses.dataclass(frozen=True)

@@ -141,7 +141,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Compare the records under NEW with those under BASE, per row and dataset; exit 1 on a regression.
+    """Compare the records under NEW with those under BASE, per row and dataset; exit 1 on a regression,
+    4 when the comparison is incomplete (rows of BASE missing from NEW without --allow-missing, numbers
+    that are not finite, nothing compared), 2 for a record that cannot be read or is invalid.
 
     A drop is a regression when it exceeds max(--tolerance, --k x the standard error of the difference
     of the two means): over sampling seeds, or over training seeds for a row with several
@@ -150,9 +152,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from mgsr_bench.reports import compare
 
     comparison = compare(CompareRequest(new=args.new, against=args.against, metric=args.metric,
-                                        tolerance=args.tolerance, k=args.k, output=args.output))
+                                        tolerance=args.tolerance, k=args.k, output=args.output,
+                                        allow_missing=args.allow_missing))
     print(comparison.text, end="")
-    return 1 if comparison.regression else 0
+    return comparison.exit_code
 
 
 def cmd_history(args: argparse.Namespace) -> int:

@@ -156,6 +156,8 @@ def _compare_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=finite_float, default=2.0,
                    help="multiple of the standard error of the difference of the means, over sampling seeds or, "
                         "for rows with several, training seeds (default: 2)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="pass although rows of BASE are missing from NEW (default: exit 4)")
     p.add_argument("--output", help="also write the report to this file")
 
 

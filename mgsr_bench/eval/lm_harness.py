@@ -14,6 +14,7 @@ cached data, where ``tiny_mc.jsonl`` is derived from the test split.
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import tempfile
@@ -120,7 +121,7 @@ def run_lm_eval(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task
         finally:
             model.train(was_training)
     results = {}
-    for task, metrics in out["results"].items():
-        results[task] = {k: float(v) for k, v in metrics.items()
-                         if isinstance(v, (int, float)) and "stderr" not in k}
+    for task, metrics in out["results"].items():  # a metric lm-eval could not compute (NaN) is left out:
+        results[task] = {k: float(v) for k, v in metrics.items()  # records hold finite numbers only
+                         if isinstance(v, (int, float)) and "stderr" not in k and math.isfinite(v)}
     return results

@@ -27,10 +27,16 @@ from typing import Any
 
 import pandas as pd
 
-from mgsr_bench.results.leaderboard import latest_per_seed, sample_std
+from mgsr_bench.results.leaderboard import latest_per_seed, md, sample_std
 
-STATUSES = ("regression", "improvement", "within noise", "settings differ", "data differs", "pair differs", "new",
-            "missing")
+STATUSES = ("regression", "not finite", "improvement", "within noise", "settings differ", "data differs",
+            "pair differs", "new", "missing")
+_PHRASES = {"settings differ": "with other evaluation settings", "data differs": "on other examples",
+            "pair differs": "of another pair"}
+COMPARED = ("regression", "improvement", "within noise")  # the rows whose two sides were compared
+# compare's exit status: 2 (mgsr-bench's usage and input errors, a record that cannot be read or is
+# invalid among them) is set by the command line
+PASSED, REGRESSION, INCOMPLETE = 0, 1, 4
 WEIGHTS = ("teacher_weights", "student_weights")  # the pair's weight digests in a record (tiny suite)
 
 
@@ -130,7 +136,10 @@ def compare_records(new: list[dict[str, Any]], base: list[dict[str, Any]], metri
             row["unchecked"] = any(digest_on_one_side(x, y) or
                                    ("data_sha256" in x["scores"][dataset]) != ("data_sha256" in y["scores"][dataset])
                                    for x in b for y in n)
-            rows.append({**row, **_decide(Side.of(n, dataset, metric), Side.of(b, dataset, metric), tolerance, k)})
+            decided = _decide(Side.of(n, dataset, metric), Side.of(b, dataset, metric), tolerance, k)
+            if not all(math.isfinite(decided[c]) for c in ("base", "new", "delta", "threshold")):
+                decided["status"] = "not finite"
+            rows.append({**row, **decided})
     return pd.DataFrame(rows, columns=["label", "dataset", "base", "base_std", "new", "new_std", "delta",
                                        "threshold", "status", "noise", "unchecked"])
 
@@ -145,11 +154,45 @@ def _decide(new: Side, base: Side, tolerance: float, k: float) -> dict[str, Any]
             "threshold": threshold, "status": status, "noise": noise_used(new, base)}
 
 
-def render_comparison(frame: pd.DataFrame, metric: str) -> str:
-    """A readable report: regressions first, then improvements, the rest, and a one-line verdict."""
+def gate(frame: pd.DataFrame, allow_missing: bool = False) -> tuple[int, str]:
+    """The exit status of a comparison and its one-line summary: :data:`REGRESSION` when a row
+    regressed; else :data:`INCOMPLETE` when a compared row's numbers are not finite, when rows of
+    the baseline are missing from the new records (unless ``allow_missing``), or when no row was
+    compared at all (no rows, or every row new, missing, or of other settings, examples or pair);
+    else :data:`PASSED`."""
+    counts = frame["status"].value_counts()
+
+    def rows(status: str) -> str:
+        found = frame.loc[frame["status"] == status, ["label", "dataset"]]
+        shown = [f"{md(label)}/{md(dataset)}" for label, dataset in found.itertuples(index=False)]
+        return ", ".join(shown[:10]) + (f" and {len(shown) - 10} more" if len(shown) > 10 else "")
+
+    problems = []
+    if counts.get("regression", 0):
+        problems.append(f"{counts['regression']} regression(s): {rows('regression')}")
+    if counts.get("not finite", 0):
+        problems.append(f"{counts['not finite']} row(s) with numbers that are not finite: {rows('not finite')}")
+    if counts.get("missing", 0) and not allow_missing:
+        problems.append(f"{counts['missing']} row(s) of the baseline missing from the new records: {rows('missing')} "
+                        "(--allow-missing accepts them)")
+    if not sum(counts.get(s, 0) for s in COMPARED):
+        problems.append("nothing compared (" + ("no rows" if frame.empty else ", ".join(
+            f"{n} {_PHRASES.get(status, status)}" for status, n in counts.items())) + ")")
+    if not problems:
+        compared = sum(counts.get(s, 0) for s in COMPARED)
+        return PASSED, f"gate: pass ({compared} row(s) compared" + (
+            f", {counts['missing']} missing, accepted by --allow-missing)" if counts.get("missing", 0) else ")")
+    code = REGRESSION if counts.get("regression", 0) else INCOMPLETE
+    return code, f"gate: fail (exit {code}): " + "; ".join(problems)
+
+
+def render_comparison(frame: pd.DataFrame, metric: str, allow_missing: bool = False) -> str:
+    """A readable report: regressions first, then the rows that fail the gate, improvements, the rest,
+    a count of each status and the gate's one-line summary (:func:`gate`), last."""
     order = {s: i for i, s in enumerate(STATUSES)}
     shown = frame.sort_values(by=["status", "label", "dataset"], key=lambda c: c.map(order) if c.name == "status" else c)
-    table = shown.drop(columns="unchecked").fillna({"noise": ""})
+    table = shown.drop(columns="unchecked").astype({"noise": object}).fillna({"noise": ""})
+    table["label"], table["dataset"] = table["label"].map(md), table["dataset"].map(md)
     for col in ("base", "base_std", "new", "new_std", "threshold"):
         table[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
     table["delta"] = table["delta"].map(lambda v: "" if pd.isna(v) else f"{v:+.2f}")
@@ -158,12 +201,13 @@ def render_comparison(frame: pd.DataFrame, metric: str) -> str:
                f"{counts.get('within noise', 0)} within noise, {counts.get('settings differ', 0)} with other "
                f"evaluation settings, {counts.get('data differs', 0)} on other examples, "
                f"{counts.get('pair differs', 0)} of another pair, {counts.get('new', 0)} new, "
-               f"{counts.get('missing', 0)} missing ({metric})")
+               f"{counts.get('missing', 0)} missing" + (f", {counts['not finite']} not finite" if
+                                                        counts.get("not finite", 0) else "") + f" ({metric})")
     unchecked = frame.loc[frame["unchecked"].eq(True), "label"].unique()
     if len(unchecked):
-        verdict += (f"\nnot checked: whether {', '.join(unchecked)} used the same teacher and student init weights "
-                    "and the same examples (only one side's records carry their digests)")
-    return table.to_markdown(index=False) + "\n\n" + verdict + "\n"
+        verdict += (f"\nnot checked: whether {', '.join(map(md, unchecked))} used the same teacher and student "
+                    "init weights and the same examples (only one side's records carry their digests)")
+    return table.to_markdown(index=False) + "\n\n" + verdict + "\n" + gate(frame, allow_missing)[1] + "\n"
 
 
 def history_frame(records: list[dict[str, Any]], metric: str = "rougeL", dataset: str | None = None) -> pd.DataFrame:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -219,6 +220,25 @@ def sample_std(values: list[float]) -> float:
 
 # --- rendering ------------------------------------------------------------------------------------
 
+_MD_SPECIAL = re.compile(r"[\\`*<>|~&]|\](?=[(\[:])|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+
+
+def md(text: Any) -> str:
+    """``text`` as literal markdown in a table cell: ``|`` (which would end the cell), emphasis,
+    code, HTML and entity characters backslash-escaped, and the ``]`` of what would be a link (an
+    ``_`` inside a word, and brackets that make no link, are literal already and stay as they are);
+    line breaks (which would end the row) as spaces."""
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), re.sub(r"[\r\n\t\v\f]+", " ", str(text)))
+
+
+def md_frame(frame: pd.DataFrame) -> str:
+    """A frame as a markdown table (pandas), its row and column names escaped with :func:`md`."""
+    shown = frame.copy()
+    shown.index = [md(i) for i in shown.index]
+    shown.columns = [md(c) for c in shown.columns]
+    return shown.to_markdown()
+
+
 def _num(v: float) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
 
@@ -256,32 +276,33 @@ def _is_best(board: Board, row: str, column: str, best: dict[str, float]) -> boo
         and math.isclose(value, best[column], abs_tol=1e-9)
 
 
-def _title(board: Board) -> str:
+def _title(board: Board, escape: Any = str) -> str:
     spread = ("mean ± std: over sampling seeds for a row of one training run; for a row of several, the mean "
               "over its training seeds of each run's mean ± the sample std over training seeds"
               if board.several_seeds else "mean ± std over seeds")
     return f"{METRICS[board.metric]} ({spread}; best measured value in bold" + \
-        (f"; Δ avg against {board.reference})" if board.reference else ")")
+        (f"; Δ avg against {escape(board.reference)})" if board.reference else ")")
 
 
 def to_markdown(board: Board) -> str:
     best = board.best()
     seeds = ["training seeds"] if board.several_seeds else []
-    columns = ["method", *seeds, *board.datasets, "avg"] + ([f"Δ vs {board.reference}"] if board.reference else [])
+    columns = ["method", *seeds, *map(md, board.datasets), "avg"] + ([f"Δ vs {md(board.reference)}"]
+                                                                      if board.reference else [])
     lines = ["| " + " | ".join(columns) + " |",
              "|:--|" + ":--|" * len(seeds) + "--:|" * (len(columns) - 1 - len(seeds))]
     delta = board.delta
     for row in board.means.index:
         cells = _cells(board, row)
         texts = [f"**{cells[c]}**" if _is_best(board, row, c, best) else cells[c] for c in [*board.datasets, "avg"]]
-        name = {"teacher": f"{row} (teacher)" if row != "teacher" else row,
-                "reported": f"{row} †"}.get(board.kind[row], row)
+        name = {"teacher": f"{md(row)} (teacher)" if row != "teacher" else row,
+                "reported": f"{md(row)} †"}.get(board.kind[row], md(row))
         if delta is not None:
             texts.append(_signed(delta[row]))
         lines.append("| " + " | ".join([name, *([_seeds_text(board, row)] if seeds else []), *texts]) + " |")
-    notes = [f"† reported by {board.notes[r]}; not measured here and not ranked." for r in board.means.index
+    notes = [f"† reported by {md(board.notes[r])}; not measured here and not ranked." for r in board.means.index
              if board.kind[r] == "reported"]
-    return "\n".join([_title(board), "", *lines, *([""] + sorted(set(notes)) if notes else [])]) + "\n"
+    return "\n".join([_title(board, md), "", *lines, *([""] + sorted(set(notes)) if notes else [])]) + "\n"
 
 
 def to_csv(board: Board) -> str:
@@ -407,22 +428,28 @@ def to_html(board: Board, title: str = "mgsr-bench leaderboard") -> str:
 
 # --- the markdown report's extra tables -----------------------------------------------------------
 
+def _mean_per_key(dicts: list[dict[str, float]]) -> dict[str, float]:
+    """Per key of any of ``dicts``, the mean over those that hold it (first seen first)."""
+    keys = list(dict.fromkeys(k for d in dicts for k in d))
+    return {k: sum(d[k] for d in dicts if k in d) / sum(k in d for d in dicts) for k in keys}
+
+
 def _family_means(record: dict[str, Any], dataset: str, metric: str) -> dict[str, float] | None:
     """One run's per-family ``metric`` on ``dataset``, mean over its sampling seeds (None without families)."""
     per_seed = record["scores"].get(dataset, {}).get("per_seed", {})
     fams = [s[f"family_{metric}"] for s in per_seed.values() if f"family_{metric}" in s]
-    return {f: sum(d[f] for d in fams) / len(fams) for f in fams[0]} if fams else None
+    return _mean_per_key(fams) if fams else None
 
 
 def family_frame(records: list[dict[str, Any]], dataset: str, metric: str = "exact_match") -> pd.DataFrame | None:
     """Per-family ``metric`` (``exact_match`` or ``rougeL``) on one dataset per row (mean over
     sampling seeds; over the training seeds' runs, the mean of those means), or None when records
-    carry no families."""
+    carry no families. A family that some seeds or runs lack is the mean of those that hold it."""
     rows = {}
     for name, runs in latest_per_seed(records).items():
         found = [f for f in (_family_means(r, dataset, metric) for r in runs) if f is not None]
         if found:
-            rows[name] = {f: sum(d[f] for d in found) / len(found) for f in found[0]}
+            rows[name] = _mean_per_key(found)
     return pd.DataFrame.from_dict(rows, orient="index").round(1) if rows else None
 
 
@@ -451,7 +478,7 @@ def training_frame(records: list[dict[str, Any]]) -> pd.DataFrame | None:
         if corrected:
             row["scrg corrected"] = f"{sum(corrected) / len(corrected):.0%}"
         rows[r["label"]] = row
-    return pd.DataFrame.from_dict(rows, orient="index").fillna("") if rows else None
+    return pd.DataFrame.from_dict(rows, orient="index").astype(object).fillna("") if rows else None
 
 
 def lm_eval_frame(records: list[dict[str, Any]]) -> pd.DataFrame | None:
@@ -482,13 +509,13 @@ def render_leaderboard(records: list[dict[str, Any]], fmt: str = "markdown", ref
     training = training_frame(chosen)
     if training is not None:
         parts.append("Training cost (wall time on the machine that ran each record; share of steps per source)\n\n"
-                     + training.to_markdown() + "\n")
+                     + md_frame(training) + "\n")
     for name, family_metric in (("ROUGE-L", "rougeL"), ("Exact match", "exact_match")):
         for dataset in board.datasets:
             fam = family_frame(chosen, dataset, family_metric)
             if fam is not None:
-                parts.append(f"{name} by task family on {dataset} (mean over seeds)\n\n{fam.to_markdown()}\n")
+                parts.append(f"{name} by task family on {md(dataset)} (mean over seeds)\n\n{md_frame(fam)}\n")
     lm = lm_eval_frame(chosen)
     if lm is not None:
-        parts.append("lm-eval\n\n" + lm.to_markdown() + "\n")
+        parts.append("lm-eval\n\n" + md_frame(lm) + "\n")
     return "\n".join(parts)

@@ -20,6 +20,11 @@ def _pyplot():
     return plt
 
 
+def _plain(text: Any) -> str:
+    """A label drawn as written: ``$`` would start matplotlib's math text (and a lone one fails the render)."""
+    return str(text).replace("$", r"\$")
+
+
 def _save(fig, stem: Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
@@ -42,10 +47,10 @@ def bar_chart(board: Board, stem: Path) -> list[Path]:
         errors = [board.stds.at[row, d] for d in board.datasets] + [math.nan]
         errors = [0.0 if math.isnan(e) else e for e in errors]
         xs = [g + (i - (len(rows) - 1) / 2) * width for g in range(len(groups))]
-        ax.bar(xs, [0.0 if math.isnan(h) else h for h in heights], width, yerr=errors, capsize=1.5, label=row,
+        ax.bar(xs, [0.0 if math.isnan(h) else h for h in heights], width, yerr=errors, capsize=1.5, label=_plain(row),
                color=cmap(i % 20), hatch="//" if board.kind[row] == "reported" else None,
                edgecolor="black" if board.kind[row] != "measured" else None, linewidth=0.5)
-    ax.set_xticks(range(len(groups)), groups)
+    ax.set_xticks(range(len(groups)), [_plain(g) for g in groups])
     ax.set_ylabel(METRICS[board.metric])
     spread = ("std over sampling seeds, or over training seeds for a row of several" if board.several_seeds
               else "std over seeds")
@@ -109,7 +114,7 @@ def _draw_panel(ax, board: Board, rows: list[str], column: str) -> None:
         if lo <= ref <= hi:
             ax.axvline(ref, color="#777777", linestyle="--", linewidth=0.8, zorder=1)
     ax.set_xlim(lo, hi)
-    ax.set_title(column, fontsize=10)
+    ax.set_title(_plain(column), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     ax.tick_params(axis="x", labelsize=8)
 
@@ -131,7 +136,7 @@ def ranking_figure(board: Board):
     for ax, column in zip(axes[0], columns):
         _draw_panel(ax, board, rows, column)
     first, last = axes[0][0], axes[0][-1]
-    first.set_yticks(range(len(rows)), rows, fontsize=8.5)
+    first.set_yticks(range(len(rows)), [_plain(r) for r in rows], fontsize=8.5)
     first.set_ylim(len(rows) - 0.5, -0.5)  # best on top
     for tick, row in zip(first.get_yticklabels(), rows):
         tick.set_color(_COLORS[board.kind[row]] if board.kind[row] != "measured" else "black")
@@ -142,7 +147,7 @@ def ranking_figure(board: Board):
                           fontsize=7.5, color="#444444")
     bar = ("± 1 std over training seeds (dark, n at the right), or over one run's sampling seeds (light)"
            if board.several_seeds else "± 1 std over sampling seeds")
-    reference = f"; dashed: {board.reference}" if board.reference else ""
+    reference = f"; dashed: {_plain(board.reference)}" if board.reference else ""
     fig.suptitle(f"{METRICS[board.metric]}, rows by average\ndot: mean; bar: {bar}{reference}", fontsize=9.5)
     fig.tight_layout()
     return fig
@@ -173,13 +178,14 @@ def training_curves(records: list[dict[str, Any]], stem: Path, window: int = 25)
         losses = [h["loss"] for h in history]
         smooth = [sum(losses[max(0, j - window + 1): j + 1]) / len(losses[max(0, j - window + 1): j + 1])
                   for j in range(len(losses))]
-        loss_ax.plot(steps, smooth, color=cmap(i % 20), label=r["label"], linewidth=1)
+        loss_ax.plot(steps, smooth, color=cmap(i % 20), label=_plain(r["label"]), linewidth=1)
         for key in ("val_rougeL", "val_loss"):
-            points = [(h["step"], h[key]) for h in history if key in h]
+            points = [(h["step"], h[key]) for h in history if h.get(key) is not None]
             if points:
                 val_key = val_key or key
                 if key == val_key:
-                    val_ax.plot(*zip(*points), marker="o", markersize=3, color=cmap(i % 20), label=r["label"])
+                    val_ax.plot(*zip(*points), marker="o", markersize=3, color=cmap(i % 20),
+                                label=_plain(r["label"]))
                 break
     loss_ax.set(xlabel="step", ylabel=f"training loss (moving average, {window} steps)",
                 title="Training loss (each method's own objective)")

@@ -9,6 +9,7 @@ the git commit of the code that produced it.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import functools
 import subprocess
@@ -20,7 +21,7 @@ from typing import Any
 from mgsr_bench.config import PROJECT_ROOT, config_hash
 from mgsr_bench.data.jsonl import write_atomic
 from mgsr_bench.errors import UserError
-from mgsr_bench.results.schema import load_schema, schema_error
+from mgsr_bench.results.schema import load_schema, non_finite, schema_error
 
 SCHEMA = "mgsr-bench/run-record"
 _CODE_PATHS = ("mgsr_bench", "baselines", "methods", "pyproject.toml")
@@ -83,14 +84,16 @@ def make_record(*, label: str, method: str, config: dict[str, Any], pair: dict[s
                 training: dict[str, Any] | None = None, group: str | None = None) -> dict[str, Any]:
     """Assemble a record; ``config`` is the resolved recipe (or evaluation settings) it hashes.
     ``group`` is the row the record belongs to (default: its label); several training seeds' runs
-    of one recipe share it."""
+    of one recipe share it. A number of ``training`` that is not finite (the gradient norm of a step
+    whose fp16 gradients overflowed and were skipped) is recorded as null: records hold finite
+    numbers only."""
     import torch
 
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "label": label, "group": group or label,
         "method": method,
         "config": config, "config_hash": config_hash(config), "pair": pair, "evaluation": evaluation,
-        "scores": scores, "training": training, "wall_time_s": round(wall_time_s, 2),
+        "scores": scores, "training": _finite_or_null(training), "wall_time_s": round(wall_time_s, 2),
         "versions": package_versions(), "git_commit": git_commit(),
         "machine": {"platform": platform.platform(), "processor": platform.machine(),
                     "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
@@ -99,8 +102,19 @@ def make_record(*, label: str, method: str, config: dict[str, Any], pair: dict[s
     }
 
 
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
 def validate_record(record: Any, source: str) -> dict[str, Any]:
-    """Check the record against its JSON Schema (``run-record.schema.json``); errors name the field and the file."""
+    """Check the record against its JSON Schema (``run-record.schema.json``), and that every number in
+    it is finite; errors name the field and the file."""
     if not isinstance(record, dict):
         raise UserError(f"bad run record {source}: expected a JSON object")
     if record.get("schema") != SCHEMA:
@@ -108,7 +122,7 @@ def validate_record(record: Any, source: str) -> dict[str, Any]:
     if record.get("schema_version") != SCHEMA_VERSION:
         raise UserError(f"bad run record {source}: unsupported schema_version {record.get('schema_version')!r} "
                         f"(this mgsr-bench reads version {SCHEMA_VERSION})")
-    error = schema_error(record, load_schema(SCHEMA_FILE))
+    error = non_finite(record) or schema_error(record, load_schema(SCHEMA_FILE))
     if error:
         raise UserError(f"bad run record {source}: {error}")
     return record
@@ -117,7 +131,7 @@ def validate_record(record: Any, source: str) -> dict[str, Any]:
 def write_record(record: dict[str, Any], path: str | Path) -> Path:
     """Validate and write a record atomically."""
     validate_record(record, str(path))
-    write_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_atomic(path, json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return Path(path)
 
 
@@ -127,8 +141,17 @@ def read_record(path: str | Path) -> dict[str, Any]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"run record not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"bad run record {path}: invalid JSON at line {e.lineno}: {e.msg}") from None
     except UnicodeDecodeError:
         raise UserError(f"bad run record {path}: not UTF-8 text (restore the file or delete it)") from None
+    except ValueError as e:  # JSONDecodeError, or an integer of more digits than Python converts
+        raise UserError(f"bad run record {path}: {json_problem(e)} (restore the file or delete it)") from None
+    except RecursionError:
+        raise UserError(f"bad run record {path}: JSON nested too deeply (restore the file or delete it)") from None
     return validate_record(data, str(path))
+
+
+def json_problem(error: ValueError) -> str:
+    """What is wrong with a JSON text that did not parse, in one line."""
+    if isinstance(error, json.JSONDecodeError):
+        return f"invalid JSON at line {error.lineno}: {error.msg}"
+    return "invalid JSON: " + str(error).splitlines()[0]

@@ -1,16 +1,20 @@
 """Validation of JSON documents against the JSON Schema files shipped with mgsr-bench.
 
 Only the keywords those files use are implemented (``type``, ``const``, ``enum``, ``required``,
-``properties``, ``additionalProperties``, ``items``, ``minItems``, ``maxItems``, ``minimum``,
-``maximum``, ``minLength``, ``pattern`` and local ``$ref``); none of the project's dependencies
+``properties``, ``additionalProperties``, ``dependentRequired``, ``items``, ``minItems``, ``maxItems``,
+``minimum``, ``maximum``, ``minLength``, ``pattern`` and local ``$ref``); none of the project's dependencies
 validates JSON Schema, and one error naming the offending field is what a user needs. The schema
-files themselves are standard draft 2020-12, usable by any JSON Schema tool.
+files themselves are standard draft 2020-12, usable by any JSON Schema tool. JSON Schema has no
+keyword for finiteness: :func:`non_finite` refuses NaN and infinities (which Python's ``json``
+reads and writes) anywhere in a document.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,30 @@ def _is(value: Any, kind: str) -> bool:
     if kind in ("integer", "number") and isinstance(value, bool):
         return False
     return isinstance(value, _TYPES[kind])
+
+
+def _field(path: str, key: Any) -> str:
+    shown = str(key).encode("unicode_escape").decode("ascii")  # a key with a newline stays one line
+    return f"{path}.{shown}" if path else shown
+
+
+def non_finite(value: Any, path: str = "") -> str | None:
+    """The first number in ``value`` that is not finite (NaN, an infinity, an integer past a float's
+    range), as ``"field 'a.b' must be a finite number, got NaN"``; None when there is none."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item) or \
+                isinstance(item, int) and not isinstance(item, bool) and abs(item) > sys.float_info.max:
+            shown = "NaN" if item != item else ("Infinity" if item > 0 else "-Infinity") if isinstance(item, float) \
+                else "an integer beyond a float's range"
+            return f"field '{where}' must be a finite number, got {shown}" if where else \
+                f"the record must be a finite number, got {shown}"
+        if isinstance(item, dict):
+            stack.extend((v, _field(where, k)) for k, v in reversed(list(item.items())))
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(item))))
+    return None
 
 
 def schema_error(value: Any, schema: dict[str, Any], root: dict[str, Any] | None = None, path: str = "") -> str | None:
@@ -71,11 +99,14 @@ def schema_error(value: Any, schema: dict[str, Any], root: dict[str, Any] | None
         for key in schema.get("required", []):
             if key not in value:
                 return f"field '{path + '.' if path else ''}{key}' is missing"
+        for key, needed in schema.get("dependentRequired", {}).items():
+            for other in needed if key in value else ():
+                if other not in value:
+                    return f"field '{_field(path, other)}' is missing (a record with '{_field(path, key)}' has it)"
         props = schema.get("properties", {})
         extra = schema.get("additionalProperties", True)
         for key, item in value.items():
-            shown = str(key).encode("unicode_escape").decode("ascii")  # a key with a newline stays one line
-            sub = f"{path}.{shown}" if path else shown
+            sub = _field(path, key)
             if key in props:
                 error = schema_error(item, props[key], root, sub)
             elif extra is False:

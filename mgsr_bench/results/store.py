@@ -1,12 +1,15 @@
 """A results store: run records in a plain folder tree, and an SQLite index rebuilt from them.
 
 The records are the truth: one JSON file each, anywhere under the store's folder (so a store can be
-a git repository, a CI artifact folder or ``leaderboards/``). :meth:`ResultsStore.add` writes a new
-record under ``<pair>/<label>/`` with a name no other writer can take (timestamp, config hash and a
-random suffix) through a temporary file and a rename, so concurrent writers never lose or tear a
-record. The index (``.mgsr-index.sqlite``, not meant for git) is rebuilt whenever the files it was
-built from changed (paths, sizes, modification times), into a temporary file renamed over the old
-one; queries by method, label, pair, dataset, commit and date then read only the matching records.
+a git repository, a CI artifact folder or ``leaderboards/``) except in hidden files and folders
+(temporary copies, caches). Every other ``.json`` file there must parse: one that does not (a
+record cut short, at any byte) is refused, naming it, rather than left out of the tables.
+:meth:`ResultsStore.add` writes a new record under ``<pair>/<label>/`` with a name no other writer
+can take (timestamp, config hash and a random suffix) through a temporary file and a rename, so
+concurrent writers never lose or tear a record. The index (``.mgsr-index.sqlite``, not meant for
+git) is rebuilt whenever the files it was built from changed (paths, sizes, modification times),
+into a temporary file renamed over the old one; queries by method, label, pair, dataset, commit and
+date then read only the matching records.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from mgsr_bench.errors import UserError
-from mgsr_bench.results.record import SCHEMA, read_record, write_record
+from mgsr_bench.results.record import SCHEMA, json_problem, read_record, write_record
 
 INDEX = ".mgsr-index.sqlite"
 _TABLES = """
@@ -48,20 +51,24 @@ def _safe(text: str) -> str:
 
 
 def _is_record_file(path: Path) -> bool:
-    """Whether ``path`` holds a run record. Other JSON is not one; a file that names the record schema
-    but does not parse (cut short, damaged) is an error, not a row left out without a word."""
+    """Whether ``path`` holds a run record. Other JSON is not one (an object that names no schema,
+    another tool's file); a ``.json`` file that does not parse (a record cut short at any point,
+    damaged, not UTF-8, nested too deeply) is an error naming it, never a row left out without a word."""
     try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except OSError:
+        data = path.read_bytes()
+    except FileNotFoundError:  # removed since the listing
         return False
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror}); make it readable or move it out of the store") from None
     try:
-        head = json.loads(text)
-    except json.JSONDecodeError as e:
-        if f'"{SCHEMA}"' in text:
-            raise UserError(f"bad run record {path}: invalid JSON at line {e.lineno}: {e.msg} "
-                            "(restore the file or delete it)") from None
-        return False
-    return isinstance(head, dict) and head.get("schema") == SCHEMA
+        head = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"bad run record {path}: not UTF-8 text (restore the file or delete it)") from None
+    except ValueError as e:
+        raise UserError(f"bad run record {path}: {json_problem(e)} (restore the file or delete it)") from None
+    except RecursionError:
+        raise UserError(f"bad run record {path}: JSON nested too deeply (restore the file or delete it)") from None
+    return isinstance(head, dict) and (head.get("schema") == SCHEMA or "schema_version" in head)
 
 
 class ResultsStore:
@@ -86,6 +93,8 @@ class ResultsStore:
             raise UserError(f"results store not found: {self.root}")
         out = {}
         for path in self.root.rglob("*.json"):
+            if any(part.startswith(".") for part in path.relative_to(self.root).parts):
+                continue  # hidden: a model copy still under its temporary name, an evaluation cache, never a record
             try:
                 st = path.stat()
             except FileNotFoundError:  # removed since the listing
