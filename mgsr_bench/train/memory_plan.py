@@ -179,7 +179,7 @@ STRATEGY_OF_CONFIG = {"cpu": "ddp", "single_gpu": "ddp", "ddp": "ddp", "fsdp": "
                       "zero2": "zero2", "zero3": "zero3"}
 
 
-def plan_pair(pair: Any, method: str = "mgsr", **overrides: Any) -> Plan:
+def plan_pair(pair: Any, method: str, **overrides: Any) -> Plan:
     """The plan of a registered pair trained with ``method`` (its sampling and its loss's memory),
     at the pair's own settings, any of them overridden."""
     from mgsr_bench.methods import get_method
