@@ -65,8 +65,8 @@ def _inf_std(rec):
     (_inf_std, "scores.dolly.rougeL.std", "Infinity"),
 ])
 def test_compare_refuses_records_with_numbers_that_are_not_finite(tmp_path, cli, edit, field, shown):
-    """A NaN mean or an infinite std is an invalid record: exit 2 and one line naming file and field
-    (it used to pass the schema and come out "within noise", exit 0)."""
+    """A NaN mean or an infinite std is an invalid record: exit 2 and one line naming file and field,
+    never a row "within noise" with exit 0."""
     new, base = _stores(tmp_path, edit)
     proc = cli("compare", new, "--against", base)
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
@@ -226,7 +226,8 @@ def test_a_full_record_is_valid_and_non_finite_training_numbers_are_recorded_as_
 
 
 def test_families_that_differ_between_seeds_and_runs_are_averaged_where_present():
-    """Per-seed families of other names used to end ``leaderboard`` in a KeyError."""
+    """Per-seed families of other names (seeds or runs that scored different families) are tabled,
+    not a KeyError."""
     from mgsr_bench.results.leaderboard import family_frame
 
     a, b = _trained("kd", {"test": [50.0, 52.0]}), _trained("kd@seed2", {"test": [50.0]}, group="kd")
@@ -287,8 +288,8 @@ def _tables(text):
 
 
 def test_markdown_characters_in_labels_and_datasets_are_escaped():
-    """A ``|`` in a label or dataset name used to split its cell; ``*`` and ``_`` made emphasis and a
-    line break ended the row."""
+    """A ``|`` in a label or dataset name stays in its cell, ``*`` and ``_`` stay literal and a line
+    break does not end the row."""
     records = [_trained("a|b", {"te|st": [50.0, 52.0]}), _record("*sft*", {"te|st": [40.0, 41.0]}),
                _record("x\ny", {"te|st": [30.0, 30.0]}), _record("_it_", {"te|st": [30.0, 30.0]})]
     text = render_leaderboard(records)
