@@ -29,7 +29,6 @@ import copy
 import dataclasses
 import hashlib
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -54,6 +53,7 @@ from mgsr_bench.methods.base import Validation
 from mgsr_bench.models.heads import last_hidden_states, output_head
 from mgsr_bench.models.loading import check_positions, count_parameters, weight_shapes
 from mgsr_bench.sampling import BatchSource
+from mgsr_bench.signals import launched_processes
 from mgsr_bench.train import distributed
 from mgsr_bench.train.checkpoint import Checkpoints, rng_state, set_rng_state
 from mgsr_bench.train.runtime import Runtime
@@ -151,7 +151,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     and, for several processes on a machine without GPUs, gloo on the CPU (accelerate only picks it
     when told "cpu"). :func:`train` builds it unless given one: a caller builds it first where the
     engine must be up before the models load (ZeRO-3's partitioned loading)."""
-    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    multi_cpu = not torch.cuda.is_available() and launched_processes() > 1
     distributed.check_fsdp_accelerate()  # before the constructor, in which old versions fail
     return Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision), cpu=multi_cpu,
                        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.process_timeout_s))])
