@@ -23,12 +23,13 @@ from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mgsr_bench.config import Recipe, TrainConfig, config_hash, load_recipe, train_config
-from mgsr_bench.errors import UserError
+from mgsr_bench.errors import UserError, writing
 from mgsr_bench.data.collate import prompts_within, tokenize_records
 from mgsr_bench.eval.evaluate import evaluate_model
 from mgsr_bench.eval.generate import EvalSettings
 from mgsr_bench.methods import Method, available_methods, get_method, option_names
 from mgsr_bench.models.lora import merged
+from mgsr_bench.outputs import temp_sibling
 from mgsr_bench.results import make_record, read_record, write_record
 from mgsr_bench.requests import EvalOptions
 from mgsr_bench.results.record import seeded_label
@@ -73,15 +74,16 @@ def save_model_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     beside them as ``method_state.pt``. A LoRA student is saved with its adapters merged.
     """
     model = merged(model)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    tmp = temp_sibling(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if method_state is not None:
-            torch.save(method_state, tmp / METHOD_STATE)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        with writing(folder):
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            if method_state is not None:
+                torch.save(method_state, tmp / METHOD_STATE)
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -273,35 +275,28 @@ def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     return record
 
 
-def parse_seeds(text: str | Sequence[int]) -> tuple[int, ...]:
-    """``"10,20,30"`` -> ``(10, 20, 30)``; a clear error for anything else."""
-    if not isinstance(text, str):
-        return tuple(text)
-    try:
-        seeds = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise UserError(f"--seeds must be comma-separated integers, got {text!r}") from None
-    if not seeds:
-        raise UserError("--seeds must name at least one seed")
-    if len(set(seeds)) < len(seeds):  # one seed twice would be scored once but counted twice in the std and CI
-        raise UserError(f"--seeds names a seed twice ({text}): give each seed once")
-    return seeds
-
-
-def parse_train_seeds(text: str | None) -> tuple[int, ...] | None:
-    """``--train-seeds 1,2,3``: distinct seeds from 0 to 2^64 - 1 (what torch's generators take),
-    checked before any compute; None when the option is not given."""
-    if text is None:
-        return None
-    parts = [part.strip() for part in text.split(",")]
-    if not all(re.fullmatch(r"[+-]?[0-9]+", part) for part in parts):
-        raise UserError(f"--train-seeds takes comma-separated integers such as 1,2,3, got {text!r}")
+def _seed_list(text: str, flag: str) -> tuple[int, ...]:
+    """Distinct comma-separated seeds from 0 to 2^64 - 1 (what torch's generators take), or one line
+    naming ``flag`` and the problem."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(re.fullmatch(r"[+-]?[0-9]+", part) for part in parts):
+        raise UserError(f"{flag} takes comma-separated integers such as 1,2,3, got {text!r}")
     seeds = tuple(int(part) for part in parts)
     for seed in seeds:
         if not 0 <= seed <= SEED_MAX:
             problem = "is negative" if seed < 0 else "does not fit in 64 bits"
-            raise UserError(f"--train-seeds: seed {seed} {problem}; give seeds from 0 to {SEED_MAX}")
+            raise UserError(f"{flag}: seed {seed} {problem}; give seeds from 0 to {SEED_MAX}")
     twice = sorted({seed for seed in seeds if seeds.count(seed) > 1})
-    if twice:
-        raise UserError(f"--train-seeds names seed {twice[0]} twice: give each seed once")
+    if twice:  # one seed twice would be scored (or trained) once but counted twice in the spread
+        raise UserError(f"{flag} names seed {twice[0]} twice: give each seed once")
     return seeds
+
+
+def parse_seeds(text: str | Sequence[int]) -> tuple[int, ...]:
+    """``--seeds 10,20,30`` (sampling seeds) -> ``(10, 20, 30)``, checked before any compute."""
+    return _seed_list(text, "--seeds") if isinstance(text, str) else tuple(text)
+
+
+def parse_train_seeds(text: str | None) -> tuple[int, ...] | None:
+    """``--train-seeds 1,2,3``, checked before any compute; None when the option is not given."""
+    return None if text is None else _seed_list(text, "--train-seeds")

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from mgsr_bench.config import Recipe, load_recipe
 from mgsr_bench.errors import UserError
 from mgsr_bench.eval.generate import EvalSettings
-from mgsr_bench.outputs import check_output_folder, make_output_folder
+from mgsr_bench.outputs import check_output_folder, kept_only_if_written, make_output_folder, sweep_stale
 from mgsr_bench.pipeline import (SeededRun, apply_sets, check_lm_eval_tasks, eval_settings, evaluate_and_record,
                                  finished, lm_eval_scores, load_recipes, parse_train_seeds,
                                  refuse_several_processes, resolve_recipe, save_model_atomic, seeded_runs,
@@ -102,16 +102,22 @@ def _plan_run(request: RunRequest) -> _RunPlan:
 def run_suite(request: RunRequest) -> RunSummary:
     """Build or reuse the tiny suite, score its teacher, train and score each recipe's student (once
     per training seed), and write the leaderboard of every record in ``out``."""
+    plan = _plan_run(request)
+    with kept_only_if_written(plan.out):  # a setting refused once the models load leaves no empty --out
+        make_output_folder(plan.out)
+        sweep_stale(plan.out)
+        return _run_planned(plan)
+
+
+def _run_planned(plan: _RunPlan) -> RunSummary:
+    """:func:`run_suite` once its request is checked and its folder made."""
     from mgsr_bench.models import on_compute_device
     from mgsr_bench.results import load_records
     from mgsr_bench.results.publish import write_leaderboard
     from mgsr_bench.results.record import record_group
     from mgsr_bench.suite.build import EVAL_SPLITS, ensure_suite, load_suite_models
 
-    plan = _plan_run(request)
     out = plan.out
-    make_output_folder(out)
-
     suite = ensure_suite(plan.suite_config)
     tokenizer, teacher = load_suite_models(suite)
     teacher = on_compute_device(teacher)  # where the students train and are scored
@@ -274,10 +280,7 @@ def train_runs(request: TrainRequest, on_trained: Callable[[TrainedRun], None]) 
     """Train one student with one recipe (with several training seeds, one run per seed, each into
     OUT@seedN) on the tiny suite's pair and data unless the request names others; ``on_trained``
     hears of each run the main process saved."""
-    from mgsr_bench.data.jsonl import read_records
-    from mgsr_bench.models import check_same_vocabulary, load_tokenizer
-    from mgsr_bench.suite.build import ensure_suite
-    from mgsr_bench.train.distributed import check_fsdp_accelerate, deepspeed_launch, end_processes
+    from mgsr_bench.train.distributed import check_fsdp_accelerate, deepspeed_launch
 
     check_fsdp_accelerate()  # before a model loads: a 13B teacher takes minutes
     recipe = load_recipe(request.recipe)
@@ -293,6 +296,18 @@ def train_runs(request: TrainRequest, on_trained: Callable[[TrainedRun], None]) 
     plan = _TrainPlan(recipe, defaults, overrides, sources.pair)
     todo = _train_todo(plan, out, seeded_runs(out.name, resolve_recipe(recipe, defaults, overrides).train.seed,
                                               seeds))
+    with kept_only_if_written(*(folder for _, folder in todo)):  # a refusal once the models load: no empty --out
+        _train_todo_runs(request, plan, sources, todo, on_trained)
+
+
+def _train_todo_runs(request: TrainRequest, plan: _TrainPlan, sources: _TrainSources,
+                     todo: list[tuple[SeededRun, Path]], on_trained: Callable[[TrainedRun], None]) -> None:
+    """:func:`train_runs` once its request is checked: load the data and tokenizer, train each seed."""
+    from mgsr_bench.data.jsonl import read_records
+    from mgsr_bench.models import check_same_vocabulary, load_tokenizer
+    from mgsr_bench.suite.build import ensure_suite
+    from mgsr_bench.train.distributed import end_processes
+
     trust = request.trust_remote_code
     if sources.custom:
         train_records, valid_records = read_records(request.train_data), read_records(request.valid_data)
@@ -308,6 +323,8 @@ def train_runs(request: TrainRequest, on_trained: Callable[[TrainedRun], None]) 
         train_records, valid_records = suite.split("train"), suite.split("valid")
     job = _TrainJob(plan, teacher_path, student_path, tokenizer, train_records, valid_records, sources.custom, trust)
     for run, folder in todo:
+        if _is_main_process():
+            sweep_stale(folder)  # what a killed earlier run of this folder left under temporary names
         trained = _train_run(job, run, folder)
         if trained is not None:
             on_trained(trained)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from mgsr_bench.errors import UserError
-from mgsr_bench.outputs import check_output_file, check_output_folder, make_output_folder
+from mgsr_bench.outputs import (check_output_file, check_output_folder, check_plain_name, kept_only_if_written,
+                                make_output_folder, sweep_stale)
 from mgsr_bench.pipeline import (check_lm_eval_tasks, eval_settings, evaluate_and_record, lm_eval_scores,
                                  refuse_several_processes, suite_config)
 from mgsr_bench.requests import AgreementRequest, EvalRequest
@@ -41,8 +41,7 @@ def models_to_evaluate(names: tuple[str, ...] | list[str], label: str | None) ->
     if label is not None:
         if len(found) != 1:
             raise UserError("--label names one model's record: pass one model, or drop --label")
-        if not label or label in (".", "..") or "/" in label or os.sep in label:  # it names OUT/records/LABEL.json
-            raise UserError(f"--label must be a plain name (no path separators), got {label!r}")
+        check_plain_name(label, "--label")  # it names OUT/records/LABEL.json
         found = [(label, found[0][1])]
     labels = [lab for lab, _ in found]
     clash = sorted({lab for lab in labels if labels.count(lab) > 1})
@@ -74,6 +73,7 @@ def _named_datasets(specs: tuple[str, ...], protocol_tokenizer: str) -> dict[str
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             raise UserError(f"--data takes NAME=PATH, got {spec!r}")
+        check_plain_name(name, f"--data {spec!r}: the dataset name")  # it names cache files under --out
         if name in datasets:
             raise UserError(f"--data names the dataset {name!r} twice: give each dataset its own name")
         datasets[name] = load_instruct(path)
@@ -111,23 +111,27 @@ def evaluate_models(request: EvalRequest, on_record: Callable[[str, dict[str, An
     models = models_to_evaluate(request.models, request.label)
     check_output_folder(request.out)
     check_lm_eval_tasks(request.evaluation, tiny_suite=not request.data)
+    # every model's tokenizer before the suite, whose first build trains a teacher: a missing model fails first
+    tokenizers = {label: load_tokenizer(path, request.trust_remote_code) for label, path in models}
     suite_data = None
     if not request.data:
         suite = ensure_suite(suite_config(request.quick))
         datasets = {split: suite.split(split) for split in EVAL_SPLITS}
         suite_data = suite.root / "data"
     out = Path(request.out)
+    sweep_stale(out)
     for label, model_path in models:
         t0 = time.perf_counter()
-        tokenizer = load_tokenizer(model_path, request.trust_remote_code)
+        tokenizer = tokenizers[label]
         model = on_compute_device(load_model(model_path, getattr(torch, request.dtype),
                                              trust_remote_code=request.trust_remote_code))
-        make_output_folder(out)  # once a model has loaded: a refused model leaves no empty folder
-        record = evaluate_and_record(model, tokenizer, label=label, method="eval", datasets=datasets,
-                                     settings=settings, pair={**pair_info, "student": str(model_path)},
-                                     config={"model": str(model_path), "dtype": request.dtype},
-                                     record_path=out / "records" / f"{label}.json", started=t0,
-                                     lm_eval=lm_eval_scores(request.evaluation, model, tokenizer, suite_data))
+        with kept_only_if_written(out):  # a setting refused once the model is there leaves no empty folder
+            make_output_folder(out)
+            record = evaluate_and_record(model, tokenizer, label=label, method="eval", datasets=datasets,
+                                         settings=settings, pair={**pair_info, "student": str(model_path)},
+                                         config={"model": str(model_path), "dtype": request.dtype},
+                                         record_path=out / "records" / f"{label}.json", started=t0,
+                                         lm_eval=lm_eval_scores(request.evaluation, model, tokenizer, suite_data))
         on_record(label, record)
 
 

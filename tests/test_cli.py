@@ -46,11 +46,11 @@ def test_python_dash_m_runs_the_command_line(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["mgsr-bench", "run", "--seeds", "1,x"])
     with pytest.raises(SystemExit) as exc:
         runpy.run_module("mgsr_bench", run_name="__main__", alter_sys=True)
-    assert exc.value.code == 2 and "--seeds must be comma-separated integers" in capsys.readouterr().err
+    assert exc.value.code == 2 and "--seeds takes comma-separated integers" in capsys.readouterr().err
 
 @pytest.mark.parametrize("args,message", [
     (["run", "--methods", "sft,kdd"], "unknown recipe 'kdd' (did you mean 'kd'?)"),
-    (["run", "--seeds", "1,x"], "--seeds must be comma-separated integers"),
+    (["run", "--seeds", "1,x"], "--seeds takes comma-separated integers"),
     (["train", "kd", "--teacher", "x"], "--teacher, --student (or --pair), --train-data and --valid-data go together"),
     (["eval", "m", "--data", "nofile"], "--data takes NAME=PATH"),
     (["run", "--methods", "kd", "--set", "init_threshold=0.5"],
@@ -252,7 +252,9 @@ def _one_record_store(root: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("case", ["data-type", "data-utf8", "out-under-file", "label-path", "data-twice",
                                   "seeds-twice", "output-folder", "write-file", "bad-date", "tolerance-nan",
                                   "gpu-mem-nan", "bench-unknown", "bench-none", "bench-odd-length", "bench-json-folder",
-                                  "usage", "cut-record", "no-tokenizer", "no-model-folder", "protocol-tokenizer"])
+                                  "usage", "cut-record", "no-tokenizer", "no-model-folder", "protocol-tokenizer",
+                                  "data-name-path", "data-name-hidden", "seeds-overflow", "seeds-negative",
+                                  "nested-json", "fastchat-answer", "fastchat-question"])
 def test_bad_arguments_and_files_end_in_one_line_before_any_work(hub_style_pair, tmp_path, cli, case):
     """Each ends in exit 2 and one line naming the problem, before any work and with nothing written:
     no traceback, no usage block, no record written outside --out, no NaN tolerance calling a 50-point
@@ -278,7 +280,7 @@ def test_bad_arguments_and_files_end_in_one_line_before_any_work(hub_style_pair,
         "data-twice": (["eval", str(p / "student"), "--data", f"t={p / 'valid.jsonl'}", "--data",
                         f"t={p / 'train.jsonl'}", "--out", str(p / "run")], "names the dataset 't' twice"),
         "seeds-twice": (["eval", str(p / "student"), "--data", f"t={p / 'valid.jsonl'}", "--seeds", "10,10",
-                         "--out", str(p / "run")], "names a seed twice"),
+                         "--out", str(p / "run")], "names seed 10 twice"),
         "output-folder": (["leaderboard", str(store), "--output", str(p / "afolder")], "is a folder"),
         "write-file": (["leaderboard", str(store), "--write", str(p / "afile")], "exists and is not a folder"),
         "bad-date": (["leaderboard", str(store), "--since", "2020-13-45"], "expected an ISO date"),
@@ -299,7 +301,25 @@ def test_bad_arguments_and_files_end_in_one_line_before_any_work(hub_style_pair,
         "protocol-tokenizer": (["eval", str(p / "student"), "--data", f"sni={p / 'valid.jsonl'}", "--protocol-tokenizer",
                                 str(p / "afolder"), "--out", str(p / "run")],
                                "count tokens with GPT-2's tokenizer: cannot load tokenizer"),
+        "data-name-path": (["eval", str(p / "student"), "--data", f"../../escape={p / 'valid.jsonl'}", "--out",
+                            str(p / "run")], "the dataset name must be a plain name"),
+        "data-name-hidden": (["eval", str(p / "student"), "--data", f".x={p / 'valid.jsonl'}", "--out",
+                              str(p / "run")], "the dataset name must be a plain name"),
+        "seeds-overflow": (["eval", str(p / "student"), "--data", f"t={p / 'valid.jsonl'}", "--seeds", str(2**64),
+                            "--out", str(p / "run")], f"--seeds: seed {2**64} does not fit in 64 bits"),
+        "seeds-negative": (["run", "--seeds", "10,-1"], "--seeds: seed -1 is negative"),
+        "nested-json": (["train", "kd", *models, "--train-data", str(p / "nested.jsonl"), "--valid-data",
+                         str(p / "valid.jsonl"), "--out", str(p / "run")], "nested.jsonl:1: nested too deeply"),
+        "fastchat-answer": (["eval", str(p / "student"), "--data", f"v={p / 'q.jsonl'}+{p / 'a.jsonl'}", "--out",
+                             str(p / "run")], "a.jsonl:1: choices.0.turns.0 is not there or not text"),
+        "fastchat-question": (["eval", str(p / "student"), "--data", f"v={p / 'q0.jsonl'}+{p / 'a0.jsonl'}", "--out",
+                               str(p / "run")], "q0.jsonl:1: text is not there or not text"),
     }[case]
+    (p / "nested.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    (p / "q.jsonl").write_text('{"question_id": 1, "turns": ["hi"]}\n')
+    (p / "a.jsonl").write_text('{"question_id": 1, "choices": []}\n')
+    (p / "q0.jsonl").write_text('{"question_id": 1, "category": "writing"}\n')
+    (p / "a0.jsonl").write_text('{"question_id": 1, "text": "hello"}\n')
     if case == "no-tokenizer":
         tiny_model(300).save_pretrained(p / "bare")
     before = sorted(q.relative_to(tmp_path) for q in tmp_path.rglob("*") if q.name != ".mgsr-index.sqlite")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mgsr_bench.cli.parser import build_parser
-from mgsr_bench.errors import UserError
+from mgsr_bench.errors import EnvironmentFailure, UserError, describe_os_error
 from mgsr_bench.requests import (AgreementRequest, CompareRequest, EvalOptions, EvalRequest, HistoryRequest,
                                  LeaderboardRequest, PlanRequest, RunRequest, StoreFilter, TrainRequest)
 from mgsr_bench.signals import launched_processes, sigterm_as_exit
@@ -264,6 +264,8 @@ COMMANDS = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "agreement": c
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MGSR_BENCH_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     if "--deterministic" in argv:  # cuBLAS reads this when it first initialises: before any CUDA work
         from mgsr_bench.train.runtime import deterministic_cublas
 
@@ -289,6 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FloatingPointError as e:  # a diverged run: the message says where its state was saved
         print(f"mgsr-bench: error: {e}", file=sys.stderr)
         return 3
+    except (EnvironmentFailure, OSError) as e:  # the machine refused: one line, the traceback with --debug
+        if debug:
+            raise
+        message = describe_os_error(e) if isinstance(e, OSError) else str(e)
+        print(f"mgsr-bench: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 5
     finally:  # a process of a launched run ending, perhaps on an error (no import cost for the rest)
         dist = sys.modules.get("torch.distributed")
         if dist is not None and dist.is_available() and dist.is_initialized():

@@ -87,10 +87,6 @@ PROTOCOLS = {
 }
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [row for _, row in read_jsonl(path)]
-
-
 def _record(instruction: str, input_text: str, output: Any, **extra: Any) -> dict[str, Any]:
     return {**extra, "instruction": instruction, "input": input_text, "output": output,
             "prompt": build_prompt(instruction, input_text)}
@@ -165,7 +161,7 @@ def _ni_task_file(path: Path) -> dict[str, Any] | None:
         task = json.loads(path.read_bytes())
     except OSError:
         return None  # read_jsonl names a missing file
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
         if path.suffix == ".json":
             raise UserError(f"malformed JSON: {path}: {e} (a natural-instructions task file is one JSON object "
                             "with Definition and Instances; give JSONL records a .jsonl name)") from None
@@ -215,34 +211,45 @@ def _ni_folder(folder: Path, task_list: Path | None) -> list[dict[str, Any]]:
     return out
 
 
-def _question_text(row: dict[str, Any]) -> str:
-    if "turns" in row:
-        return row["turns"][0]
-    return row["text"]
+_QUESTION_TEXT = (("turns", 0), ("text",))  # FastChat's question files, new and old layouts
+_ANSWER_TEXT = (("choices", 0, "turns", 0), ("text",))  # its answer files, new and old
 
 
-def _answer_text(row: dict[str, Any]) -> str:
-    if "choices" in row:
-        return row["choices"][0]["turns"][0]
-    return row["text"]
+def _fastchat_text(path: Path, lineno: int, row: dict[str, Any], layouts: tuple[tuple[Any, ...], ...]) -> str:
+    """The text at the first of ``layouts`` whose key ``row`` has, checked here so that a bad line
+    fails naming itself, not as a KeyError."""
+    keys = next((keys for keys in layouts if keys[0] in row), layouts[-1])
+    value: Any = row
+    try:
+        for key in keys:
+            value = value[key]
+    except (KeyError, IndexError, TypeError):
+        value = None
+    if not isinstance(value, str):
+        where = ".".join(str(k) for k in keys)
+        raise UserError(f"malformed FastChat record: {path}:{lineno}: {where} is not there or not text "
+                        f"(expected {' or '.join('.'.join(map(str, k)) for k in layouts)}; fix or remove that line)")
+    return value
 
 
 def _fastchat(questions: Path, answers: Path) -> list[dict[str, Any]]:
     """Questions joined with their answers; an answer's ``model_id`` (which model wrote the reference)
     is kept as ``reference_model``."""
     by_id = {}
-    for row in _read_jsonl(answers):
-        if "question_id" not in row:
-            raise UserError(f"malformed FastChat answer file: {answers}: a record has no question_id")
-        by_id[row["question_id"]] = row
+    for lineno, row in read_jsonl(answers):
+        if not isinstance(row.get("question_id"), (int, str)):
+            raise UserError(f"malformed FastChat answer file: {answers}:{lineno}: the record has no question_id "
+                            "(an integer or text)")
+        by_id[row["question_id"]] = (_fastchat_text(answers, lineno, row, _ANSWER_TEXT), row.get("model_id"))
     out = []
-    for row in _read_jsonl(questions):
+    for lineno, row in read_jsonl(questions):
         qid = row.get("question_id")
-        if qid not in by_id:
-            raise UserError(f"FastChat question {qid!r} of {questions} has no answer in {answers}")
-        answer = by_id[qid]
-        extra = {"reference_model": answer["model_id"]} if "model_id" in answer else {}
-        out.append(_record(_question_text(row), "", _answer_text(answer), category=row.get("category", ""), **extra))
+        if not isinstance(qid, (int, str)) or qid not in by_id:
+            raise UserError(f"FastChat question {qid!r} of {questions}:{lineno} has no answer in {answers}")
+        answer, model = by_id[qid]
+        extra = {"reference_model": model} if model is not None else {}
+        out.append(_record(_fastchat_text(questions, lineno, row, _QUESTION_TEXT), "", answer,
+                           category=row.get("category", ""), **extra))
     return out
 
 

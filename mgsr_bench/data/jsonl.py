@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from mgsr_bench.data.template import build_prompt
-from mgsr_bench.errors import UserError
+from mgsr_bench.errors import UserError, writing
+from mgsr_bench.outputs import temp_prefix
 
 REQUIRED = ("instruction", "output")
 
@@ -38,6 +39,9 @@ def read_jsonl(path: str | Path, what: str = "") -> list[tuple[int, dict[str, An
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"malformed JSONL: {path}:{lineno}: {e.msg} (each line must be one JSON object)") from None
+        except RecursionError:
+            raise UserError(f"malformed JSONL: {path}:{lineno}: nested too deeply to read (a record is a flat "
+                            "object of text fields)") from None
         if not isinstance(row, dict):
             raise UserError(f"malformed JSONL: {path}:{lineno}: expected a JSON object, got {type(row).__name__}")
         rows.append((lineno, row))
@@ -75,20 +79,21 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 def write_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and a rename: the file is whole or absent."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())  # the rename must not land before the bytes do
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())  # the rename must not land before the bytes do
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from other users
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def first_reference(output: str | list[str]) -> str:

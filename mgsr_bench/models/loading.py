@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -16,6 +17,7 @@ from typing import Iterator
 import torch
 import transformers
 from packaging.version import Version
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 try:  # transformers 5
@@ -23,7 +25,7 @@ try:  # transformers 5
 except ImportError:  # transformers 4
     from transformers.modeling_utils import no_init_weights
 
-from mgsr_bench.errors import UserError
+from mgsr_bench.errors import EnvironmentFailure, UserError
 
 
 @contextmanager
@@ -80,6 +82,16 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False) ->
 _DTYPE_ARGUMENT = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
 
+def _unreadable_weights(name_or_path: str | Path, error: Exception) -> str:
+    """The line for weights that do not load: a damaged safetensors file, or a pickle that torch's
+    ``weights_only`` loading refused because it would run code."""
+    if isinstance(error, pickle.UnpicklingError):
+        return (f"cannot load model {str(name_or_path)!r}: its pickled weights hold more than tensors (loading them "
+                "could run code), refused; convert a trusted copy to safetensors")
+    return (f"cannot load model {str(name_or_path)!r}: a safetensors file is damaged ({str(error).splitlines()[0]}); "
+            "download or save the model again")
+
+
 def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32,
                trust_remote_code: bool = False, weights: bool = True) -> PreTrainedModel:
     """A causal LM from a local folder or a Hub name; code shipped with a Hub model runs only when
@@ -100,6 +112,8 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32,
             config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}") from None
+    except (SafetensorError, pickle.UnpicklingError) as e:
+        raise EnvironmentFailure(_unreadable_weights(name_or_path, e)) from e
     with no_init_weights():  # which also skips the tying of the embeddings: tied below
         model = AutoModelForCausalLM.from_config(config, **{_DTYPE_ARGUMENT: dtype},
                                                  trust_remote_code=trust_remote_code)

@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mgsr_bench.errors import UserError
+from mgsr_bench.errors import UserError, writing
+from mgsr_bench.outputs import sweep_stale, temp_prefix
 from mgsr_bench.results.leaderboard import build_board, render_leaderboard
 from mgsr_bench.results.plots import bar_chart, ranking_chart, training_curves
 
@@ -31,30 +32,32 @@ def write_leaderboard(records: list[dict[str, Any]], folder: str | Path, metric:
              for fmt, ext in EXTENSIONS.items()}
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".leaderboard-{os.getpid()}-", suffix=".tmp", dir=folder))
+        sweep_stale(folder)  # the staging folders of killed writes
+        staging = Path(tempfile.mkdtemp(prefix=temp_prefix(folder / "leaderboard"), dir=folder))
     except OSError as e:
         raise UserError(f"cannot write into {folder} ({e.strerror}); make it writable or choose another --write") \
             from None
     try:
-        made = []
-        for name, text in texts.items():
-            (staging / name).write_text(text, encoding="utf-8")
-            made.append(staging / name)
-        if plots:
-            board = build_board(records, metric, reference, datasets, reported=reported)
-            made += ranking_chart(board, staging / "ranking")
-            made += bar_chart(board, staging / "scores")
-            made += training_curves(records, staging / "training") or []
-        umask = os.umask(0)
-        os.umask(umask)
-        for path in made:
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())  # the renames must not land before the bytes do
-            os.chmod(path, 0o666 & ~umask)
-        written = []
-        for path in made:
-            os.replace(path, folder / path.name)
-            written.append(folder / path.name)
-        return written
+        with writing(folder):
+            made = []
+            for name, text in texts.items():
+                (staging / name).write_text(text, encoding="utf-8")
+                made.append(staging / name)
+            if plots:
+                board = build_board(records, metric, reference, datasets, reported=reported)
+                made += ranking_chart(board, staging / "ranking")
+                made += bar_chart(board, staging / "scores")
+                made += training_curves(records, staging / "training") or []
+            umask = os.umask(0)
+            os.umask(umask)
+            for path in made:
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())  # the renames must not land before the bytes do
+                os.chmod(path, 0o666 & ~umask)
+            written = []
+            for path in made:
+                os.replace(path, folder / path.name)
+                written.append(folder / path.name)
+            return written
     finally:
         shutil.rmtree(staging, ignore_errors=True)

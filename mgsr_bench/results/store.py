@@ -14,6 +14,7 @@ date then read only the matching records.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -21,9 +22,10 @@ import sqlite3
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
-from mgsr_bench.errors import UserError
+from mgsr_bench.errors import EnvironmentFailure, UserError, writing
+from mgsr_bench.outputs import temp_prefix
 from mgsr_bench.results.record import SCHEMA, json_problem, read_record, write_record
 
 INDEX = ".mgsr-index.sqlite"
@@ -48,6 +50,16 @@ def pair_name(record: dict[str, Any]) -> str:
 
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "x"
+
+
+@contextlib.contextmanager
+def _writing_index(db: Path) -> Iterator[None]:
+    """A refused write of the index (the OS's error, or SQLite's "database or disk is full") as one line naming it."""
+    try:
+        with writing(db):
+            yield
+    except sqlite3.OperationalError as e:
+        raise EnvironmentFailure(f"cannot write {db}: {e}; free space there or make the folder writable") from e
 
 
 def _is_record_file(path: Path) -> bool:
@@ -116,28 +128,29 @@ class ResultsStore:
         if db.exists() and self._indexed_files(db) == files:
             return db
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".mgsr-index-", suffix=".tmp", dir=self.root)
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(db), dir=self.root)
         except OSError as e:
             raise UserError(f"cannot write the index of {self.root} ({e.strerror}); make the folder writable") from None
         os.close(fd)
         try:
-            with sqlite3.connect(tmp) as con:
-                con.executescript(_TABLES)
-                con.executemany("INSERT INTO files VALUES (?, ?, ?)", [(p, s, m) for p, (s, m) in files.items()])
-                for rel in sorted(files):
-                    path = self.root / rel
-                    if not _is_record_file(path):
-                        continue
-                    r = read_record(path)  # a malformed record fails here, naming its file and field
-                    con.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                (rel, r["label"], r["method"], pair_name(r), r.get("git_commit") or "",
-                                 r["created"], r["config_hash"]))
-                    seeds = len(r["evaluation"]["seeds"])
-                    for dataset, s in r["scores"].items():
-                        for metric in ("rougeL", "exact_match"):
-                            con.execute("INSERT INTO scores VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                        (rel, dataset, metric, s[metric]["mean"], s[metric]["std"], seeds, s["n"]))
-            os.replace(tmp, db)
+            with _writing_index(db):
+                with sqlite3.connect(tmp) as con:
+                    con.executescript(_TABLES)
+                    con.executemany("INSERT INTO files VALUES (?, ?, ?)", [(p, s, m) for p, (s, m) in files.items()])
+                    for rel in sorted(files):
+                        path = self.root / rel
+                        if not _is_record_file(path):
+                            continue
+                        r = read_record(path)  # a malformed record fails here, naming its file and field
+                        con.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                    (rel, r["label"], r["method"], pair_name(r), r.get("git_commit") or "",
+                                     r["created"], r["config_hash"]))
+                        seeds = len(r["evaluation"]["seeds"])
+                        for dataset, s in r["scores"].items():
+                            for metric in ("rougeL", "exact_match"):
+                                con.execute("INSERT INTO scores VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                            (rel, dataset, metric, s[metric]["mean"], s[metric]["std"], seeds, s["n"]))
+                os.replace(tmp, db)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

@@ -51,7 +51,8 @@ from typing import Any
 import torch
 
 from mgsr_bench.data.collate import Example
-from mgsr_bench.errors import UserError
+from mgsr_bench.errors import UserError, writing
+from mgsr_bench.outputs import temp_sibling
 from mgsr_bench.sampling.replay import as_tuples
 from mgsr_bench.train import distributed
 from mgsr_bench.train.runtime import Runtime
@@ -77,14 +78,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _write(path: Path, state: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_sibling(path)
     try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync(path.parent)  # the rename itself, against a crash of the machine (a kill needs no more)
+        with writing(path):
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync(path.parent)  # the rename itself, against a crash of the machine (a kill needs no more)
     finally:
         tmp.unlink(missing_ok=True)
     return path
