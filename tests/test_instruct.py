@@ -164,3 +164,65 @@ def test_a_malformed_file_fails_in_one_line_naming_it(tmp_path, name, text, mess
     with pytest.raises(UserError, match=message) as e:
         load_instruct(tmp_path / name)
     assert "\n" not in str(e.value)
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+# One valid file (or pair of files) per layout load_instruct reads; the fuzz replaces or deletes one
+# value in it. Keys are paths into the JSON: a row's field, or a field of its first instance.
+LAYOUTS = {
+    "minillm.jsonl": ({"instruction": "a", "input": "b", "output": "c", "prompt": "p"}, "instances"),
+    "plain.jsonl": ({"instruction": "a", "output": ["c", "d"]}, None),
+    "self-instruct.jsonl": ({"instruction": "a", "instances": [{"input": "b", "output": "c"}],
+                             "motivation_app": "m"}, "instances"),
+    "unnatural.jsonl": ({"instruction": "a", "instances": [{"instruction_with_input": "a b", "input": "b",
+                                                          "constraints": "k", "output": "c"}]}, "instances"),
+    "task.json": ({"Definition": ["define"], "Instances": [{"id": "t-1", "input": "b", "output": ["c"]}]},
+                  "Instances"),
+    "fastchat": ({"question_id": 1, "turns": ["q"], "category": "writing"}, None),
+}
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=4),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                                          max_size=3),
+                           max_leaves=6)
+
+
+def _fuzzed(row: dict, nested: str | None, data: st.DataObject) -> dict:
+    row = json.loads(json.dumps(row))
+    target = row
+    if nested and data.draw(st.booleans()) and isinstance(row.get(nested), list):
+        target = row[nested][0]
+    key = data.draw(st.sampled_from(sorted(target)))
+    if data.draw(st.booleans()):
+        del target[key]
+    else:
+        target[key] = data.draw(JSON_VALUES)
+    return row
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layout=st.sampled_from(sorted(LAYOUTS)), data=st.data())
+def test_fuzzed_files_of_every_layout_load_as_text_records_or_fail_in_one_clear_line(tmp_path, layout, data):
+    """Each value of each layout's record, replaced by any JSON value (NaN, huge integers, nesting
+    included) or deleted: the loader gives records whose fields are text, or one ``UserError``."""
+    row, nested = LAYOUTS[layout]
+    row = _fuzzed(row, nested, data)
+    if layout == "fastchat":
+        answer = {"question_id": 1, "choices": [{"turns": ["r"]}], "model_id": "m"}
+        if data.draw(st.booleans()):
+            row, answer = {"question_id": 1, "turns": ["q"]}, _fuzzed(answer, "choices", data)
+        (tmp_path / "q.jsonl").write_text(json.dumps(row) + "\n")
+        (tmp_path / "a.jsonl").write_text(json.dumps(answer) + "\n")
+        spec = f"{tmp_path / 'q.jsonl'}+{tmp_path / 'a.jsonl'}"
+    else:
+        (tmp_path / layout).write_text(json.dumps(row) + ("\n" if layout.endswith("jsonl") else ""))
+        spec = str(tmp_path / layout)
+    try:
+        records = load_instruct(spec)
+    except UserError as e:
+        assert "\n" not in str(e) and str(e)
+        return
+    for r in records:
+        assert all(isinstance(r[k], str) for k in ("instruction", "input", "prompt"))
+        assert isinstance(r["output"], str) or (r["output"] and all(isinstance(o, str) for o in r["output"]))
