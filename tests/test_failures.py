@@ -220,3 +220,20 @@ def test_a_training_setting_refused_leaves_no_output_folder(hub_style_pair, cli,
     assert proc.returncode == 2 and says in proc.stderr.splitlines()[-1] and "Traceback" not in proc.stderr, \
         proc.stderr
     assert not (p / "run").exists()
+
+
+def test_train_sweeps_the_model_copy_and_checkpoint_a_killed_run_left(hub_style_pair, cli):
+    """The state a SIGKILL just before the final renames leaves: a whole hidden model copy and a
+    checkpoint temporary, both of a process that is gone. The same command run again removes them."""
+    p, dead = hub_style_pair, _dead_pid()
+    run = p / "run"
+    stale = [_stale(run / "model", dead), _stale(run / "checkpoints" / "step-0000002.pt", dead)]
+    stale[0].mkdir(parents=True)
+    (stale[0] / "model.safetensors").write_bytes(b"x" * 1000)
+    stale[1].parent.mkdir(parents=True)
+    stale[1].write_bytes(b"x")
+    proc = cli("train", "kd", "--teacher", str(p / "teacher"), "--student", str(p / "student"), "--train-data",
+               str(p / "train.jsonl"), "--valid-data", str(p / "valid.jsonl"), "--steps", "2", "--out", str(run))
+    assert proc.returncode == 0, proc.stderr
+    assert (run / "model" / "config.json").is_file() and not any(path.exists() for path in stale)
+    assert not [path for path in run.rglob(".*") if ".tmp-" in path.name]
