@@ -7,14 +7,44 @@ Conventions used throughout mgsr-bench:
 * Every function takes logits of shape ``(N, V)`` for the N selected response positions and
   returns a tensor of shape ``(N,)``: one value per token. Reduction (the token mean over the
   global batch) belongs to the training harness, so that every method is reduced identically.
+* The teacher may instead be a :class:`TopK`: its k most likely tokens per position, as a cache
+  holds them (:mod:`mgsr_bench.teacher_cache`). Every divergence is then taken between two
+  distributions over the same k + 1 outcomes: the teacher's k tokens, and one "rest" bucket holding
+  the remaining mass (the default; both are proper distributions, and the student's mass outside
+  the teacher's k tokens is penalised), or the k tokens renormalised (``renormalize``; the rest is
+  dropped on both sides). The student is reduced to the teacher's k ids in the same way. With k
+  equal to the vocabulary both equal the exact divergence (tested for each).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
+
+
+@dataclasses.dataclass
+class TopK:
+    """A teacher distribution kept as its ``k`` most likely tokens per position: ``ids`` and
+    ``logprobs``, both ``(N, k)``, the log-probabilities at ``temperature`` over the full
+    vocabulary; ``renormalize`` chooses the convention for the rest (module docstring)."""
+
+    ids: torch.Tensor
+    logprobs: torch.Tensor
+    temperature: float = 1.0
+    renormalize: bool = False
+
+    def slice(self, start: int, stop: int) -> "TopK":
+        return dataclasses.replace(self, ids=self.ids[start:stop], logprobs=self.logprobs[start:stop])
+
+
+Teacher = torch.Tensor | TopK  # logits (N, V), or a cached top-k distribution
+
+# The log-mass of a rest bucket that is empty (k = V, or the top k hold all of it in float precision):
+# small enough to add nothing to any sum, large enough that 0 * log(0) never turns into NaN.
+_EMPTY = -80.0
 
 
 def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -22,12 +52,35 @@ def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return F.log_softmax(logits.to(dtype) / temperature, dim=-1)
 
 
+def _with_rest(log_top: torch.Tensor) -> torch.Tensor:
+    """``(N, k)`` log-probabilities and one more column, the log of the mass they leave."""
+    rest = torch.log((-torch.expm1(torch.logsumexp(log_top, -1, keepdim=True))).clamp_min(math.exp(_EMPTY)))
+    return torch.cat([log_top, rest], dim=-1)
+
+
+def log_prob_pair(student_logits: torch.Tensor, teacher: Teacher,
+                  temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log q, log p)`` over the outcomes a divergence sums over: the vocabulary for teacher
+    logits; for a :class:`TopK` teacher, its k ids plus the rest bucket, or the k ids renormalised."""
+    log_q = _log_probs(student_logits, temperature)
+    if not isinstance(teacher, TopK):
+        return log_q, _log_probs(teacher, temperature)
+    if not math.isclose(teacher.temperature, temperature):
+        raise ValueError(f"the cached teacher distribution is at temperature {teacher.temperature}, the loss asks "
+                         f"for {temperature}: write the cache at the method's temperature")
+    log_q = log_q.gather(-1, teacher.ids.long())
+    log_p = teacher.logprobs.to(log_q.dtype)
+    if teacher.renormalize:
+        return log_q - torch.logsumexp(log_q, -1, keepdim=True), log_p - torch.logsumexp(log_p, -1, keepdim=True)
+    return _with_rest(log_q), _with_rest(log_p)
+
+
 def cross_entropy(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Negative log-likelihood of the target tokens: ``-log q(y_t)`` per token (the SFT loss)."""
     return -_log_probs(student_logits, 1.0).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+def forward_kl(student_logits: torch.Tensor, teacher_logits: Teacher, temperature: float = 1.0,
                cross_entropy_form: bool = False) -> torch.Tensor:
     """Exact forward KL, ``KL(p || q) = sum_v p(v) (log p(v) - log q(v))``, per token.
 
@@ -36,24 +89,22 @@ def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
     (``cross_entropy_form=True``), which is this value plus the teacher entropy H(p): a constant
     for the student, so the gradients are identical. No ``tau**2`` factor is applied.
     """
-    log_q = _log_probs(student_logits, temperature)
-    log_p = _log_probs(teacher_logits, temperature)
+    log_q, log_p = log_prob_pair(student_logits, teacher_logits, temperature)
     if cross_entropy_form:
         return -(log_p.exp() * log_q).sum(-1)
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
-def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def reverse_kl(student_logits: torch.Tensor, teacher_logits: Teacher, temperature: float = 1.0) -> torch.Tensor:
     """Reverse KL, ``KL(q || p) = sum_v q(v) (log q(v) - log p(v))``, per token (mode-seeking).
 
     Convention: the same in MiniLLM, DistiLLM, TRL (``beta = 1`` of its generalized JSD) and DistillKit.
     """
-    log_q = _log_probs(student_logits, temperature)
-    log_p = _log_probs(teacher_logits, temperature)
+    log_q, log_p = log_prob_pair(student_logits, teacher_logits, temperature)
     return (log_q.exp() * (log_q - log_p)).sum(-1)
 
 
-def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.5,
+def generalized_jsd(student_logits: torch.Tensor, teacher_logits: Teacher, beta: float = 0.5,
                     temperature: float = 1.0) -> torch.Tensor:
     """Generalized Jensen-Shannon divergence in TRL's convention (``GKDTrainer``), per token.
 
@@ -73,7 +124,7 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     return beta * kl_p + (1 - beta) * kl_q
 
 
-def jsd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.5,
+def jsd_terms(student_logits: torch.Tensor, teacher_logits: Teacher, beta: float = 0.5,
               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The two halves of :func:`generalized_jsd`: ``(KL(p || M), KL(q || M))``, ``M = beta p + (1 - beta) q``.
 
@@ -81,24 +132,22 @@ def jsd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: 
     """
     if not 0.0 < beta < 1.0:
         raise ValueError(f"beta must be in (0, 1), got {beta}")
-    log_q = _log_probs(student_logits, temperature)
-    log_p = _log_probs(teacher_logits, temperature)
+    log_q, log_p = log_prob_pair(student_logits, teacher_logits, temperature)
     log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log(1 - beta))
     return (log_p.exp() * (log_p - log_m)).sum(-1), (log_q.exp() * (log_q - log_m)).sum(-1)
 
 
-def total_variation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def total_variation(student_logits: torch.Tensor, teacher_logits: Teacher, temperature: float = 1.0) -> torch.Tensor:
     """Total variation distance, ``0.5 * sum_v |p(v) - q(v)|``, per token (in [0, 1]).
 
     Convention: DistiLLM's ``tv_distance`` and f-distill's TVD, computed in probability space;
     symmetric in p and q.
     """
-    p = _log_probs(teacher_logits, temperature).exp()
-    q = _log_probs(student_logits, temperature).exp()
-    return 0.5 * (p - q).abs().sum(-1)
+    log_q, log_p = log_prob_pair(student_logits, teacher_logits, temperature)
+    return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
 
 
-def skew_forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha: float = 0.1,
+def skew_forward_kl(student_logits: torch.Tensor, teacher_logits: Teacher, alpha: float = 0.1,
                     temperature: float = 1.0) -> torch.Tensor:
     """Skew forward KL, the exact ``KL(p || alpha * p + (1 - alpha) * q)``, per token.
 
@@ -109,13 +158,12 @@ def skew_forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     """
     if not 0.0 <= alpha < 1.0:
         raise ValueError(f"alpha must be in [0, 1), got {alpha}")
-    log_q = _log_probs(student_logits, temperature)
-    log_p = _log_probs(teacher_logits, temperature)
+    log_q, log_p = log_prob_pair(student_logits, teacher_logits, temperature)
     log_mix = log_q if alpha == 0 else torch.logaddexp(log_p + math.log(alpha), log_q + math.log(1 - alpha))
     return (log_p.exp() * (log_p - log_mix)).sum(-1)
 
 
-def skew_reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha: float = 0.1,
+def skew_reverse_kl(student_logits: torch.Tensor, teacher_logits: Teacher, alpha: float = 0.1,
                     temperature: float = 1.0) -> torch.Tensor:
     """DistiLLM's skew reverse KL, ``KL(q || (1 - alpha) * p + alpha * q)``, per token.
 
@@ -123,13 +171,12 @@ def skew_reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     """
     if not 0.0 <= alpha < 1.0:
         raise ValueError(f"alpha must be in [0, 1), got {alpha}")
-    log_q = _log_probs(student_logits, temperature)
-    log_p = _log_probs(teacher_logits, temperature)
+    log_q, log_p = log_prob_pair(student_logits, teacher_logits, temperature)
     log_mix = log_p if alpha == 0 else torch.logaddexp(log_p + math.log(1 - alpha), log_q + math.log(alpha))
     return (log_q.exp() * (log_q - log_mix)).sum(-1)
 
 
-def symmetric_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, weight: float = 0.5,
+def symmetric_kl(student_logits: torch.Tensor, teacher_logits: Teacher, weight: float = 0.5,
                  temperature: float = 1.0) -> torch.Tensor:
     """Mix of the two KLs, ``(1 - weight) * KL(p || q) + weight * KL(q || p)``, per token.
 
@@ -142,7 +189,7 @@ def symmetric_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, wei
             + weight * reverse_kl(student_logits, teacher_logits, temperature))
 
 
-def alpha_beta_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha: float = 0.5,
+def alpha_beta_divergence(student_logits: torch.Tensor, teacher_logits: Teacher, alpha: float = 0.5,
                           beta: float = 0.5, temperature: float = 1.0) -> torch.Tensor:
     """The alpha-beta divergence of ABKD (Wang et al., ICML 2025), per token.
 
@@ -158,8 +205,7 @@ def alpha_beta_divergence(student_logits: torch.Tensor, teacher_logits: torch.Te
     if alpha == 0 or beta == 0 or alpha + beta == 0:
         raise ValueError(f"alpha-beta divergence needs alpha, beta, alpha + beta != 0 "
                          f"(or the KL limits (1, 0), (0, 1)); got ({alpha}, {beta})")
-    log_q = _log_probs(student_logits, temperature)
-    log_p = _log_probs(teacher_logits, temperature)
+    log_q, log_p = log_prob_pair(student_logits, teacher_logits, temperature)
     s = alpha + beta
     terms = ((alpha * log_p + beta * log_q).exp() - alpha / s * (s * log_p).exp() - beta / s * (s * log_q).exp())
     return -terms.sum(-1) / (alpha * beta)
