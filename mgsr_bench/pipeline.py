@@ -34,6 +34,7 @@ from mgsr_bench.results import make_record, read_record, write_record
 from mgsr_bench.requests import EvalOptions
 from mgsr_bench.results.record import seeded_label
 from mgsr_bench.signals import launched_processes
+from mgsr_bench.teacher_cache import CacheOption, reading_for_run
 from mgsr_bench.train import train
 
 
@@ -223,13 +224,16 @@ def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedM
                   tokenizer: PreTrainedTokenizerBase, train_records: list[dict[str, Any]],
                   valid_records: list[dict[str, Any]], train_defaults: dict[str, Any] | None = None,
                   train_overrides: dict[str, Any] | None = None, checkpoint_dir: Path | None = None,
-                  accelerator: Accelerator | None = None) -> TrainedStudent:
+                  accelerator: Accelerator | None = None, teacher_cache: CacheOption | None = None) -> TrainedStudent:
     """Train ``student`` with ``recipe`` (:class:`TrainedStudent` says what comes back).
 
     Training settings resolve as: ``TrainConfig`` defaults < ``train_defaults`` (the suite's)
     < the recipe's ``train`` block < ``train_overrides`` (the command line). With
     ``checkpoint_dir`` the run checkpoints there and resumes from it (see :func:`train`), whose
-    ``Accelerator`` ``accelerator`` is, when the caller built it before loading the models.
+    ``Accelerator`` ``accelerator`` is, when the caller built it before loading the models. With
+    ``teacher_cache`` the loss reads the teacher's cached distributions instead of running it; the
+    cache's key and convention enter the run's config (so its record is another row than the live
+    teacher's).
     """
     resolved = resolve_recipe(recipe, train_defaults, train_overrides)
     cfg, config = resolved.train, resolved.config
@@ -240,9 +244,14 @@ def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedM
         if not train_records or not valid_records:
             raise UserError("every training or validation prompt is longer than 256 tokens, and train.long_prompts "
                             "drops such examples: shorten the prompts, or set train.long_prompts=truncate")
-    result = train(student, teacher, tokenizer, resolved.method, tokenize_records(train_records, tokenizer),
+    train_examples, reading = tokenize_records(train_records, tokenizer), None
+    if teacher_cache is not None:
+        reading, train_examples = reading_for_run(teacher_cache.folder, resolved.method, teacher, train_examples,
+                                                  len(tokenizer), teacher_cache.rest)
+        config = {**config, "teacher_cache": dataclasses.asdict(reading)}
+    result = train(student, teacher, tokenizer, resolved.method, train_examples,
                    valid_records, tokenize_records(valid_records, tokenizer), cfg, desc=f"train {recipe.name}",
-                   checkpoint_dir=checkpoint_dir, accelerator=accelerator)
+                   checkpoint_dir=checkpoint_dir, accelerator=accelerator, teacher_cache=reading)
     summary = {"seed": cfg.seed, "best_step": result.best_step, "best_val": result.best_score,
                "steps_run": result.steps_run, "stopped_early": result.stopped_early,
                "val_examples": result.val_examples,

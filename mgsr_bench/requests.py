@@ -66,6 +66,24 @@ class TrainRequest:
     trust_remote_code: bool = False
     deterministic: bool = False
     checkpoint_every: int | None = None
+    teacher_cache: Path | None = None  # read the teacher's cached distributions instead of running it
+    teacher_cache_rest: str = "bucket"
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheTeacherRequest:
+    """``cache-teacher``: the teacher's top-k distributions on a training set, written once."""
+
+    out: Path
+    teacher: str | None = None  # None: the tiny suite's (with its tokenizer and train split)
+    train_data: str | None = None
+    k: int = 64
+    temperature: float = 1.0
+    dtype: str = "float16"
+    long_prompts: str = "drop"
+    batch_size: int = 16
+    quick: bool = False
+    trust_remote_code: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,8 +25,10 @@ from mgsr_bench.pipeline import (SeededRun, apply_sets, check_lm_eval_tasks, eva
                                  finished, lm_eval_scores, load_recipes, parse_train_seeds,
                                  refuse_several_processes, resolve_recipe, save_model_atomic, seeded_runs,
                                  suite_config, train_student)
-from mgsr_bench.requests import CHECKPOINT_EVERY, EvalOptions, RunRequest, TrainRequest
+from mgsr_bench.requests import CHECKPOINT_EVERY, CacheTeacherRequest, EvalOptions, RunRequest, TrainRequest
 from mgsr_bench.signals import launched_processes
+from mgsr_bench.teacher_cache import (DTYPES as CACHE_DTYPES, CacheKey, CacheOption, check_request, read_manifest,
+                                     state_digest, write_cache)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +193,7 @@ class _TrainPlan:
     defaults: dict[str, Any]
     overrides: dict[str, Any]
     pair: Any  # the registered pair (``--pair``), or None
+    teacher_cache: CacheOption | None = None
 
     def config(self, run: SeededRun) -> dict[str, Any]:
         """The config ``training.json`` records for ``run``."""
@@ -293,7 +296,11 @@ def train_runs(request: TrainRequest, on_trained: Callable[[TrainedRun], None]) 
         raise UserError(f"--checkpoint-every must be >= 0, got {request.checkpoint_every}")
     sources = _train_sources(request)
     defaults, overrides = _train_settings(request, sources)
-    plan = _TrainPlan(recipe, defaults, overrides, sources.pair)
+    cache = None
+    if request.teacher_cache is not None:
+        cache = CacheOption(request.teacher_cache, request.teacher_cache_rest)
+        check_request(cache.folder, resolve_recipe(recipe, defaults, overrides).method, cache.rest)
+    plan = _TrainPlan(recipe, defaults, overrides, sources.pair, cache)
     todo = _train_todo(plan, out, seeded_runs(out.name, resolve_recipe(recipe, defaults, overrides).train.seed,
                                               seeds))
     with kept_only_if_written(*(folder for _, folder in todo)):  # a refusal once the models load: no empty --out
@@ -371,7 +378,8 @@ def _train_run(job: _TrainJob, run: SeededRun, folder: Path) -> TrainedRun | Non
 
         student = apply_lora(student, plan.pair.lora, cfg.seed)
     trained = train_student(plan.recipe, student, teacher, job.tokenizer, job.train_records, job.valid_records,
-                            plan.defaults, overrides, checkpoint_dir=folder / "checkpoints", accelerator=accelerator)
+                            plan.defaults, overrides, checkpoint_dir=folder / "checkpoints", accelerator=accelerator,
+                            teacher_cache=plan.teacher_cache)
     config, summary, method_state, student = trained.config, trained.summary, trained.method_state, trained.model
     if not _is_main_process():  # under torchrun / accelerate launch the main process writes the results
         return None
@@ -381,3 +389,40 @@ def _train_run(job: _TrainJob, run: SeededRun, folder: Path) -> TrainedRun | Non
     write_atomic(folder / "training.json", json.dumps({"config": config, "training": summary}, indent=2))
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the run is complete: its checkpoints are spent
     return TrainedRun(folder, summary)
+
+
+def cache_teacher(request: CacheTeacherRequest) -> tuple[Path, dict[str, Any]]:
+    """Write the teacher's top-k distributions on the training examples the runs will train on (the
+    same prompt filter and tokenisation); returns the cache folder and its manifest."""
+    import torch
+
+    from mgsr_bench.data.collate import prompts_within, token_digest, tokenize_records
+    from mgsr_bench.data.jsonl import read_records
+    from mgsr_bench.models import load_model, load_tokenizer, on_compute_device
+    from mgsr_bench.suite.build import ensure_suite
+
+    refuse_several_processes("cache-teacher runs in one process: run it without a launcher")
+    if request.dtype not in CACHE_DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(CACHE_DTYPES)}, got {request.dtype!r}")
+    if (request.teacher is None) != (request.train_data is None):
+        raise UserError("--teacher and --train-data go together (or neither: the tiny suite's)")
+    if request.k < 1 or request.batch_size < 1 or not request.temperature > 0:
+        raise UserError("--k and --batch-size must be >= 1 and --temperature > 0")
+    check_output_folder(request.out)
+    if request.teacher is None:
+        suite = ensure_suite(suite_config(request.quick))
+        teacher_path, records = suite.teacher_dir, suite.split("train")
+    else:
+        teacher_path, records = request.teacher, read_records(request.train_data)
+    tokenizer = load_tokenizer(teacher_path, request.trust_remote_code)
+    if request.long_prompts == "drop":
+        records = prompts_within(records, tokenizer)
+    examples = tokenize_records(records, tokenizer)
+    if not examples:
+        raise UserError("no training example is left once prompts over 256 tokens are dropped: --long-prompts truncate")
+    teacher = on_compute_device(load_model(teacher_path, torch.float32, trust_remote_code=request.trust_remote_code))
+    key = CacheKey(teacher=state_digest(teacher), examples=token_digest(examples), vocab_size=len(tokenizer),
+                   k=request.k, temperature=request.temperature, dtype=request.dtype)
+    with kept_only_if_written(request.out):
+        folder = write_cache(teacher, examples, request.out, key, tokenizer.pad_token_id, request.batch_size)
+    return folder, read_manifest(folder)

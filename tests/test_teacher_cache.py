@@ -4,6 +4,7 @@ conventions for the rest, equals the exact divergence when k is the vocabulary."
 from __future__ import annotations
 
 import functools
+import re
 
 import pytest
 import torch
@@ -71,3 +72,88 @@ def test_a_cache_at_another_temperature_is_refused():
     logits = torch.randn(2, 10)
     with pytest.raises(ValueError, match="temperature 1.0, the loss asks for 2.0"):
         D.forward_kl(logits, topk(logits, 4, 1.0), temperature=2.0)
+
+
+# --- the cache on disk and in the training loop ----------------------------------------------------
+
+from accelerate import Accelerator  # noqa: E402
+
+from conftest import tiny_model  # noqa: E402
+from mgsr_bench.data.collate import prompts_within, token_digest, tokenize_records  # noqa: E402
+from mgsr_bench.errors import UserError  # noqa: E402
+from mgsr_bench.methods import get_method  # noqa: E402
+from mgsr_bench.teacher_cache import (CacheKey, CacheOption, CacheReading, load_cache, state_digest,  # noqa: E402
+                                      with_cached_rows, write_cache)
+from mgsr_bench.train.loop import Objective, backward_global_batch, response_tokens  # noqa: E402
+from mgsr_bench.train.runtime import Runtime  # noqa: E402
+
+
+def _cache(tmp_path, teacher, tokenizer, examples, k, temperature=1.0):
+    key = CacheKey(state_digest(teacher), token_digest(examples), len(tokenizer), k, temperature, "float32")
+    folder = write_cache(teacher, examples, tmp_path / f"cache-{k}", key, tokenizer.pad_token_id, batch_size=3)
+    return key, folder
+
+
+@pytest.mark.parametrize("chunk_size", [0, 7])
+@pytest.mark.parametrize("method_name", ["kd", "rkl", "jsd", "tvd", "sfkl", "srkl", "abkd"])
+def test_the_loop_reading_a_full_cache_gives_the_live_teachers_loss_and_gradients(method_name, chunk_size, tokenizer,
+                                                                                  records, teacher, tmp_path):
+    examples = tokenize_records(records[:8], tokenizer)
+    key, folder = _cache(tmp_path, teacher, tokenizer, examples, len(tokenizer))
+    cached = with_cached_rows(examples, load_cache(folder, key))
+    runtime, method, totals = Runtime.of(Accelerator()), get_method(method_name), {"tokens": response_tokens(examples)}
+    results = []
+    for rows, live, reading in ((examples, teacher, None), (cached, None, CacheReading(key))):
+        student = tiny_model(len(tokenizer), seed=1)
+        objective = Objective(method, student, live, len(tokenizer), tokenizer.pad_token_id, 4, chunk_size, reading)
+        loss = backward_global_batch(objective, rows, totals, runtime)
+        results.append((loss, {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}))
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_a_cache_is_read_only_for_its_teacher_data_and_temperature_and_by_ground_truth_methods(tokenizer, records,
+                                                                                            teacher, tmp_path):
+    from mgsr_bench.config import load_recipe
+    from mgsr_bench.pipeline import train_student
+
+    train, valid = prompts_within(records[:16], tokenizer), records[16:20]
+    _, folder = _cache(tmp_path, teacher, tokenizer, tokenize_records(train, tokenizer), 16)
+    settings = {"steps": 2, "micro_batch": 4, "eval_every": 1, "val_metric": "loss"}
+
+    def trained(recipe="kd", model=teacher, data=train, **options):
+        recipe = load_recipe(recipe)
+        recipe = type(recipe)(**{**recipe.__dict__, "options": {**recipe.options, **options}})
+        return train_student(recipe, tiny_model(len(tokenizer), seed=1), model, tokenizer, data, valid,
+                             train_overrides=settings, teacher_cache=CacheOption(folder))
+
+    run = trained()
+    assert run.config["teacher_cache"]["key"]["k"] == 16 and run.config["teacher_cache"]["rest"] == "bucket"
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in run.summary["history"] if "loss" in h)
+    for call, says in ((lambda: trained(model=tiny_model(len(tokenizer), seed=5, hidden=48)), "another teacher"),
+                       (lambda: trained(temperature=2.0), "another temperature (1.0; this run: 2.0)"),
+                       (lambda: trained(data=train[:-1]), "another set of training examples"),
+                       (lambda: trained("gkd"), "method 'gkd' cannot read a teacher cache"),
+                       (lambda: trained("sft"), "method 'sft' cannot read a teacher cache")):
+        with pytest.raises(UserError, match=re.escape(says)):
+            call()
+    (folder / "manifest.json").unlink()  # what a killed write leaves: never read
+    with pytest.raises(UserError, match="is not a teacher cache"):
+        trained()
+
+
+def test_cache_teacher_then_train_from_the_command_line(hub_style_pair, cli):
+    p = hub_style_pair
+    proc = cli("cache-teacher", "--teacher", str(p / "teacher"), "--train-data", str(p / "train.jsonl"), "--k", "8",
+               "--out", str(p / "cache"))
+    assert proc.returncode == 0 and "k = 8" in proc.stdout, proc.stderr
+    assert sorted(f.name for f in (p / "cache").iterdir()) == ["manifest.json", "topk.safetensors"]
+    args = ["train", "kd", "--teacher", str(p / "teacher"), "--student", str(p / "student"), "--train-data",
+            str(p / "train.jsonl"), "--valid-data", str(p / "valid.jsonl"), "--steps", "2"]
+    proc = cli(*args, "--teacher-cache", str(p / "cache"), "--teacher-cache-rest", "renormalize", "--out", str(p / "r"))
+    assert proc.returncode == 0, proc.stderr
+    config = __import__("json").loads((p / "r" / "training.json").read_text())["config"]
+    assert config["teacher_cache"]["rest"] == "renormalize"
+    proc = cli(*args, "--teacher-cache", str(p / "nowhere"), "--out", str(p / "r2"))
+    assert proc.returncode == 2 and "is not a teacher cache" in proc.stderr and not (p / "r2").exists()

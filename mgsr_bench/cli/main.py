@@ -1,5 +1,5 @@
-"""The ``mgsr-bench`` command line: run, train, eval, agreement, leaderboard, compare, history, plan, bench,
-list, build-suite.
+"""The ``mgsr-bench`` command line: run, train, cache-teacher, eval, agreement, leaderboard, compare, history,
+plan, bench, list, build-suite.
 
 Each command reads its options into a request, hands it to the function that does the work
 (:mod:`mgsr_bench.runs`, :mod:`mgsr_bench.scoring`, :mod:`mgsr_bench.reports`), and prints what
@@ -18,8 +18,9 @@ from typing import Any, Sequence
 
 from mgsr_bench.cli.parser import build_parser
 from mgsr_bench.errors import EnvironmentFailure, UserError, describe_os_error
-from mgsr_bench.requests import (AgreementRequest, CompareRequest, EvalOptions, EvalRequest, HistoryRequest,
-                                 LeaderboardRequest, PlanRequest, RunRequest, StoreFilter, TrainRequest)
+from mgsr_bench.requests import (AgreementRequest, CacheTeacherRequest, CompareRequest, EvalOptions, EvalRequest,
+                                 HistoryRequest, LeaderboardRequest, PlanRequest, RunRequest, StoreFilter,
+                                 TrainRequest)
 from mgsr_bench.signals import launched_processes, sigterm_as_exit
 
 
@@ -61,8 +62,28 @@ def cmd_train(args: argparse.Namespace) -> int:
                            teacher=args.teacher, student=args.student, train_data=args.train_data,
                            valid_data=args.valid_data, steps=args.steps, train_seeds=args.train_seeds,
                            quick=args.quick, trust_remote_code=args.trust_remote_code,
-                           deterministic=args.deterministic, checkpoint_every=args.checkpoint_every)
+                           deterministic=args.deterministic, checkpoint_every=args.checkpoint_every,
+                           teacher_cache=Path(args.teacher_cache) if args.teacher_cache else None,
+                           teacher_cache_rest=args.teacher_cache_rest)
     train_runs(request, trained)
+    return 0
+
+
+def cmd_cache_teacher(args: argparse.Namespace) -> int:
+    """Run the teacher once over a training set and keep its top-k next-token distribution at every
+    response position, for every ground-truth method's runs to read (`train --teacher-cache`):
+    the tiny suite's teacher and train split unless --teacher and --train-data name others."""
+    from mgsr_bench.runs import cache_teacher
+
+    request = CacheTeacherRequest(out=Path(args.out or f"runs/teacher-cache-k{args.k}"), teacher=args.teacher,
+                                  train_data=args.train_data, k=args.k, temperature=args.temperature,
+                                  dtype=args.dtype, long_prompts=args.long_prompts, batch_size=args.batch_size,
+                                  quick=args.quick, trust_remote_code=args.trust_remote_code)
+    folder, manifest = cache_teacher(request)
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    print(f"teacher cache written to {folder}: {manifest['examples_count']} examples, {manifest['rows']} response "
+          f"tokens, k = {manifest['k']}, {size / 1e6:.1f} MB ({size / max(manifest['rows'], 1) * 1000 / 1e6:.2f} MB "
+          "per 1,000 response tokens)")
     return 0
 
 
@@ -257,7 +278,7 @@ def _stage_summary(stage: dict[str, Any], digest: str) -> str:
     return f"{digest} ({metric} {stage[metric]:.4g} at step {stage['best_step']})"
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "agreement": cmd_agreement,
+COMMANDS = {"run": cmd_run, "train": cmd_train, "cache-teacher": cmd_cache_teacher, "eval": cmd_eval, "agreement": cmd_agreement,
             "leaderboard": cmd_leaderboard, "compare": cmd_compare, "history": cmd_history, "plan": cmd_plan,
             "build-suite": cmd_build_suite, "list": cmd_list}
 

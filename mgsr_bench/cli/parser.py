@@ -95,6 +95,29 @@ def _train_options(p: argparse.ArgumentParser) -> None:
                    help=f"steps between checkpoints in OUT/checkpoints (default: the recipe's "
                         f"train.checkpoint_every, else {CHECKPOINT_EVERY}; 0: none). Re-running the "
                         "same command after a kill continues from the newest one")
+    p.add_argument("--teacher-cache", metavar="FOLDER",
+                   help="read the teacher's distributions from this cache (`mgsr-bench cache-teacher`) instead of "
+                        "running it: ground-truth methods (kd, rkl, jsd, tvd, sfkl, srkl, abkd)")
+    p.add_argument("--teacher-cache-rest", choices=("bucket", "renormalize"), default="bucket",
+                   help="the mass outside the cached top k: one rest bucket on both sides (default), or the k "
+                        "renormalised (docs/divergences.md)")
+
+
+def _cache_teacher_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", help="cache folder (default: runs/teacher-cache-kK)")
+    p.add_argument("--teacher", help="teacher model folder, with its tokenizer (default: the tiny suite's)")
+    p.add_argument("--train-data", help="MiniLLM-format train .jsonl (with --teacher)")
+    p.add_argument("--k", type=int, default=64, help="tokens kept per position (default: 64)")
+    p.add_argument("--temperature", type=finite_float, default=1.0,
+                   help="the methods' temperature, at which the teacher's log-probabilities are taken (default: 1)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float16",
+                   help="storage dtype of the log-probabilities (default: float16)")
+    p.add_argument("--long-prompts", choices=("drop", "truncate"), default="drop",
+                   help="as the runs' train.long_prompts: the cache holds exactly the examples they train on")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per teacher forward (default: 16)")
+    p.add_argument("--quick", action="store_true", help="the smoke-sized tiny suite's teacher and data")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow code shipped with Hub models to run (off: such models are refused)")
 
 
 def _eval_options(p: argparse.ArgumentParser) -> None:
@@ -201,6 +224,8 @@ def _list_options(p: argparse.ArgumentParser) -> None:
 _SUBCOMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None] | None]] = [
     ("run", "the main job: tiny suite -> teacher -> students -> evaluation -> table", _run_options),
     ("train", "train one student with one recipe", _train_options),
+    ("cache-teacher", "the teacher's top-k distributions on a training set, once for every method",
+     _cache_teacher_options),
     ("eval", "evaluate saved models and write run records", _eval_options),
     ("agreement", "teacher-forced: where each model puts its probability vs the teacher", _agreement_options),
     ("leaderboard", "render methods x datasets from run records", _leaderboard_options),

@@ -9,6 +9,7 @@ it from labels avoids the bug by construction.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -34,13 +35,16 @@ class Example:
 
     ``origin`` says who wrote the response (one of :data:`ORIGINS`); ``marks`` holds, by name, one
     flag per response token that a method's ``annotate`` attached, so that its loss can read
-    per-token side information the harness knows nothing about.
+    per-token side information the harness knows nothing about. ``teacher_topk`` is the teacher's
+    cached distribution at each response token, ``(ids, logprobs)`` of shape ``(len(response_ids), k)``
+    (:mod:`mgsr_bench.teacher_cache`), when the run reads a cache instead of running the teacher.
     """
 
     prompt_ids: list[int]
     response_ids: list[int]
     origin: str = "ground_truth"
     marks: dict[str, list[bool]] = field(default_factory=dict)
+    teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass
@@ -59,6 +63,7 @@ class TokenBatch:
     origin: torch.Tensor | None = None
     marks: dict[str, torch.Tensor] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
+    teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None  # the cached teacher's (ids, logprobs) rows
 
     def __post_init__(self) -> None:
         if self.origin is None:
@@ -73,8 +78,9 @@ class TokenBatch:
         return self.marks.get(JOINED)
 
     def slice(self, start: int, stop: int) -> "TokenBatch":
+        topk = None if self.teacher_topk is None else tuple(t[start:stop] for t in self.teacher_topk)
         return TokenBatch(self.targets[start:stop], self.origin[start:stop],
-                          {name: mark[start:stop] for name, mark in self.marks.items()}, self.totals)
+                          {name: mark[start:stop] for name, mark in self.marks.items()}, self.totals, topk)
 
     def is_from(self, *origins: str) -> torch.Tensor:
         """Boolean mask of the positions whose row came from one of ``origins``."""
@@ -103,11 +109,22 @@ def tokenize_records(records: list[dict[str, Any]], tokenizer: PreTrainedTokeniz
     return out
 
 
+def token_digest(examples: Sequence[Example]) -> str:
+    """A fingerprint of tokenised examples (every prompt and response id, in order): a checkpoint
+    resumes, and a teacher cache is read, only on the same data, template, tokenizer and truncation."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(repr((e.prompt_ids, e.response_ids)).encode())
+    return h.hexdigest()[:16]
+
+
 def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad prompt+response sequences for training; labels mark response tokens only.
 
-    Also returns ``origin`` (one index into :data:`ORIGINS` per row) and, for every mark an
-    example carries, ``MARK + name`` (bool, aligned with ``labels``; False where a row lacks it).
+    Also returns ``origin`` (one index into :data:`ORIGINS` per row), for every mark an example
+    carries ``MARK + name`` (bool, aligned with ``labels``; False where a row lacks it), and when
+    every example carries cached teacher rows, ``teacher_ids`` and ``teacher_logprobs``: theirs
+    concatenated, one row per response token in the order the loss mask selects them.
     """
     length = max(len(e.prompt_ids) + len(e.response_ids) for e in examples)
     ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
@@ -122,8 +139,12 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]
         for name, flags in e.marks.items():
             marks[name][i, len(e.prompt_ids): len(seq)] = torch.tensor(flags, dtype=torch.bool)
     origin = torch.tensor([ORIGINS.index(e.origin) for e in examples], dtype=torch.long)
+    cached = {}
+    if all(e.teacher_topk is not None for e in examples):
+        cached = {"teacher_ids": torch.cat([e.teacher_topk[0] for e in examples]),
+                  "teacher_logprobs": torch.cat([e.teacher_topk[1] for e in examples])}
     return {"input_ids": ids, "attention_mask": attn, "labels": labels, "origin": origin,
-            **{MARK + name: mark for name, mark in marks.items()}}
+            **{MARK + name: mark for name, mark in marks.items()}, **cached}
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,4 +174,5 @@ def token_batch(batch: dict[str, torch.Tensor], totals: dict[str, int] | None = 
     origin = batch["origin"].unsqueeze(1).expand_as(targets)[mask]
     marks = {key[len(MARK):]: shifted_labels(flags, False)[mask] for key, flags in batch.items()
              if key.startswith(MARK) and flags.any()}
-    return mask, TokenBatch(targets[mask], origin, marks, dict(totals or {}))
+    topk = (batch["teacher_ids"], batch["teacher_logprobs"]) if "teacher_ids" in batch else None
+    return mask, TokenBatch(targets[mask], origin, marks, dict(totals or {}), topk)

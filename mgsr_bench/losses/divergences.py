@@ -68,8 +68,11 @@ def log_prob_pair(student_logits: torch.Tensor, teacher: Teacher,
     if not math.isclose(teacher.temperature, temperature):
         raise ValueError(f"the cached teacher distribution is at temperature {teacher.temperature}, the loss asks "
                          f"for {temperature}: write the cache at the method's temperature")
+    whole = teacher.ids.shape[-1] == log_q.shape[-1]  # k = V: nothing is left for a rest bucket
     log_q = log_q.gather(-1, teacher.ids.long())
     log_p = teacher.logprobs.to(log_q.dtype)
+    if whole:
+        return log_q, log_p
     if teacher.renormalize:
         return log_q - torch.logsumexp(log_q, -1, keepdim=True), log_p - torch.logsumexp(log_p, -1, keepdim=True)
     return _with_rest(log_q), _with_rest(log_p)

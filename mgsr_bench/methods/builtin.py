@@ -33,6 +33,8 @@ class SFT(Method):
 class _Distillation(Method):
     """Token-level distillation with one divergence, optionally mixed with the SFT loss."""
 
+    teacher_distribution_only = True
+
     temperature: float = option(1.0, gt=0)
     sft_weight: float = option(0.0, ge=0, le=1)
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
 from mgsr_bench.config import TrainConfig, config_hash
-from mgsr_bench.data.collate import Example, collate, token_batch
+from mgsr_bench.data.collate import Example, collate, token_batch, token_digest
 from mgsr_bench.eval.generate import EvalSettings, generate
 from mgsr_bench.errors import UserError
 from mgsr_bench.eval.metrics import corpus_scores
@@ -57,6 +56,7 @@ from mgsr_bench.signals import launched_processes
 from mgsr_bench.train import distributed
 from mgsr_bench.train.checkpoint import Checkpoints, rng_state, set_rng_state
 from mgsr_bench.train.runtime import Runtime
+from mgsr_bench.teacher_cache import CacheReading
 
 
 @dataclass
@@ -179,6 +179,7 @@ class Objective:
     pad_id: int
     micro_batch: int = 8
     chunk_size: int = 1024
+    teacher_cache: CacheReading | None = None  # the examples carry cached teacher rows: no teacher forward
 
 
 def micro_batch_loss(objective: Objective, batch: dict[str, torch.Tensor],
@@ -196,24 +197,27 @@ def micro_batch_loss(objective: Objective, batch: dict[str, torch.Tensor],
     method, student, teacher, vocab_size = objective.method, objective.student, objective.teacher, objective.vocab_size
     mask, tokens = token_batch(batch, totals)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    heads = (output_head(student), output_head(teacher) if method.needs_teacher else None)
-    if objective.chunk_size and heads[0] is not None and (heads[1] is not None or not method.needs_teacher):
+    cached = objective.teacher_cache is not None and tokens.teacher_topk is not None
+    needs_teacher = method.needs_teacher and not cached
+    token_loss = objective.teacher_cache.token_loss(method) if cached else method.token_losses
+    heads = (output_head(student), output_head(teacher) if needs_teacher else None)
+    if objective.chunk_size and heads[0] is not None and (heads[1] is not None or not needs_teacher):
         hidden = last_hidden_states(student, inputs)[mask]
         teacher_hidden = teacher_weight = None
-        if method.needs_teacher:
+        if needs_teacher:
             with torch.no_grad():
                 teacher_hidden = last_hidden_states(teacher, inputs)[mask]
             teacher_weight = heads[1].weight[:vocab_size]
         module = method.module()
         params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
         return chunked_linear_loss(hidden, heads[0].weight[:vocab_size], teacher_hidden, teacher_weight,
-                                   tokens, method.token_losses, objective.chunk_size, params)
+                                   tokens, token_loss, objective.chunk_size, params)
     student_logits = student(**inputs).logits[mask][:, :vocab_size]
     teacher_logits = None
-    if method.needs_teacher:
+    if needs_teacher:
         with torch.no_grad():
             teacher_logits = teacher(**inputs).logits[mask][:, :vocab_size]
-    return method.token_losses(student_logits, teacher_logits, tokens).sum()
+    return token_loss(student_logits, teacher_logits, tokens).sum()
 
 
 def backward_global_batch(objective: Objective, examples: list[Example], totals: dict[str, int],
@@ -308,14 +312,6 @@ def _loss_now(record: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrai
     return lambda: validation_loss(model, tokenizer, valid_examples, cfg, device)
 
 
-def _digest(examples: list[Example]) -> str:
-    """A fingerprint of the training data (every example's token ids): a checkpoint resumes only on the same data."""
-    h = hashlib.sha256()
-    for e in examples:
-        h.update(repr((e.prompt_ids, e.response_ids)).encode())
-    return h.hexdigest()[:16]
-
-
 def _check_lengths(student: PreTrainedModel, teacher: PreTrainedModel | None, uses_teacher: bool,
                    samples: bool, train_examples: list[Example], valid_examples: list[Example], cfg: TrainConfig,
                    world: int) -> None:
@@ -336,15 +332,18 @@ def _check_lengths(student: PreTrainedModel, teacher: PreTrainedModel | None, us
 
 
 def _run_hash(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase,
-              method: Method, train_examples: list[Example], cfg: TrainConfig, world: int) -> str:
+              method: Method, train_examples: list[Example], cfg: TrainConfig, world: int,
+              teacher_cache: CacheReading | None) -> str:
     """What a checkpoint must have been written by to be resumed, and what every process must agree on:
-    the settings (not how often to checkpoint or wait), the method, the data and the models' shapes."""
+    the settings (not how often to checkpoint or wait), the method, the data, the models' shapes and
+    the teacher cache read, if any."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items()
                 if k not in ("checkpoint_every", "keep_checkpoints", "process_timeout_s")}
+    cache = {"teacher_cache": dataclasses.asdict(teacher_cache)} if teacher_cache is not None else {}
     return config_hash({"train": settings, "method": method.name, "options": method.options(),
-                        "vocab": len(tokenizer), "processes": world, "data": _digest(train_examples),
+                        "vocab": len(tokenizer), "processes": world, "data": token_digest(train_examples),
                         "student": weight_shapes(student),
-                        "teacher": count_parameters(teacher) if teacher is not None else 0})
+                        "teacher": count_parameters(teacher) if teacher is not None else 0, **cache})
 
 
 def _enable_checkpointing(student: PreTrainedModel) -> None:
@@ -362,15 +361,16 @@ class Run:
     def __init__(self, runtime: Runtime, cfg: TrainConfig, *, student: PreTrainedModel,
                  teacher: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase, method: Method,
                  train_examples: list[Example], valid: list[dict[str, Any]], valid_examples: list[Example],
-                 checkpoint_dir: Path | None, desc: str) -> None:
+                 checkpoint_dir: Path | None, desc: str, teacher_cache: CacheReading | None = None) -> None:
         runtime.check_student(student)
         if cfg.gradient_checkpointing:
             _enable_checkpointing(student)
         spec = method.source_spec()
-        uses_teacher = method.needs_teacher or spec.uses_teacher  # for the loss, samples or a rewrite
+        # for the loss (unless a cache stands in), samples or a rewrite
+        uses_teacher = (method.needs_teacher and teacher_cache is None) or spec.uses_teacher
         _check_lengths(student, teacher, uses_teacher, spec.samples, train_examples, valid_examples, cfg,
                        runtime.world)
-        run_hash = _run_hash(student, teacher, tokenizer, method, train_examples, cfg, runtime.world)
+        run_hash = _run_hash(student, teacher, tokenizer, method, train_examples, cfg, runtime.world, teacher_cache)
         distributed.check_processes_agree(runtime.accelerator, run_hash, teacher=teacher, student=student)
         self.runtime, self.tokenizer, self.method, self.cfg, self.desc = runtime, tokenizer, method, cfg, desc
         trainable = (p for p in student.parameters() if p.requires_grad)  # a LoRA student: the adapters only
@@ -395,7 +395,8 @@ class Run:
         # ZeRO-3 frees each module's weights after its forward: the loss then needs the heads' own
         # forward (full logits) instead of reading their weights for the chunked loss.
         self.objective = Objective(method, self.student, teacher, len(tokenizer), tokenizer.pad_token_id,
-                                   cfg.micro_batch, 0 if runtime.engine == "zero3" else cfg.loss_chunk_size)
+                                   cfg.micro_batch, 0 if runtime.engine == "zero3" else cfg.loss_chunk_size,
+                                   teacher_cache)
         # Sampling gathers the sharded models' weights once per call (no collective while decoding).
         self.source = (BatchSource(spec, tokenizer, cfg.gen_max_new_tokens, cfg.gen_temperature, cfg.seed,
                                    cfg.micro_batch, gather=distributed.gathered) if spec.samples else None)
@@ -525,7 +526,8 @@ class Run:
 def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase,
           method: Method, train_examples: list[Example], valid: list[dict[str, Any]],
           valid_examples: list[Example], cfg: TrainConfig, desc: str = "train",
-          checkpoint_dir: Path | None = None, accelerator: Accelerator | None = None) -> TrainResult:
+          checkpoint_dir: Path | None = None, accelerator: Accelerator | None = None,
+          teacher_cache: CacheReading | None = None) -> TrainResult:
     """Train ``student`` with ``method``; on return it holds the best validated weights, and
     ``result.model`` is the trained student as an ordinary model (the same object, unless the engine
     sharded its weights: then a gathered copy on the main process).
@@ -536,13 +538,14 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     (each process resumes with its own random state; sharded engines write their shards, see
     :mod:`mgsr_bench.train.checkpoint`). A non-finite loss stops the run with the step named and,
     with ``checkpoint_dir``, the weights and optimiser from before that step and the offending
-    batch saved.
+    batch saved. With ``teacher_cache`` the training examples carry the teacher's cached rows and the
+    loss reads them instead of running the teacher (:mod:`mgsr_bench.teacher_cache`).
     """
     runtime = Runtime.of(accelerator or make_accelerator(cfg))
     runtime.seed(cfg.seed, cfg.deterministic)
     run = Run(runtime, cfg, student=student, teacher=teacher, tokenizer=tokenizer, method=method,
               train_examples=train_examples, valid=valid, valid_examples=valid_examples,
-              checkpoint_dir=checkpoint_dir, desc=desc)
+              checkpoint_dir=checkpoint_dir, desc=desc, teacher_cache=teacher_cache)
     run.resume_or_begin()
     run.student.train()
     run.state.started = time.perf_counter()
