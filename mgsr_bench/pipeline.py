@@ -287,8 +287,8 @@ def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
 def _seed_list(text: str, flag: str) -> tuple[int, ...]:
     """Distinct comma-separated seeds from 0 to 2^64 - 1 (what torch's generators take), or one line
     naming ``flag`` and the problem."""
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    if not parts or not all(re.fullmatch(r"[+-]?[0-9]+", part) for part in parts):
+    parts = [part.strip() for part in text.split(",")]
+    if not all(re.fullmatch(r"[+-]?[0-9]+", part) for part in parts):
         raise UserError(f"{flag} takes comma-separated integers such as 1,2,3, got {text!r}")
     seeds = tuple(int(part) for part in parts)
     for seed in seeds:

@@ -74,3 +74,22 @@ def test_the_step_time_configurations_are_methods_that_sample_at_every_step():
     for mode, lr in MODES.items():
         if lr is not None:
             assert train_config({"lr": lr}).lr == lr, mode
+
+
+def test_bench_with_a_teacher_cache_runs_sft_as_the_floor_and_a_cached_run_after_each_method_that_can_read_it():
+    from mgsr_bench.benchmarks.bench import _with_cached
+
+    assert _with_cached(["kd", "gkd", "rkl", "mgsr"], 64) == ["sft", "kd", "kd+cache", "gkd", "rkl", "rkl+cache",
+                                                              "mgsr"]
+    with pytest.raises(UserError, match="--teacher-cache takes k within 1..50257"):
+        _with_cached(["kd"], 0)
+
+
+@pytest.mark.slow
+def test_bench_measures_a_cached_kd_step_beside_the_live_one(capsys):
+    from mgsr_bench.benchmarks.bench import run_one
+
+    live = run_one("kd", "cpu-small", 2, 16, 1, 1)
+    cached = run_one("kd", "cpu-small", 2, 16, 1, 1, cache_k=8)
+    assert cached["method"] == "kd+cache" and cached["cache_k"] == 8 and live["method"] == "kd"
+    assert 0 < cached["cache_mb_per_1k_tokens"] < 0.1  # 8 x (4 + 2) bytes per token, and the offsets

@@ -3,6 +3,7 @@
     mgsr-bench bench                                  # CPU: small GPT-2 shapes with V = 50257
     mgsr-bench bench --shape gpt2-xl-gpt2 --json out.json   # GPU: GPT-2 1.5B -> 124M, bf16
     mgsr-bench bench --trl                            # also TRL's GKDTrainer on the same pair and batch
+    mgsr-bench bench --methods sft,kd --teacher-cache 64   # also kd reading a top-64 teacher cache
 
 Models are random-init from their shapes (no download); data is random token ids, ``seq_len / 2``
 prompt and ``seq_len / 2`` response tokens per row. Each method runs in a fresh process (so each
@@ -12,12 +13,16 @@ rows; on-policy methods sample on every step (lambda = 1), generating ``seq_len 
 Figures per method: training tokens per second (B x T / step time), generation tokens per second
 (one batch of B prompts, measured apart), peak memory (GPU: ``max_memory_allocated``, and
 ``max_memory_reserved`` beside it; CPU: peak resident memory added by the run), and model FLOP
-utilisation, ``(2 N_teacher + 6 N_student) x tokens / time / peak`` with the device's dense bf16 peak (H100 and
+utilisation, ``(2 N_teacher [when the teacher runs] + 6 N_student) x tokens / time / peak`` with the device's dense bf16 peak (H100 and
 H200 SXM: 989 TFLOP/s; their PCIe and NVL cards less, see ``PEAK_TFLOPS``; none on CPU). TRL's
 GKDTrainer (``trl.experimental.gkd``, optional) gets the same models, data, batch, beta (0.5) and
 lambda (1.0, as ``gkd``'s step here), with gradient checkpointing off as here (TRL's default is
 on), and the ratio of step time and of peak memory is printed. The JSON file is rewritten after
-each method, so a run cut short keeps what it measured.
+each method, so a run cut short keeps what it measured. With ``--teacher-cache K`` every method
+that can read a cache (:mod:`mgsr_bench.teacher_cache`) also runs as ``METHOD+cache``: the cache of
+its rows at top-K is written first (untimed), the steps then read it instead of running the teacher;
+``sft`` joins the run as the floor (the same student, no teacher), each step time is printed as a
+ratio to its, and the cache's size per 1,000 response tokens is given.
 
 Run it alone: another process on the same device distorts every figure.
 """
@@ -100,8 +105,25 @@ def _peaks(device: str, start_rss: int) -> dict[str, float]:
     return {"peak_memory_gib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start_rss) / 2 ** 30}
 
 
-def run_one(method: str, shape: str, micro_batch: int, seq_len: int, steps: int, warmup: int) -> dict[str, Any]:
-    """One method in this process: figures as a dict."""
+def _cached_rows(teacher, rows, tokenizer, k: int) -> tuple[Any, list, float]:
+    """The rows with a top-``k`` cache of ``teacher`` attached, how it is read, and its MB per 1,000 response tokens."""
+    import tempfile
+    from pathlib import Path
+
+    from mgsr_bench.data.collate import token_digest
+    from mgsr_bench.teacher_cache import CacheKey, CacheReading, load_cache, state_digest, with_cached_rows, write_cache
+
+    key = CacheKey(state_digest(teacher), token_digest(rows), len(tokenizer), k, 1.0, "float16")
+    with tempfile.TemporaryDirectory(prefix="mgsr-bench-cache-") as tmp:
+        folder = write_cache(teacher, rows, Path(tmp) / "cache", key, tokenizer.pad_token_id)
+        size = sum(f.stat().st_size for f in folder.iterdir())
+        cached = with_cached_rows(rows, load_cache(folder, key))
+    return CacheReading(key), cached, size / sum(len(r.response_ids) for r in rows) * 1000 / 1e6
+
+
+def run_one(method: str, shape: str, micro_batch: int, seq_len: int, steps: int, warmup: int,
+            cache_k: int | None = None) -> dict[str, Any]:
+    """One method in this process (reading a top-``cache_k`` teacher cache when given): figures as a dict."""
     import resource
 
     import torch
@@ -118,10 +140,13 @@ def run_one(method: str, shape: str, micro_batch: int, seq_len: int, steps: int,
     n_teacher, n_student = (sum(p.numel() for p in m.parameters()) for m in (teacher, student))
     rows = _rows(micro_batch * (steps + warmup + 1), seq_len)
     tokenizer = _tokenizer()
+    reading, cache_mb = None, None
+    if cache_k is not None:
+        reading, rows, cache_mb = _cached_rows(teacher, rows, tokenizer, cache_k)
     settings = {"micro_batch": micro_batch, "eval_every": 10 ** 6, "val_metric": "loss", "val_size": micro_batch,
                 "gen_max_new_tokens": seq_len // 2, "mixed_precision": "auto"}
     train(student, teacher, tokenizer, get_method(method, **ONLINE.get(method, {})), rows, [], rows[:micro_batch],
-          train_config({**settings, "steps": 1}), desc="cold start")  # first kernels, allocator growth: untimed
+          train_config({**settings, "steps": 1}), desc="cold start", teacher_cache=reading)  # untimed: first kernels
     times = []
     for n in (warmup, warmup + steps):
         cfg = train_config({**settings, "steps": n})
@@ -129,7 +154,7 @@ def run_one(method: str, shape: str, micro_batch: int, seq_len: int, steps: int,
             torch.cuda.synchronize()
         began = time.perf_counter()
         train(student, teacher, tokenizer, get_method(method, **ONLINE.get(method, {})), rows, [],
-              rows[:micro_batch], cfg, desc=f"bench {method}")
+              rows[:micro_batch], cfg, desc=f"bench {method}", teacher_cache=reading)
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - began)
@@ -141,12 +166,15 @@ def run_one(method: str, shape: str, micro_batch: int, seq_len: int, steps: int,
     if device == "cuda":
         torch.cuda.synchronize()
     gen_tokens = sum(len(t) for t in out.tokens) / (time.perf_counter() - began)
-    result = {"method": method, "shape": shape, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+    result = {"method": method + ("+cache" if cache_k is not None else ""), "shape": shape, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "micro_batch": micro_batch, "seq_len": seq_len, "n_teacher": n_teacher, "n_student": n_student,
               "seconds_per_step": step, "train_tokens_per_s": tokens / step, "generation_tokens_per_s": gen_tokens,
               **_peaks(device, start_rss)}
     peak = next((v for k, v in PEAK_TFLOPS if k in result["device"]), None)
-    result["mfu"] = ((2 * n_teacher + 6 * n_student) * tokens / step / (peak * 1e12)) if peak else None
+    flops = (6 * n_student + (0 if cache_k is not None or method == "sft" else 2 * n_teacher)) * tokens
+    result["mfu"] = flops / step / (peak * 1e12) if peak else None
+    if cache_k is not None:
+        result.update(cache_k=cache_k, cache_mb_per_1k_tokens=cache_mb)
     return result
 
 
@@ -209,6 +237,29 @@ def run_trl(shape: str, micro_batch: int, seq_len: int, steps: int, warmup: int)
             "train_tokens_per_s": micro_batch * seq_len / step, **_peaks(device, start_rss)}
 
 
+def _with_cached(names: list[str], k: int) -> list[str]:
+    """``sft`` first (the floor), and each method that can read a teacher cache followed by its cached run."""
+    from mgsr_bench.methods import get_method
+
+    if not 1 <= k <= 50257:
+        raise UserError(f"--teacher-cache takes k within 1..50257 (the vocabulary), got {k}")
+    out = ["sft"] + [n for n in names if n != "sft"]
+    return [m for name in out for m in ([name, name + "+cache"] if _reads_cache(get_method(name)) else [name])]
+
+
+def _reads_cache(method: Any) -> bool:
+    return method.teacher_distribution_only and not method.source_spec().samples
+
+
+def _print_cache_ratios(by_name: dict[str, dict[str, Any]]) -> None:
+    floor = by_name["sft"]["seconds_per_step"]
+    for name, r in by_name.items():
+        if name.endswith("+cache") and name.removesuffix("+cache") in by_name:
+            live = by_name[name.removesuffix("+cache")]["seconds_per_step"]
+            print(f"{name}: step {r['seconds_per_step'] / floor:.2f}x sft's (live teacher: {live / floor:.2f}x); "
+                  f"cache {r['cache_mb_per_1k_tokens']:.3f} MB per 1,000 response tokens at k = {r['cache_k']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="mgsr-bench bench", description=__doc__.split("\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), help="default: gpt2-xl-gpt2 on a GPU, cpu-small otherwise")
@@ -218,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--trl", action="store_true", help="also TRL's GKDTrainer (optional dependency)")
+    parser.add_argument("--teacher-cache", type=int, metavar="K",
+                        help="also each method that can, reading a top-K teacher cache; sft joins as the floor")
     parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method in this process
     args = parser.parse_args(argv)
@@ -230,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
 
     shape = args.shape or ("gpt2-xl-gpt2" if torch.cuda.is_available() else "cpu-small")
     if args.one:
-        run = run_trl if args.one == "trl-gkd" else (lambda *a: run_one(args.one, *a))
+        method, cached = args.one.removesuffix("+cache"), args.one.endswith("+cache")
+        run = run_trl if args.one == "trl-gkd" else (
+            lambda *a: run_one(method, *a, cache_k=args.teacher_cache if cached else None))
         print("RESULT " + json.dumps(run(shape, args.micro_batch, args.seq_len, args.steps, args.warmup)))
         return 0
     from mgsr_bench.data.jsonl import write_atomic
@@ -245,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             raise unknown_name("method", name, known)
     if args.json:
         check_output_file(args.json, "--json")
+    if args.teacher_cache is not None:
+        names = _with_cached(names, args.teacher_cache)
     if args.trl:  # right after gkd, its peer: a run cut short still has the pair
         _check_trl()
         names.insert(names.index("gkd") + 1 if "gkd" in names else len(names), "trl-gkd")
@@ -253,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "mgsr_bench.benchmarks.bench", "--one", name, "--shape", shape,
                "--micro-batch", str(args.micro_batch), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
                "--warmup", str(args.warmup)]
+        cmd += ["--teacher-cache", str(args.teacher_cache)] if args.teacher_cache is not None else []
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
@@ -267,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:  # after each method: a run cut short still leaves the figures it measured
             write_atomic(args.json, json.dumps(results, indent=2))
     by_name = {r["method"]: r for r in results}
+    if args.teacher_cache is not None and "sft" in by_name:
+        _print_cache_ratios(by_name)
     if "trl-gkd" in by_name and "gkd" in by_name:
         ours, trl = by_name["gkd"], by_name["trl-gkd"]
         print(f"gkd vs TRL GKDTrainer: step time {ours['seconds_per_step'] / trl['seconds_per_step']:.2f}x, "
