@@ -46,6 +46,7 @@ class RunRequest:
     deterministic: bool = False
     sets: tuple[str, ...] = ()  # KEY=VALUE method-option overrides
     train_seeds: str | None = None
+    teacher_cache_k: int | None = None  # ground-truth methods read a top-k teacher cache (rows METHOD+cache)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,8 +27,8 @@ from mgsr_bench.pipeline import (SeededRun, apply_sets, check_lm_eval_tasks, eva
                                  suite_config, train_student)
 from mgsr_bench.requests import CHECKPOINT_EVERY, CacheTeacherRequest, EvalOptions, RunRequest, TrainRequest
 from mgsr_bench.signals import launched_processes
-from mgsr_bench.teacher_cache import (DTYPES as CACHE_DTYPES, CacheKey, CacheOption, check_request, read_manifest,
-                                     state_digest, write_cache)
+from mgsr_bench.teacher_cache import (DTYPES as CACHE_DTYPES, CacheKey, CacheOption, CacheReading, can_read,
+                                     check_request, load_cache, read_manifest, state_digest, write_cache)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,7 @@ class _RunPlan:
     evaluation: EvalOptions
     train_defaults: dict[str, Any]
     overrides: dict[str, Any]
+    cache_k: int | None = None  # the recipes that can read a top-k teacher cache do, as rows RECIPE+cache
 
 
 @dataclasses.dataclass
@@ -67,10 +68,12 @@ class _RunJob:
     pair: dict[str, Any] = dataclasses.field(init=False)
     train_records: list[dict[str, Any]] = dataclasses.field(init=False)
     valid_records: list[dict[str, Any]] = dataclasses.field(init=False)
+    teacher_digest: str = dataclasses.field(init=False)  # what a teacher cache is checked against
 
     def __post_init__(self) -> None:
         self.pair = self.suite.pair()  # hashes both models' weights: once
         self.train_records, self.valid_records = self.suite.split("train"), self.suite.split("valid")
+        self.teacher_digest = state_digest(self.teacher)
 
     @property
     def suite_info(self) -> dict[str, Any]:
@@ -96,9 +99,46 @@ def _plan_run(request: RunRequest) -> _RunPlan:
         overrides["deterministic"] = True
     check_lm_eval_tasks(request.evaluation, tiny_suite=True)
     train_defaults = {"checkpoint_every": CHECKPOINT_EVERY, **config.method_train}  # a recipe's own wins
+    cached = _cache_readers(recipes, train_defaults, overrides, request.teacher_cache_k)
     runs = [(recipe, run) for recipe in recipes for run in
-            seeded_runs(recipe.name, resolve_recipe(recipe, train_defaults, overrides).train.seed, seeds)]
-    return _RunPlan(request.out, config, runs, settings, request.evaluation, train_defaults, overrides)
+            seeded_runs(recipe.name + ("+cache" if recipe.name in cached else ""),
+                        resolve_recipe(recipe, train_defaults, overrides).train.seed, seeds)]
+    return _RunPlan(request.out, config, runs, settings, request.evaluation, train_defaults, overrides,
+                    request.teacher_cache_k)
+
+
+def _cache_readers(recipes: list[Recipe], defaults: dict[str, Any], overrides: dict[str, Any],
+                   k: int | None) -> set[str]:
+    """The recipes that read the teacher cache ``run --teacher-cache K`` asks for (none without it)."""
+    if k is None:
+        return set()
+    if k < 1:
+        raise UserError(f"--teacher-cache takes k >= 1, got {k}")
+    names = {r.name for r in recipes if can_read(resolve_recipe(r, defaults, overrides).method)}
+    if not names:
+        raise UserError("--teacher-cache: no chosen recipe can read a teacher cache (ground-truth distillation "
+                        "methods can: kd, rkl, jsd, tvd, sfkl, srkl, abkd)")
+    return names
+
+
+def _suite_cache(job: _RunJob, resolved: Any) -> CacheReading:
+    """The run's teacher cache for ``resolved`` (a recipe at its settings) in ``OUT/teacher-cache-kK``,
+    written unless one of this teacher, these training examples and this temperature is there."""
+    from mgsr_bench.data.collate import prompts_within, token_digest, tokenize_records
+
+    records = job.train_records
+    if resolved.train.long_prompts == "drop":
+        records = prompts_within(records, job.tokenizer)
+    examples = tokenize_records(records, job.tokenizer)
+    key = CacheKey(job.teacher_digest, token_digest(examples), len(job.tokenizer), job.plan.cache_k,
+                   float(resolved.method.temperature), "float16")
+    folder = job.plan.out / f"teacher-cache-k{key.k}"
+    try:
+        load_cache(folder, key)
+    except UserError:
+        print(f"teacher cache: writing the teacher's top-{key.k} distributions into {folder}")
+        write_cache(job.teacher, examples, folder, key, job.tokenizer.pad_token_id)
+    return CacheReading(key)
 
 
 def run_suite(request: RunRequest) -> RunSummary:
@@ -153,16 +193,21 @@ def _run_student(job: _RunJob, recipe: Recipe, run: SeededRun) -> None:
     plan, suite, pair = job.plan, job.suite, job.pair
     out = plan.out
     overrides = run.overrides(plan.overrides)
-    planned = {**job.suite_info, **resolve_recipe(recipe, plan.train_defaults, overrides).config}
+    resolved = resolve_recipe(recipe, plan.train_defaults, overrides)
+    reading = _suite_cache(job, resolved) if plan.cache_k is not None and can_read(resolved.method) else None
+    planned = {**job.suite_info, **resolved.config}
+    if reading is not None:  # as train_student records it
+        planned["teacher_cache"] = dataclasses.asdict(reading)
     record_path = out / "records" / f"{run.label}.json"
     if (out / "models" / run.label / "config.json").exists() and finished(
             record_path, planned, plan.settings, bool(plan.evaluation.lm_eval), pair):
         print(f"{run.label}: a record of this exact run is already there; kept (delete it to redo)")
         return
+    cache = CacheOption(out / f"teacher-cache-k{plan.cache_k}") if reading is not None else None
     student = load_model(suite.student_init_dir)
     checkpoints = out / "checkpoints" / run.label  # a killed run re-run with the same command resumes here
     trained = train_student(recipe, student, job.teacher, job.tokenizer, job.train_records, job.valid_records,
-                            plan.train_defaults, overrides, checkpoints)
+                            plan.train_defaults, overrides, checkpoints, teacher_cache=cache)
     student, config, summary = trained.model, trained.config, trained.summary
     save_model_atomic(student, job.tokenizer, out / "models" / run.label, trained.method_state)
     evaluate_and_record(student, job.tokenizer, label=run.label, group=run.group, method=recipe.method,

@@ -193,12 +193,18 @@ class CacheReading:
         return token_loss
 
 
+def can_read(method: Method) -> bool:
+    """Whether ``method``'s loss can take the cache for the teacher: it reads the teacher only through a
+    divergence of its distribution (``Method.teacher_distribution_only``), on ground-truth responses only."""
+    return method.teacher_distribution_only and not method.source_spec().samples
+
+
 def check_request(folder: Path, method: Method, rest: str) -> None:
     """What can be refused before any model loads: a missing or partial cache, an unknown convention,
     a method that needs the live teacher."""
     if rest not in REST:
         raise UserError(f"the teacher cache's rest convention must be one of {', '.join(REST)}, got {rest!r}")
-    if not method.teacher_distribution_only or method.source_spec().samples:
+    if not can_read(method):
         raise UserError(f"method {method.name!r} cannot read a teacher cache: it trains on samples or reads more of "
                         "the teacher than its distribution on ground-truth responses; run it with the live teacher")
     read_manifest(folder)

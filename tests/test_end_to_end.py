@@ -71,3 +71,18 @@ def test_run_quick_end_to_end(tmp_path):
     proc = _cli("train", "sft", "--quick", "--steps", "1", "--out", str(tmp_path / "again"), env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "building suite" not in proc.stdout
+
+    # kd reading a top-16 teacher cache that the run writes once into OUT: row kd+cache, the cache's
+    # key in its config (SFT untouched); the same command again keeps every record and the cache.
+    cached = tmp_path / "cached"
+    args = ("run", "--quick", "--out", str(cached), "--methods", "sft,kd", "--teacher-cache", "16", "--steps", "3",
+            "--seeds", "10")
+    proc = _cli(*args, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    kd = json.loads((cached / "records" / "kd+cache.json").read_text())
+    assert kd["config"]["teacher_cache"]["key"]["k"] == 16 and kd["config"]["teacher_cache"]["rest"] == "bucket"
+    assert "teacher_cache" not in json.loads((cached / "records" / "sft.json").read_text())["config"]
+    manifest = (cached / "teacher-cache-k16" / "manifest.json").stat().st_mtime_ns
+    proc = _cli(*args, env=env)
+    assert proc.returncode == 0 and proc.stdout.count("already there; kept") == 3, proc.stderr[-3000:]
+    assert (cached / "teacher-cache-k16" / "manifest.json").stat().st_mtime_ns == manifest

@@ -240,15 +240,12 @@ def run_trl(shape: str, micro_batch: int, seq_len: int, steps: int, warmup: int)
 def _with_cached(names: list[str], k: int) -> list[str]:
     """``sft`` first (the floor), and each method that can read a teacher cache followed by its cached run."""
     from mgsr_bench.methods import get_method
+    from mgsr_bench.teacher_cache import can_read
 
     if not 1 <= k <= 50257:
         raise UserError(f"--teacher-cache takes k within 1..50257 (the vocabulary), got {k}")
     out = ["sft"] + [n for n in names if n != "sft"]
-    return [m for name in out for m in ([name, name + "+cache"] if _reads_cache(get_method(name)) else [name])]
-
-
-def _reads_cache(method: Any) -> bool:
-    return method.teacher_distribution_only and not method.source_spec().samples
+    return [m for name in out for m in ([name, name + "+cache"] if can_read(get_method(name)) else [name])]
 
 
 def _print_cache_ratios(by_name: dict[str, dict[str, Any]]) -> None:

@@ -40,7 +40,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     summary = run_suite(RunRequest(out=Path(args.out), methods=args.methods, evaluation=_eval_options(args),
                                    quick=args.quick, steps=args.steps, deterministic=args.deterministic,
-                                   sets=tuple(args.set or ()), train_seeds=args.train_seeds))
+                                   sets=tuple(args.set or ()), train_seeds=args.train_seeds,
+                                   teacher_cache_k=args.teacher_cache))
     print(f"\nTiny suite {summary.suite_key}: teacher {summary.teacher_params / 1e6:.2f}M params, "
           f"student {summary.student_params / 1e6:.2f}M params; splits: test (in-domain), "
           f"shifted (held-out templates and entities)\n")

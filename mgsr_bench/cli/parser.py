@@ -73,6 +73,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a method option in every chosen recipe that has it (repeatable)")
     _add_train_seeds_option(p, "records, models and labels METHOD@seedN")
+    p.add_argument("--teacher-cache", type=int, metavar="K",
+                   help="the recipes that can (kd, rkl, jsd, tvd, sfkl, srkl, abkd) read the suite teacher's top-K "
+                        "distributions from a cache written once into OUT/teacher-cache-kK, as rows METHOD+cache")
     _add_eval_options(p)
 
 
