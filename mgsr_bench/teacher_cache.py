@@ -54,6 +54,11 @@ class CacheKey:
     dtype: str
 
 
+def bytes_per_token(k: int, dtype: str) -> int:
+    """Disk bytes of one cached response position: k int32 ids and k log-probabilities (offsets aside)."""
+    return k * (4 + getattr(torch, dtype).itemsize)
+
+
 def state_digest(model: torch.nn.Module) -> str:
     """SHA-256 over a model's state-dict names and tensor bytes, in name order."""
     h = hashlib.sha256()

@@ -157,3 +157,10 @@ def test_cache_teacher_then_train_from_the_command_line(hub_style_pair, cli):
     assert config["teacher_cache"]["rest"] == "renormalize"
     proc = cli(*args, "--teacher-cache", str(p / "nowhere"), "--out", str(p / "r2"))
     assert proc.returncode == 2 and "is not a teacher cache" in proc.stderr and not (p / "r2").exists()
+
+
+def test_plan_states_the_caches_disk_size_and_refuses_a_bad_k(cli):
+    proc = cli("plan", "gpt2-xl-gpt2", "--method", "kd", "--teacher-cache", "64", "--response-tokens", "2000000")
+    assert proc.returncode == 0 and "384 bytes per response token, 0.72 GiB for 2,000,000" in proc.stdout, proc.stderr
+    proc = cli("plan", "gpt2-xl-gpt2", "--teacher-cache", "0")
+    assert proc.returncode == 2 and proc.stdout == "" and "must be >= 1" in proc.stderr

@@ -201,9 +201,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     pair, plan = memory_plan(PlanRequest(pair=args.pair, method=args.method, gpus=args.gpus, gpu_mem=args.gpu_mem,
                                          strategy=args.strategy, micro_batch=args.micro_batch,
                                          seq_len=args.seq_len, checkpointing=args.checkpointing))
+    cache = cache_size_line(args.teacher_cache, args.response_tokens) if args.teacher_cache is not None else None
     print(f"{pair.name}: {pair.teacher} -> {pair.student} ({pair.finetune}, {pair.dtype}), method {args.method}")
     print(plan.render(), end="")
+    if cache is not None:
+        print(cache)
     return 0 if plan.fits else 1
+
+
+def cache_size_line(k: int, tokens: int | None) -> str:
+    """``plan --teacher-cache K``: the disk a top-K float16 teacher cache takes."""
+    from mgsr_bench.teacher_cache import bytes_per_token
+
+    if k < 1 or (tokens is not None and tokens < 1):
+        raise UserError("--teacher-cache and --response-tokens must be >= 1")
+    per = bytes_per_token(k, "float16")
+    n = tokens or 1_000_000
+    return (f"teacher cache at k = {k} (float16): {per} bytes per response token, {per * n / 2 ** 30:.2f} GiB for "
+            f"{n:,} response tokens (written once per teacher x data x template, read by every ground-truth row)")
 
 
 def cmd_list(args: argparse.Namespace) -> int:

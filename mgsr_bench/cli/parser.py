@@ -207,6 +207,11 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="mgsr",
                    help="the method whose sampling and loss to count (default: mgsr: student samples, SCRG's "
                         "teacher passes and kept logits; kd: no sampling)")
+    p.add_argument("--teacher-cache", type=int, metavar="K",
+                   help="also the disk a top-K teacher cache takes (float16), per response token and for "
+                        "--response-tokens")
+    p.add_argument("--response-tokens", type=int, metavar="N",
+                   help="response tokens of the training set, for the cache's size (default: per million)")
 
 
 def _build_suite_options(p: argparse.ArgumentParser) -> None:
