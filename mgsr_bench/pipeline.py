@@ -36,6 +36,7 @@ from mgsr_bench.results.record import seeded_label
 from mgsr_bench.signals import launched_processes
 from mgsr_bench.teacher_cache import CacheOption, reading_for_run
 from mgsr_bench.train import train
+from mgsr_bench.train.tracking import Tracking
 
 
 METHOD_STATE = "method_state.pt"
@@ -224,7 +225,8 @@ def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedM
                   tokenizer: PreTrainedTokenizerBase, train_records: list[dict[str, Any]],
                   valid_records: list[dict[str, Any]], train_defaults: dict[str, Any] | None = None,
                   train_overrides: dict[str, Any] | None = None, checkpoint_dir: Path | None = None,
-                  accelerator: Accelerator | None = None, teacher_cache: CacheOption | None = None) -> TrainedStudent:
+                  accelerator: Accelerator | None = None, teacher_cache: CacheOption | None = None,
+                  tracking: Tracking | None = None) -> TrainedStudent:
     """Train ``student`` with ``recipe`` (:class:`TrainedStudent` says what comes back).
 
     Training settings resolve as: ``TrainConfig`` defaults < ``train_defaults`` (the suite's)
@@ -233,7 +235,7 @@ def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedM
     ``Accelerator`` ``accelerator`` is, when the caller built it before loading the models. With
     ``teacher_cache`` the loss reads the teacher's cached distributions instead of running it; the
     cache's key and convention enter the run's config (so its record is another row than the live
-    teacher's).
+    teacher's). With ``tracking`` every step is also logged to experiment trackers.
     """
     resolved = resolve_recipe(recipe, train_defaults, train_overrides)
     cfg, config = resolved.train, resolved.config
@@ -251,7 +253,7 @@ def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedM
         config = {**config, "teacher_cache": dataclasses.asdict(reading)}
     result = train(student, teacher, tokenizer, resolved.method, train_examples,
                    valid_records, tokenize_records(valid_records, tokenizer), cfg, desc=f"train {recipe.name}",
-                   checkpoint_dir=checkpoint_dir, accelerator=accelerator, teacher_cache=reading)
+                   checkpoint_dir=checkpoint_dir, accelerator=accelerator, teacher_cache=reading, tracking=tracking)
     summary = {"seed": cfg.seed, "best_step": result.best_step, "best_val": result.best_score,
                "steps_run": result.steps_run, "stopped_early": result.stopped_early,
                "val_examples": result.val_examples,

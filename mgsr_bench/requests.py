@@ -47,6 +47,7 @@ class RunRequest:
     sets: tuple[str, ...] = ()  # KEY=VALUE method-option overrides
     train_seeds: str | None = None
     teacher_cache_k: int | None = None  # ground-truth methods read a top-k teacher cache (rows METHOD+cache)
+    report_to: str | None = None  # comma-separated trackers (mgsr_bench.train.tracking.TRACKERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +70,7 @@ class TrainRequest:
     checkpoint_every: int | None = None
     teacher_cache: Path | None = None  # read the teacher's cached distributions instead of running it
     teacher_cache_rest: str = "bucket"
+    report_to: str | None = None  # comma-separated trackers (mgsr_bench.train.tracking.TRACKERS)
 
 
 @dataclasses.dataclass(frozen=True)

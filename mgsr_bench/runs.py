@@ -29,6 +29,7 @@ from mgsr_bench.requests import CHECKPOINT_EVERY, CacheTeacherRequest, EvalOptio
 from mgsr_bench.signals import launched_processes
 from mgsr_bench.teacher_cache import (DTYPES as CACHE_DTYPES, CacheKey, CacheOption, CacheReading, can_read,
                                      check_request, load_cache, read_manifest, state_digest, write_cache)
+from mgsr_bench.train.tracking import Tracking, parse_report_to
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,7 @@ class _RunPlan:
     train_defaults: dict[str, Any]
     overrides: dict[str, Any]
     cache_k: int | None = None  # the recipes that can read a top-k teacher cache do, as rows RECIPE+cache
+    report_to: tuple[str, ...] = ()  # experiment trackers every student's steps are logged to
 
 
 @dataclasses.dataclass
@@ -104,7 +106,7 @@ def _plan_run(request: RunRequest) -> _RunPlan:
             seeded_runs(recipe.name + ("+cache" if recipe.name in cached else ""),
                         resolve_recipe(recipe, train_defaults, overrides).train.seed, seeds)]
     return _RunPlan(request.out, config, runs, settings, request.evaluation, train_defaults, overrides,
-                    request.teacher_cache_k)
+                    request.teacher_cache_k, parse_report_to(request.report_to))
 
 
 def _cache_readers(recipes: list[Recipe], defaults: dict[str, Any], overrides: dict[str, Any],
@@ -204,10 +206,11 @@ def _run_student(job: _RunJob, recipe: Recipe, run: SeededRun) -> None:
         print(f"{run.label}: a record of this exact run is already there; kept (delete it to redo)")
         return
     cache = CacheOption(out / f"teacher-cache-k{plan.cache_k}") if reading is not None else None
+    tracking = Tracking(plan.report_to, out / "logs", run.label, planned) if plan.report_to else None
     student = load_model(suite.student_init_dir)
     checkpoints = out / "checkpoints" / run.label  # a killed run re-run with the same command resumes here
     trained = train_student(recipe, student, job.teacher, job.tokenizer, job.train_records, job.valid_records,
-                            plan.train_defaults, overrides, checkpoints, teacher_cache=cache)
+                            plan.train_defaults, overrides, checkpoints, teacher_cache=cache, tracking=tracking)
     student, config, summary = trained.model, trained.config, trained.summary
     save_model_atomic(student, job.tokenizer, out / "models" / run.label, trained.method_state)
     evaluate_and_record(student, job.tokenizer, label=run.label, group=run.group, method=recipe.method,
@@ -239,6 +242,7 @@ class _TrainPlan:
     overrides: dict[str, Any]
     pair: Any  # the registered pair (``--pair``), or None
     teacher_cache: CacheOption | None = None
+    report_to: tuple[str, ...] = ()  # experiment trackers each run's steps are logged to
 
     def config(self, run: SeededRun) -> dict[str, Any]:
         """The config ``training.json`` records for ``run``."""
@@ -345,7 +349,7 @@ def train_runs(request: TrainRequest, on_trained: Callable[[TrainedRun], None]) 
     if request.teacher_cache is not None:
         cache = CacheOption(request.teacher_cache, request.teacher_cache_rest)
         check_request(cache.folder, resolve_recipe(recipe, defaults, overrides).method, cache.rest)
-    plan = _TrainPlan(recipe, defaults, overrides, sources.pair, cache)
+    plan = _TrainPlan(recipe, defaults, overrides, sources.pair, cache, parse_report_to(request.report_to))
     todo = _train_todo(plan, out, seeded_runs(out.name, resolve_recipe(recipe, defaults, overrides).train.seed,
                                               seeds))
     with kept_only_if_written(*(folder for _, folder in todo)):  # a refusal once the models load: no empty --out
@@ -409,8 +413,9 @@ def _train_run(job: _TrainJob, run: SeededRun, folder: Path) -> TrainedRun | Non
     plan = job.plan
     overrides = run.overrides(plan.overrides)
     cfg = resolve_recipe(plan.recipe, plan.defaults, overrides).train
+    tracking = Tracking(plan.report_to, folder / "logs", folder.name, plan.config(run)) if plan.report_to else None
     # under DeepSpeed the engine comes up first: ZeRO-3's zero3_init_flag partitions the models as they load
-    accelerator = make_accelerator(cfg) if deepspeed_launch() else None
+    accelerator = make_accelerator(cfg, tracking) if deepspeed_launch() else None
     teacher_dtype = getattr(torch, plan.pair.dtype) if plan.pair is not None and job.custom else torch.float32
     teacher, student = load_models(job.teacher_path, job.student_path, accelerator, shard_teacher=cfg.shard_teacher,
                                    teacher_dtype=teacher_dtype, trust_remote_code=job.trust_remote_code)
@@ -424,7 +429,7 @@ def _train_run(job: _TrainJob, run: SeededRun, folder: Path) -> TrainedRun | Non
         student = apply_lora(student, plan.pair.lora, cfg.seed)
     trained = train_student(plan.recipe, student, teacher, job.tokenizer, job.train_records, job.valid_records,
                             plan.defaults, overrides, checkpoint_dir=folder / "checkpoints", accelerator=accelerator,
-                            teacher_cache=plan.teacher_cache)
+                            teacher_cache=plan.teacher_cache, tracking=tracking)
     config, summary, method_state, student = trained.config, trained.summary, trained.method_state, trained.model
     if not _is_main_process():  # under torchrun / accelerate launch the main process writes the results
         return None

@@ -41,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_suite(RunRequest(out=Path(args.out), methods=args.methods, evaluation=_eval_options(args),
                                    quick=args.quick, steps=args.steps, deterministic=args.deterministic,
                                    sets=tuple(args.set or ()), train_seeds=args.train_seeds,
-                                   teacher_cache_k=args.teacher_cache))
+                                   teacher_cache_k=args.teacher_cache, report_to=args.report_to))
     print(f"\nTiny suite {summary.suite_key}: teacher {summary.teacher_params / 1e6:.2f}M params, "
           f"student {summary.student_params / 1e6:.2f}M params; splits: test (in-domain), "
           f"shifted (held-out templates and entities)\n")
@@ -65,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                            quick=args.quick, trust_remote_code=args.trust_remote_code,
                            deterministic=args.deterministic, checkpoint_every=args.checkpoint_every,
                            teacher_cache=Path(args.teacher_cache) if args.teacher_cache else None,
-                           teacher_cache_rest=args.teacher_cache_rest)
+                           teacher_cache_rest=args.teacher_cache_rest, report_to=args.report_to)
     train_runs(request, trained)
     return 0
 

@@ -63,6 +63,12 @@ def _reported_default() -> Path:
     return DEFAULT_FILE
 
 
+def _add_report_to_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report-to", metavar="TRACKERS",
+                   help="log every step (loss and each method's terms, validation, tokens/s, peak memory) to "
+                        "tensorboard, wandb, trackio or mlflow (comma-separated; default: none), under OUT/logs")
+
+
 def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/tiny", help="output folder (default: runs/tiny)")
     p.add_argument("--quick", action="store_true", help="smoke-sized suite and training (about a minute)")
@@ -76,6 +82,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-cache", type=int, metavar="K",
                    help="the recipes that can (kd, rkl, jsd, tvd, sfkl, srkl, abkd) read the suite teacher's top-K "
                         "distributions from a cache written once into OUT/teacher-cache-kK, as rows METHOD+cache")
+    _add_report_to_option(p)
     _add_eval_options(p)
 
 
@@ -104,6 +111,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-cache-rest", choices=("bucket", "renormalize"), default="bucket",
                    help="the mass outside the cached top k: one rest bucket on both sides (default), or the k "
                         "renormalised (docs/divergences.md)")
+    _add_report_to_option(p)
 
 
 def _cache_teacher_options(p: argparse.ArgumentParser) -> None:

@@ -57,6 +57,7 @@ from mgsr_bench.train import distributed
 from mgsr_bench.train.checkpoint import Checkpoints, rng_state, set_rng_state
 from mgsr_bench.train.runtime import Runtime
 from mgsr_bench.teacher_cache import CacheReading
+from mgsr_bench.train.tracking import Tracking, hyperparameters, step_metrics
 
 
 @dataclass
@@ -146,15 +147,18 @@ def resolve_mixed_precision(setting: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
+def make_accelerator(cfg: TrainConfig, tracking: Tracking | None = None) -> Accelerator:
     """This process's ``Accelerator`` for a run with ``cfg``: the engine ``accelerate launch`` chose,
     and, for several processes on a machine without GPUs, gloo on the CPU (accelerate only picks it
     when told "cpu"). :func:`train` builds it unless given one: a caller builds it first where the
-    engine must be up before the models load (ZeRO-3's partitioned loading)."""
+    engine must be up before the models load (ZeRO-3's partitioned loading). ``tracking`` names the
+    trackers it reports to (:mod:`mgsr_bench.train.tracking`)."""
     multi_cpu = not torch.cuda.is_available() and launched_processes() > 1
     distributed.check_fsdp_accelerate()  # before the constructor, in which old versions fail
+    trackers = {"log_with": list(tracking.report_to), "project_dir": str(tracking.folder)} if tracking else {}
     return Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision), cpu=multi_cpu,
-                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.process_timeout_s))])
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.process_timeout_s))],
+                       **trackers)
 
 
 def global_batches(examples: list[Example], batch_size: int, seed: int) -> Iterator[list[Example]]:
@@ -527,7 +531,7 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
           method: Method, train_examples: list[Example], valid: list[dict[str, Any]],
           valid_examples: list[Example], cfg: TrainConfig, desc: str = "train",
           checkpoint_dir: Path | None = None, accelerator: Accelerator | None = None,
-          teacher_cache: CacheReading | None = None) -> TrainResult:
+          teacher_cache: CacheReading | None = None, tracking: Tracking | None = None) -> TrainResult:
     """Train ``student`` with ``method``; on return it holds the best validated weights, and
     ``result.model`` is the trained student as an ordinary model (the same object, unless the engine
     sharded its weights: then a gathered copy on the main process).
@@ -539,9 +543,13 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     :mod:`mgsr_bench.train.checkpoint`). A non-finite loss stops the run with the step named and,
     with ``checkpoint_dir``, the weights and optimiser from before that step and the offending
     batch saved. With ``teacher_cache`` the training examples carry the teacher's cached rows and the
-    loss reads them instead of running the teacher (:mod:`mgsr_bench.teacher_cache`).
+    loss reads them instead of running the teacher (:mod:`mgsr_bench.teacher_cache`). With
+    ``tracking`` every step's record is also logged to its trackers (an ``accelerator`` the caller
+    built must have been made with the same ``tracking``).
     """
-    runtime = Runtime.of(accelerator or make_accelerator(cfg))
+    runtime = Runtime.of(accelerator or make_accelerator(cfg, tracking))
+    if tracking is not None:
+        runtime.accelerator.init_trackers(tracking.run_name, config=hyperparameters(tracking.config))
     runtime.seed(cfg.seed, cfg.deterministic)
     run = Run(runtime, cfg, student=student, teacher=teacher, tokenizer=tokenizer, method=method,
               train_examples=train_examples, valid=valid, valid_examples=valid_examples,
@@ -553,15 +561,21 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     bar = tqdm(range(first, cfg.steps + 1), desc=desc, disable=not runtime.is_main, initial=first - 1,
                total=cfg.steps)
     for step in bar:
+        began = time.perf_counter()
         record = run.step(step)
+        seconds = time.perf_counter() - began
         if run.validates(step):
             score = run.validate(step, record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{score:.2f}", best=f"{run.state.best_score:.2f}")
         elif step % 10 == 0:
             bar.set_postfix(loss=f"{record['loss']:.3f}", best=f"{run.state.best_score:.2f}")
         run.state.add(record)
+        if tracking is not None:
+            runtime.accelerator.log(step_metrics(record, seconds), step=step)
         if run.state.stopped_early:  # no checkpoint at the last step run: a re-run replays to the same stop
             break
         if run.checkpoints_after(step):
             run.checkpoint(step)
+    if tracking is not None:
+        runtime.accelerator.end_training()
     return run.finish()
