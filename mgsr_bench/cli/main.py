@@ -1,4 +1,4 @@
-"""The ``mgsr-bench`` command line: run, train, cache-teacher, eval, agreement, leaderboard, compare, history,
+"""The ``mgsr-bench`` command line: run, train, sweep, cache-teacher, eval, agreement, leaderboard, compare, history,
 plan, bench, list, build-suite.
 
 Each command reads its options into a request, hands it to the function that does the work
@@ -68,6 +68,23 @@ def cmd_train(args: argparse.Namespace) -> int:
                            teacher_cache_rest=args.teacher_cache_rest, report_to=args.report_to)
     train_runs(request, trained)
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run a comparison grid (GRID.yaml: recipes x suites or pairs x training seeds x overrides; see
+    mgsr_bench/sweep.py for the keys): each cell trains and evaluates into one store; cells whose record
+    is there are skipped, so the same command after a failure runs what is missing. --status shows
+    each cell. Exit status 1 when a cell failed."""
+    from mgsr_bench.sweep import load_grid, status_table, submit
+
+    grid = load_grid(args.grid)
+    if not args.status:
+        for line in submit(grid):
+            print(line)
+    table, counts = status_table(grid)
+    print(table)
+    print("sweep: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + f" of {len(grid.cells)} cells")
+    return 1 if counts.get("failed") and not args.status else 0
 
 
 def cmd_cache_teacher(args: argparse.Namespace) -> int:
@@ -294,7 +311,7 @@ def _stage_summary(stage: dict[str, Any], digest: str) -> str:
     return f"{digest} ({metric} {stage[metric]:.4g} at step {stage['best_step']})"
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "cache-teacher": cmd_cache_teacher, "eval": cmd_eval, "agreement": cmd_agreement,
+COMMANDS = {"run": cmd_run, "train": cmd_train, "sweep": cmd_sweep, "cache-teacher": cmd_cache_teacher, "eval": cmd_eval, "agreement": cmd_agreement,
             "leaderboard": cmd_leaderboard, "compare": cmd_compare, "history": cmd_history, "plan": cmd_plan,
             "build-suite": cmd_build_suite, "list": cmd_list}
 

@@ -114,6 +114,11 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     _add_report_to_option(p)
 
 
+def _sweep_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("grid", help="the grid file (YAML)")
+    p.add_argument("--status", action="store_true", help="show each cell (done, running, failed, waiting); run nothing")
+
+
 def _cache_teacher_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="cache folder (default: runs/teacher-cache-kK)")
     p.add_argument("--teacher", help="teacher model folder, with its tokenizer (default: the tiny suite's)")
@@ -240,6 +245,8 @@ def _list_options(p: argparse.ArgumentParser) -> None:
 _SUBCOMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None] | None]] = [
     ("run", "the main job: tiny suite -> teacher -> students -> evaluation -> table", _run_options),
     ("train", "train one student with one recipe", _train_options),
+    ("sweep", "a comparison grid: recipes x suites or pairs x training seeds x overrides, resumable",
+     _sweep_options),
     ("cache-teacher", "the teacher's top-k distributions on a training set, once for every method",
      _cache_teacher_options),
     ("eval", "evaluate saved models and write run records", _eval_options),
@@ -255,7 +262,7 @@ _SUBCOMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None] | N
 
 
 EXIT_STATUSES = """\
-Errors are one line. Exit status: 0 done; 1 compare found a regression (plan: it does not fit); 2 bad input, refused
+Errors are one line. Exit status: 0 done; 1 compare found a regression (plan: it does not fit; sweep: a cell failed); 2 bad input, refused
 before any work; 3 a training run diverged (its state saved); 4 compare could not compare everything
 it was asked to; 5 the machine refused (a full disk, a permission, damaged or unsafe weights), with
 nothing left half-written. --debug anywhere on the line, or MGSR_BENCH_DEBUG=1, shows the traceback
