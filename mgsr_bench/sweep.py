@@ -153,22 +153,23 @@ def _override_recipes(recipes: list[str], overrides: list[dict[str, Any]], out: 
 
 
 def _recipe_file(recipe: Any, override: dict[str, Any], index: int, out: Path) -> tuple[Path, str]:
-    """``recipe`` with ``override`` merged (its method's options into ``options``, the rest into
-    ``train``), checked as a recipe is: its path under ``out`` and its text."""
+    """``recipe`` with ``override`` merged (its method's options into ``options``, training settings
+    into ``train``; another method's options pass it by), checked as a recipe is: its path under
+    ``out`` and its text."""
     import yaml
 
-    from mgsr_bench.config import train_config
+    from mgsr_bench.config import TrainConfig, train_config
     from mgsr_bench.methods import get_method, option_names
 
-    names = option_names(recipe.method)
+    names, settings = option_names(recipe.method), {f.name for f in dataclasses.fields(TrainConfig)}
     options = {**recipe.options, **{k: v for k, v in override.items() if k in names}}
-    train = {**recipe.train, **{k: v for k, v in override.items() if k not in names}}
+    train = {**recipe.train, **{k: v for k, v in override.items() if k in settings and k not in names}}
     where = f"override {index} of recipe {recipe.name!r}"
     try:
         get_method(recipe.method, **options)
-        train_config(train, where=where)
     except (TypeError, ValueError, UserError) as e:
         raise UserError(f"{where}: {e}") from None
+    train_config(train, where=where)
     text = yaml.safe_dump({"method": recipe.method, "options": options, "train": train,
                            "description": f"{recipe.name} with override {index} of a sweep grid"}, sort_keys=True)
     return out / "recipes" / f"{recipe.name}+o{index}.yaml", text
