@@ -199,8 +199,9 @@ def _cell(target: Target, recipe: str, seed: int, out: Path, evaluation_seeds: s
         return Cell(target.name, label, folder, ((tuple(run), None),))
     data = target.data
     model = folder / "models" / label
-    train = [*_launcher(target.pair), "train", recipe, "--pair", target.pair.name, "--train-data", str(data["train"]),
-             "--valid-data", str(data["valid"]), "--train-seeds", str(seed), "--out", str(folder / "models" / loaded.name)]
+    train = [*_launcher(target.pair), "train", recipe, "--pair", target.pair.name, "--train-data",
+             str(data["train"]), "--valid-data", str(data["valid"]), "--train-seeds", str(seed),
+             "--out", str(folder / "models" / loaded.name)]
     evaluate = [*base, "eval", str(model), "--pair", target.pair.name, "--label", label, "--seeds", evaluation_seeds,
                 "--out", str(folder)] + [a for name, file in data["eval"].items() for a in ("--data", f"{name}={file}")]
     return Cell(target.name, label, folder, ((tuple(train), model / "training.json"), (tuple(evaluate), None)),

@@ -69,3 +69,24 @@ def test_a_grid_killed_part_way_and_submitted_again_ends_with_each_record_once(t
     assert json.loads((out / "jobs.json").read_text())
     proc = _cli("sweep", str(tmp_path / "local.yaml"), "--status")
     assert proc.stdout.strip().endswith("sweep: 4 done of 4 cells"), proc.stdout
+
+
+@pytest.mark.slow
+def test_a_pair_cell_trains_then_evaluates_and_a_second_submission_skips_it(hub_style_pair, tmp_path, monkeypatch):
+    """On a registered pair a cell is `train` then `eval`; the record's pair is the pair, and the
+    grid submitted again runs nothing."""
+    p = hub_style_pair
+    (p / "pairs.yaml").write_text(f"mine:\n  teacher: {p / 'teacher'}\n  student: {p / 'student'}\n"
+                                  "  dtype: float32\n  accelerate: cpu\n  micro_batch: 4\n")
+    env = {"MGSR_BENCH_PAIRS": str(p / "pairs.yaml")}
+    (tmp_path / "grid.yaml").write_text(
+        f"out: {tmp_path / 'out'}\nrecipes: [kd]\ntrain_seeds: [3]\noverrides: [{{steps: 2}}]\nseeds: '10'\n"
+        f"pairs:\n  mine: {{train: {p / 'train.jsonl'}, valid: {p / 'valid.jsonl'}, eval: {{t: {p / 'test.jsonl'}}}}}\n")
+    proc = _cli("sweep", str(tmp_path / "grid.yaml"), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    record = json.loads((tmp_path / "out" / "mine" / "records" / "kd+o0@seed3.json").read_text())
+    assert record["pair"]["name"] == "mine" and set(record["scores"]) == {"t"}
+    assert (tmp_path / "out" / "mine" / "models" / "kd+o0@seed3" / "training.json").is_file()
+    proc = _cli("sweep", str(tmp_path / "grid.yaml"), env=env)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("sweep: 1 done of 1 cells"), proc.stdout
+    assert "$ " not in (tmp_path / "out" / "mine" / "logs" / "kd+o0@seed3.log").read_text().split("exit 0")[-1]

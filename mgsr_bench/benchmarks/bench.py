@@ -166,7 +166,8 @@ def run_one(method: str, shape: str, micro_batch: int, seq_len: int, steps: int,
     if device == "cuda":
         torch.cuda.synchronize()
     gen_tokens = sum(len(t) for t in out.tokens) / (time.perf_counter() - began)
-    result = {"method": method + ("+cache" if cache_k is not None else ""), "shape": shape, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+    result = {"method": method + ("+cache" if cache_k is not None else ""), "shape": shape,
+              "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "micro_batch": micro_batch, "seq_len": seq_len, "n_teacher": n_teacher, "n_student": n_student,
               "seconds_per_step": step, "train_tokens_per_s": tokens / step, "generation_tokens_per_s": gen_tokens,
               **_peaks(device, start_rss)}

@@ -311,7 +311,8 @@ def _stage_summary(stage: dict[str, Any], digest: str) -> str:
     return f"{digest} ({metric} {stage[metric]:.4g} at step {stage['best_step']})"
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "sweep": cmd_sweep, "cache-teacher": cmd_cache_teacher, "eval": cmd_eval, "agreement": cmd_agreement,
+COMMANDS = {"run": cmd_run, "train": cmd_train, "sweep": cmd_sweep, "cache-teacher": cmd_cache_teacher,
+            "eval": cmd_eval, "agreement": cmd_agreement,
             "leaderboard": cmd_leaderboard, "compare": cmd_compare, "history": cmd_history, "plan": cmd_plan,
             "build-suite": cmd_build_suite, "list": cmd_list}
 

@@ -262,11 +262,11 @@ _SUBCOMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None] | N
 
 
 EXIT_STATUSES = """\
-Errors are one line. Exit status: 0 done; 1 compare found a regression (plan: it does not fit; sweep: a cell failed); 2 bad input, refused
-before any work; 3 a training run diverged (its state saved); 4 compare could not compare everything
-it was asked to; 5 the machine refused (a full disk, a permission, damaged or unsafe weights), with
-nothing left half-written. --debug anywhere on the line, or MGSR_BENCH_DEBUG=1, shows the traceback
-of a status-5 failure."""
+Errors are one line. Exit status: 0 done; 1 compare found a regression (plan: it does not fit;
+sweep: a cell failed); 2 bad input, refused before any work; 3 a training run diverged (its state
+saved); 4 compare could not compare everything it was asked to; 5 the machine refused (a full disk,
+a permission, damaged or unsafe weights), with nothing left half-written. --debug anywhere on the
+line, or MGSR_BENCH_DEBUG=1, shows the traceback of a status-5 failure."""
 
 
 def build_parser(commands: Mapping[str, Command]) -> argparse.ArgumentParser:
