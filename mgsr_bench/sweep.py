@@ -38,6 +38,7 @@ from typing import Any
 from mgsr_bench.errors import UserError
 
 EXECUTORS = ("local", "slurm", "submitit-local")
+DEFAULT_TIMEOUT_MIN = 24 * 60  # per cell, unless the grid's slurm: says otherwise
 GRID_KEYS = ("out", "recipes", "suites", "pairs", "train_seeds", "overrides", "seeds", "executor", "slurm")
 SLURM_KEYS = ("partition", "timeout_min", "mem_gb", "cpus_per_task", "gpus_per_node", "array_parallelism",
               "account", "qos", "constraint")
@@ -272,8 +273,9 @@ def pending(grid: Grid) -> list[Cell]:
     return [cell for cell in grid.cells if not cell.record.is_file()]
 
 
-def submit(grid: Grid) -> list[str]:
-    """Run or submit every pending cell; returns one line per cell that failed (local) or was submitted."""
+def submit(grid: Grid) -> tuple[list[str], bool]:
+    """Run or submit every pending cell: a line per cell that failed (local executors) or was
+    submitted (slurm), and whether any failed."""
     cells = pending(grid)
     if grid.executor == "local":
         failed = []
@@ -282,11 +284,11 @@ def submit(grid: Grid) -> list[str]:
                 run_cell(cell)
             except RuntimeError as e:
                 failed.append(str(e))
-        return failed
+        return failed, bool(failed)
     return _submitit(grid, cells)
 
 
-def _submitit(grid: Grid, cells: list[Cell]) -> list[str]:
+def _submitit(grid: Grid, cells: list[Cell]) -> tuple[list[str], bool]:
     """Submit ``cells`` through submitit (a Slurm job array per GPU count, or its local executor, which
     the tests use), record the job ids in ``OUT/jobs.json``; the local executor is waited for."""
     try:
@@ -297,7 +299,8 @@ def _submitit(grid: Grid, cells: list[Cell]) -> list[str]:
     executor = submitit.AutoExecutor(folder=grid.out / "submitit", cluster="local" if local else "slurm")
     jobs = []
     for gpus, group in itertools.groupby(sorted(cells, key=lambda c: c.gpus), key=lambda c: c.gpus):
-        settings = {k: v for k, v in grid.slurm.items() if k in ("timeout_min", "mem_gb", "cpus_per_task")}
+        settings = {"timeout_min": DEFAULT_TIMEOUT_MIN,  # submitit's own default is 5 minutes
+                    **{k: v for k, v in grid.slurm.items() if k in ("timeout_min", "mem_gb", "cpus_per_task")}}
         slurm = {f"slurm_{k}": v for k, v in grid.slurm.items()
                  if k in ("partition", "account", "qos", "constraint", "array_parallelism") and not local}
         executor.update_parameters(gpus_per_node=gpus, **settings, **slurm)
@@ -308,14 +311,14 @@ def _submitit(grid: Grid, cells: list[Cell]) -> list[str]:
 
     write_atomic(grid.out / "jobs.json", json.dumps(ids, indent=2))
     if not local:
-        return [f"submitted {key}: job {job_id}" for key, job_id in ids.items()]
+        return [f"submitted {key}: job {job_id}" for key, job_id in ids.items()], False
     failed = []
     for cell, job in jobs:
         try:
             job.result()
-        except Exception:  # the job's own exception, re-raised by submitit: the log names the cause
-            failed.append(f"cell {cell.target}/{cell.label} failed: see {cell.log}")
-    return failed
+        except Exception:  # the job's own exception, re-raised by submitit: its logs name the cause
+            failed.append(f"cell {cell.target}/{cell.label} failed: see {cell.log} and {job.paths.stderr}")
+    return failed, bool(failed)
 
 
 # --- status --------------------------------------------------------------------------------------
@@ -351,8 +354,12 @@ def cell_status(cell: Cell) -> tuple[str, str]:
         return "failed", "killed while running (its process is gone)"
     if cell.log.is_file():
         lines = cell.log.read_text(encoding="utf-8", errors="replace").splitlines()
-        if lines and lines[-1].startswith("exit ") and lines[-1] != "exit 0":
+        if lines and lines[-1] == "exit 0":
+            return "failed", f"its commands ended without writing {cell.record}"
+        if lines and lines[-1].startswith("exit "):
             return "failed", _last_line(cell.log)
+        if lines:  # no exit status: stopped from outside (a time limit, a signal)
+            return "failed", "stopped before it ended (a time limit or a signal)"
     return "waiting", ""
 
 

@@ -78,13 +78,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from mgsr_bench.sweep import load_grid, status_table, submit
 
     grid = load_grid(args.grid)
+    failed = False
     if not args.status:
-        for line in submit(grid):
+        lines, failed = submit(grid)
+        for line in lines:
             print(line)
     table, counts = status_table(grid)
     print(table)
     print("sweep: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + f" of {len(grid.cells)} cells")
-    return 1 if counts.get("failed") and not args.status else 0
+    return 1 if failed else 0
 
 
 def cmd_cache_teacher(args: argparse.Namespace) -> int:
