@@ -389,11 +389,15 @@ def _train_todo_runs(request: TrainRequest, plan: _TrainPlan, sources: _TrainSou
 
 def _finished_seed(plan: _TrainPlan, run: SeededRun, folder: Path) -> bool:
     """Whether ``folder`` holds this seed's finished run, so that the same command run again after
-    a kill skips it (and says so); a finished run of other settings there is refused."""
+    a kill skips it (and says so); a finished run of other settings there is refused. (A teacher
+    cache's key, known once the models load, is compared as present or not: the settings and the
+    cache folder say the rest.)"""
     path = folder / "training.json"
     if not path.exists():
         return False
-    if json.loads(path.read_text(encoding="utf-8")).get("config") != json.loads(json.dumps(plan.config(run))):
+    config = json.loads(path.read_text(encoding="utf-8")).get("config") or {}
+    cached = config.pop("teacher_cache", None) is not None
+    if config != json.loads(json.dumps(plan.config(run))) or cached != (plan.teacher_cache is not None):
         raise UserError(f"{folder} holds a finished run of other settings (training.json); choose another --out")
     print(f"{folder}: this seed's run is already finished there (training.json); kept")
     return True

@@ -164,3 +164,17 @@ def test_plan_states_the_caches_disk_size_and_refuses_a_bad_k(cli):
     assert proc.returncode == 0 and "384 bytes per response token, 0.72 GiB for 2,000,000" in proc.stdout, proc.stderr
     proc = cli("plan", "gpt2-xl-gpt2", "--teacher-cache", "0")
     assert proc.returncode == 2 and proc.stdout == "" and "must be >= 1" in proc.stderr
+
+
+def test_several_seeds_from_a_cache_run_again_keep_their_finished_runs(hub_style_pair, cli):
+    p = hub_style_pair
+    assert cli("cache-teacher", "--teacher", str(p / "teacher"), "--train-data", str(p / "train.jsonl"), "--k", "4",
+               "--out", str(p / "cache")).returncode == 0
+    args = ["train", "kd", "--teacher", str(p / "teacher"), "--student", str(p / "student"), "--train-data",
+            str(p / "train.jsonl"), "--valid-data", str(p / "valid.jsonl"), "--steps", "1", "--train-seeds", "1,2",
+            "--teacher-cache", str(p / "cache"), "--out", str(p / "kd")]
+    assert cli(*args).returncode == 0
+    proc = cli(*args)
+    assert proc.returncode == 0 and proc.stdout.count("already finished there") == 2, proc.stdout + proc.stderr
+    proc = cli(*args[:-4], "--out", str(p / "kd"))  # the same folders without the cache: other settings
+    assert proc.returncode == 2 and "holds a finished run of other settings" in proc.stderr
