@@ -112,6 +112,7 @@ def _targets(raw: dict[str, Any], path: Path) -> list[Target]:
         raise UserError(f"grid {path}: pairs must map each pair to its data (train, valid, eval)")
     for name, data in pairs.items():
         pair = get_pair(str(name))
+        check_plain_name(pair.name, f"grid {path}: pair {pair.name!r} names a folder under out, so its name")
         if not isinstance(data, dict) or set(data) != set(PAIR_DATA_KEYS) or not isinstance(data["eval"], dict) \
                 or not data["eval"]:
             raise UserError(f"grid {path}: pair {name!r} needs train, valid and eval (a mapping NAME: FILE)")
