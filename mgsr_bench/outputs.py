@@ -88,7 +88,10 @@ def temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists (this process included; another user's counts)."""
+    if pid <= 0:  # os.kill(0, ...) would signal the process group
+        return False
     if pid == os.getpid():
         return True
     try:
@@ -109,7 +112,7 @@ def sweep_stale(folder: str | Path) -> list[Path]:
     swept = []
     for path in sorted(folder.rglob(".*.tmp-*")):
         match = _TEMP.match(path.name)
-        if match is None or match["host"] != _HOST or _alive(int(match["pid"])) or not path.exists():
+        if match is None or match["host"] != _HOST or process_alive(int(match["pid"])) or not path.exists():
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)

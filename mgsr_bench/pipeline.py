@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mgsr_bench.config import Recipe, TrainConfig, config_hash, load_recipe, train_config
 from mgsr_bench.errors import UserError, writing
-from mgsr_bench.data.collate import prompts_within, tokenize_records
+from mgsr_bench.data.collate import tokenize_records, training_records
 from mgsr_bench.eval.evaluate import evaluate_model
 from mgsr_bench.eval.generate import EvalSettings
 from mgsr_bench.methods import Method, available_methods, get_method, option_names
@@ -240,12 +240,11 @@ def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedM
     resolved = resolve_recipe(recipe, train_defaults, train_overrides)
     cfg, config = resolved.train, resolved.config
     given = len(train_records), len(valid_records)
-    if cfg.long_prompts == "drop":
-        train_records = prompts_within(train_records, tokenizer)
-        valid_records = prompts_within(valid_records, tokenizer)
-        if not train_records or not valid_records:
-            raise UserError("every training or validation prompt is longer than 256 tokens, and train.long_prompts "
-                            "drops such examples: shorten the prompts, or set train.long_prompts=truncate")
+    train_records = training_records(train_records, tokenizer, cfg.long_prompts)
+    valid_records = training_records(valid_records, tokenizer, cfg.long_prompts)
+    if cfg.long_prompts == "drop" and (not train_records or not valid_records):
+        raise UserError("every training or validation prompt is longer than 256 tokens, and train.long_prompts "
+                        "drops such examples: shorten the prompts, or set train.long_prompts=truncate")
     train_examples, reading = tokenize_records(train_records, tokenizer), None
     if teacher_cache is not None:
         reading, train_examples = reading_for_run(teacher_cache.folder, resolved.method, teacher, train_examples,
@@ -286,7 +285,7 @@ def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     return record
 
 
-def _seed_list(text: str, flag: str) -> tuple[int, ...]:
+def seed_list(text: str, flag: str) -> tuple[int, ...]:
     """Distinct comma-separated seeds from 0 to 2^64 - 1 (what torch's generators take), or one line
     naming ``flag`` and the problem."""
     parts = [part.strip() for part in text.split(",")]
@@ -305,9 +304,9 @@ def _seed_list(text: str, flag: str) -> tuple[int, ...]:
 
 def parse_seeds(text: str | Sequence[int]) -> tuple[int, ...]:
     """``--seeds 10,20,30`` (sampling seeds) -> ``(10, 20, 30)``, checked before any compute."""
-    return _seed_list(text, "--seeds") if isinstance(text, str) else tuple(text)
+    return seed_list(text, "--seeds") if isinstance(text, str) else tuple(text)
 
 
 def parse_train_seeds(text: str | None) -> tuple[int, ...] | None:
     """``--train-seeds 1,2,3``, checked before any compute; None when the option is not given."""
-    return None if text is None else _seed_list(text, "--train-seeds")
+    return None if text is None else seed_list(text, "--train-seeds")

@@ -10,6 +10,7 @@ once the run's outputs exist.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -70,12 +71,15 @@ class _RunJob:
     pair: dict[str, Any] = dataclasses.field(init=False)
     train_records: list[dict[str, Any]] = dataclasses.field(init=False)
     valid_records: list[dict[str, Any]] = dataclasses.field(init=False)
-    teacher_digest: str = dataclasses.field(init=False)  # what a teacher cache is checked against
 
     def __post_init__(self) -> None:
         self.pair = self.suite.pair()  # hashes both models' weights: once
         self.train_records, self.valid_records = self.suite.split("train"), self.suite.split("valid")
-        self.teacher_digest = state_digest(self.teacher)
+
+    @functools.cached_property
+    def teacher_digest(self) -> str:
+        """What a teacher cache is checked against: computed once, and only by a run that reads one."""
+        return state_digest(self.teacher)
 
     @property
     def suite_info(self) -> dict[str, Any]:
@@ -123,24 +127,23 @@ def _cache_readers(recipes: list[Recipe], defaults: dict[str, Any], overrides: d
     return names
 
 
-def _suite_cache(job: _RunJob, resolved: Any) -> CacheReading:
+def _suite_cache(job: _RunJob, resolved: Any) -> tuple[CacheReading, CacheOption]:
     """The run's teacher cache for ``resolved`` (a recipe at its settings) in ``OUT/teacher-cache-kK``,
-    written unless one of this teacher, these training examples and this temperature is there."""
-    from mgsr_bench.data.collate import prompts_within, token_digest, tokenize_records
+    written unless one of this teacher, these training examples and this temperature is there: how the
+    run reads it, and where."""
+    from mgsr_bench.data.collate import token_digest, tokenize_records, training_records
 
-    records = job.train_records
-    if resolved.train.long_prompts == "drop":
-        records = prompts_within(records, job.tokenizer)
-    examples = tokenize_records(records, job.tokenizer)
+    examples = tokenize_records(training_records(job.train_records, job.tokenizer, resolved.train.long_prompts),
+                                job.tokenizer)
     key = CacheKey(job.teacher_digest, token_digest(examples), len(job.tokenizer), job.plan.cache_k,
                    float(resolved.method.temperature), "float16")
     folder = job.plan.out / f"teacher-cache-k{key.k}"
     try:
-        load_cache(folder, key)
+        load_cache(folder, key)  # a damaged one is written again too
     except UserError:
         print(f"teacher cache: writing the teacher's top-{key.k} distributions into {folder}")
         write_cache(job.teacher, examples, folder, key, job.tokenizer.pad_token_id)
-    return CacheReading(key)
+    return CacheReading(key), CacheOption(folder)
 
 
 def run_suite(request: RunRequest) -> RunSummary:
@@ -196,7 +199,8 @@ def _run_student(job: _RunJob, recipe: Recipe, run: SeededRun) -> None:
     out = plan.out
     overrides = run.overrides(plan.overrides)
     resolved = resolve_recipe(recipe, plan.train_defaults, overrides)
-    reading = _suite_cache(job, resolved) if plan.cache_k is not None and can_read(resolved.method) else None
+    reading, cache = _suite_cache(job, resolved) if plan.cache_k is not None and can_read(resolved.method) \
+        else (None, None)
     planned = {**job.suite_info, **resolved.config}
     if reading is not None:  # as train_student records it
         planned["teacher_cache"] = dataclasses.asdict(reading)
@@ -205,7 +209,6 @@ def _run_student(job: _RunJob, recipe: Recipe, run: SeededRun) -> None:
             record_path, planned, plan.settings, bool(plan.evaluation.lm_eval), pair):
         print(f"{run.label}: a record of this exact run is already there; kept (delete it to redo)")
         return
-    cache = CacheOption(out / f"teacher-cache-k{plan.cache_k}") if reading is not None else None
     tracking = Tracking(plan.report_to, out / "logs", run.label, planned) if plan.report_to else None
     student = load_model(suite.student_init_dir)
     checkpoints = out / "checkpoints" / run.label  # a killed run re-run with the same command resumes here
@@ -450,7 +453,7 @@ def cache_teacher(request: CacheTeacherRequest) -> tuple[Path, dict[str, Any]]:
     same prompt filter and tokenisation); returns the cache folder and its manifest."""
     import torch
 
-    from mgsr_bench.data.collate import prompts_within, token_digest, tokenize_records
+    from mgsr_bench.data.collate import token_digest, tokenize_records, training_records
     from mgsr_bench.data.jsonl import read_records
     from mgsr_bench.models import load_model, load_tokenizer, on_compute_device
     from mgsr_bench.suite.build import ensure_suite
@@ -469,14 +472,11 @@ def cache_teacher(request: CacheTeacherRequest) -> tuple[Path, dict[str, Any]]:
     else:
         teacher_path, records = request.teacher, read_records(request.train_data)
     tokenizer = load_tokenizer(teacher_path, request.trust_remote_code)
-    if request.long_prompts == "drop":
-        records = prompts_within(records, tokenizer)
-    examples = tokenize_records(records, tokenizer)
+    examples = tokenize_records(training_records(records, tokenizer, request.long_prompts), tokenizer)
     if not examples:
         raise UserError("no training example is left once prompts over 256 tokens are dropped: --long-prompts truncate")
     teacher = on_compute_device(load_model(teacher_path, torch.float32, trust_remote_code=request.trust_remote_code))
     key = CacheKey(teacher=state_digest(teacher), examples=token_digest(examples), vocab_size=len(tokenizer),
                    k=request.k, temperature=request.temperature, dtype=request.dtype)
-    with kept_only_if_written(request.out):
-        folder = write_cache(teacher, examples, request.out, key, tokenizer.pad_token_id, request.batch_size)
+    folder = write_cache(teacher, examples, request.out, key, tokenizer.pad_token_id, request.batch_size)
     return folder, read_manifest(folder)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from mgsr_bench.errors import UserError
+from mgsr_bench.outputs import process_alive
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 DEFAULT_TIMEOUT_MIN = 24 * 60  # per cell, unless the grid's slurm: says otherwise
@@ -211,7 +212,7 @@ def _cell(target: Target, recipe: str, seed: int, out: Path, evaluation_seeds: s
 def load_grid(path: str | Path) -> Grid:
     """The grid in ``path``, every axis checked, or one line naming what is wrong."""
     from mgsr_bench.config import read_yaml
-    from mgsr_bench.pipeline import parse_seeds
+    from mgsr_bench.pipeline import seed_list
 
     path = Path(path)
     raw = read_yaml(path, "grid")
@@ -224,7 +225,7 @@ def load_grid(path: str | Path) -> Grid:
     recipes = _list(raw, "recipes", str, path)
     targets = _targets(raw, path)
     seeds = _list(raw, "train_seeds", int, path)
-    parse_seeds(",".join(map(str, seeds)))  # range and repeats, as --train-seeds checks them
+    seed_list(",".join(map(str, seeds)), f"grid {path}: train_seeds")  # range and repeats, as --train-seeds
     overrides = raw.get("overrides", [{}])
     if not isinstance(overrides, list) or not overrides or not all(isinstance(o, dict) for o in overrides):
         raise UserError(f"grid {path}: overrides must be a non-empty list of mappings ({{}}: none)")
@@ -236,7 +237,7 @@ def load_grid(path: str | Path) -> Grid:
         raise UserError(f"grid {path}: slurm takes {', '.join(SLURM_KEYS)}")
     per_override, files = _override_recipes(recipes, overrides, out, path)
     evaluation_seeds = str(raw.get("seeds", "10,20,30,40,50"))
-    parse_seeds(evaluation_seeds)
+    seed_list(evaluation_seeds, f"grid {path}: seeds")
     from mgsr_bench.data.jsonl import write_atomic
 
     for file, text in files.items():  # the whole grid passed its checks: the override recipes can be read
@@ -323,16 +324,6 @@ def _submitit(grid: Grid, cells: list[Cell]) -> tuple[list[str], bool]:
 
 
 # --- status --------------------------------------------------------------------------------------
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _last_line(log: Path) -> str:
     lines = [ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
     errors = [ln for ln in lines if "error" in ln.lower() and not ln.startswith("$")]
@@ -350,7 +341,7 @@ def cell_status(cell: Cell) -> tuple[str, str]:
             marker = {}
         if marker.get("host") != socket.gethostname():
             return "running", f"on {marker.get('host')}"
-        if _alive(int(marker.get("pid", 0) or 0)):
+        if process_alive(int(marker.get("pid", 0) or 0)):
             return "running", ""
         return "failed", "killed while running (its process is gone)"
     if cell.log.is_file():

@@ -131,11 +131,16 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
+def footprint(folder: Path) -> tuple[float, float]:
+    """A written cache's size on disk in MB, and in MB per 1,000 response tokens."""
+    size = sum(f.stat().st_size for f in Path(folder).iterdir()) / 1e6
+    return size, size / max(read_manifest(folder)["rows"], 1) * 1000
+
+
 @dataclasses.dataclass
 class TeacherCache:
     """A cache read back: example ``i``'s rows of top-k ids and log-probabilities."""
 
-    key: CacheKey
     ids: torch.Tensor
     logprobs: torch.Tensor
     offsets: torch.Tensor
@@ -150,25 +155,32 @@ _KEY_WORDS = {"teacher": "teacher (weights digest)",
               "vocab_size": "vocabulary size", "k": "k", "temperature": "temperature", "dtype": "dtype"}
 
 
-def load_cache(folder: Path, expected: CacheKey) -> TeacherCache:
-    """The cache in ``folder``, refused in one line when any field of its key differs from ``expected``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    manifest = read_manifest(folder)
-    found = {f.name: manifest.get(f.name) for f in dataclasses.fields(CacheKey)}
+def check_key(folder: Path, manifest: dict, expected: CacheKey) -> None:
+    """Refuse, in one line, the cache in ``folder`` whose ``manifest`` differs from ``expected`` in any field."""
     for name, want in dataclasses.asdict(expected).items():
-        have = found[name]
+        have = manifest.get(name)
         same = (isinstance(have, (int, float)) and math.isclose(have, want)) if name == "temperature" else have == want
         if not same:
             raise UserError(f"teacher cache {folder} was written for another {_KEY_WORDS[name]} ({have!r}; "
                             f"this run: {want!r}): write it again with `mgsr-bench cache-teacher`")
+
+
+def _tensors(folder: Path) -> TeacherCache:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         tensors = load_file(str(Path(folder) / TENSORS))
     except (OSError, SafetensorError) as e:
         raise UserError(f"teacher cache {folder}: {TENSORS} cannot be read ({str(e).splitlines()[0]}); "
                         "write the cache again") from None
-    return TeacherCache(expected, tensors["ids"], tensors["logprobs"], tensors["offsets"])
+    return TeacherCache(tensors["ids"], tensors["logprobs"], tensors["offsets"])
+
+
+def load_cache(folder: Path, expected: CacheKey) -> TeacherCache:
+    """The cache in ``folder``, refused in one line when any field of its key differs from ``expected``."""
+    check_key(folder, read_manifest(folder), expected)
+    return _tensors(folder)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,15 +216,15 @@ def can_read(method: Method) -> bool:
     return method.teacher_distribution_only and not method.source_spec().samples
 
 
-def check_request(folder: Path, method: Method, rest: str) -> None:
+def check_request(folder: Path, method: Method, rest: str) -> dict:
     """What can be refused before any model loads: a missing or partial cache, an unknown convention,
-    a method that needs the live teacher."""
+    a method that needs the live teacher; the cache's manifest."""
     if rest not in REST:
         raise UserError(f"the teacher cache's rest convention must be one of {', '.join(REST)}, got {rest!r}")
     if not can_read(method):
         raise UserError(f"method {method.name!r} cannot read a teacher cache: it trains on samples or reads more of "
                         "the teacher than its distribution on ground-truth responses; run it with the live teacher")
-    read_manifest(folder)
+    return read_manifest(folder)
 
 
 def reading_for_run(folder: Path, method: Method, teacher: torch.nn.Module, examples: list[Example],
@@ -220,12 +232,11 @@ def reading_for_run(folder: Path, method: Method, teacher: torch.nn.Module, exam
     """How a run reads the cache in ``folder``, and its examples with their rows attached; refused in
     one line, before any step, for a method that needs the live teacher and for a cache of another
     teacher, data, template, tokenizer, vocabulary or temperature."""
-    check_request(folder, method, rest)
-    manifest = read_manifest(folder)
+    manifest = check_request(folder, method, rest)
     expected = CacheKey(teacher=state_digest(teacher), examples=token_digest(examples), vocab_size=vocab_size,
                         k=manifest.get("k"), temperature=float(method.temperature), dtype=manifest.get("dtype"))
-    cache = load_cache(folder, expected)
-    return CacheReading(expected, rest), with_cached_rows(examples, cache)
+    check_key(folder, manifest, expected)
+    return CacheReading(expected, rest), with_cached_rows(examples, _tensors(folder))
 
 
 def with_cached_rows(examples: list[Example], cache: TeacherCache) -> list[Example]:

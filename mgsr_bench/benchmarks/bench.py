@@ -111,14 +111,15 @@ def _cached_rows(teacher, rows, tokenizer, k: int) -> tuple[Any, list, float]:
     from pathlib import Path
 
     from mgsr_bench.data.collate import token_digest
-    from mgsr_bench.teacher_cache import CacheKey, CacheReading, load_cache, state_digest, with_cached_rows, write_cache
+    from mgsr_bench.teacher_cache import (CacheKey, CacheReading, footprint, load_cache, state_digest, with_cached_rows,
+                                          write_cache)
 
     key = CacheKey(state_digest(teacher), token_digest(rows), len(tokenizer), k, 1.0, "float16")
     with tempfile.TemporaryDirectory(prefix="mgsr-bench-cache-") as tmp:
         folder = write_cache(teacher, rows, Path(tmp) / "cache", key, tokenizer.pad_token_id)
-        size = sum(f.stat().st_size for f in folder.iterdir())
         cached = with_cached_rows(rows, load_cache(folder, key))
-    return CacheReading(key), cached, size / sum(len(r.response_ids) for r in rows) * 1000 / 1e6
+        per_1k = footprint(folder)[1]
+    return CacheReading(key), cached, per_1k
 
 
 def run_one(method: str, shape: str, micro_batch: int, seq_len: int, steps: int, warmup: int,

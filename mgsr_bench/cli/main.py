@@ -99,11 +99,12 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
                                   train_data=args.train_data, k=args.k, temperature=args.temperature,
                                   dtype=args.dtype, long_prompts=args.long_prompts, batch_size=args.batch_size,
                                   quick=args.quick, trust_remote_code=args.trust_remote_code)
+    from mgsr_bench.teacher_cache import footprint
+
     folder, manifest = cache_teacher(request)
-    size = sum(f.stat().st_size for f in folder.iterdir())
+    size, per_1k = footprint(folder)
     print(f"teacher cache written to {folder}: {manifest['examples_count']} examples, {manifest['rows']} response "
-          f"tokens, k = {manifest['k']}, {size / 1e6:.1f} MB ({size / max(manifest['rows'], 1) * 1000 / 1e6:.2f} MB "
-          "per 1,000 response tokens)")
+          f"tokens, k = {manifest['k']}, {size:.1f} MB ({per_1k:.2f} MB per 1,000 response tokens)")
     return 0
 
 

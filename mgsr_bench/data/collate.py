@@ -97,6 +97,14 @@ def prompts_within(records: list[dict[str, Any]], tokenizer: PreTrainedTokenizer
     return [r for r in records if len(tokenizer(r["prompt"], add_special_tokens=False).input_ids) <= max_prompt]
 
 
+def training_records(records: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase,
+                     long_prompts: str) -> list[dict[str, Any]]:
+    """The records a run trains (or validates) on under ``train.long_prompts``: with ``drop`` those whose
+    prompt fits (:func:`prompts_within`), with ``truncate`` all of them (their prompts cut when tokenised).
+    A teacher cache is written from the same records, so its rows are the run's."""
+    return prompts_within(records, tokenizer) if long_prompts == "drop" else records
+
+
 def tokenize_records(records: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase,
                      max_prompt: int = 256, max_length: int = 512) -> list[Example]:
     """Encode prompts (no special tokens, as MiniLLM does) and responses + EOS, truncated to fit."""
