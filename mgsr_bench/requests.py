@@ -46,7 +46,7 @@ class RunRequest:
     deterministic: bool = False
     sets: tuple[str, ...] = ()  # KEY=VALUE method-option overrides
     train_seeds: str | None = None
-    teacher_cache_k: int | None = None  # ground-truth methods read a top-k teacher cache (rows METHOD+cache)
+    teacher_cache_k: int | None = None  # distillation methods read a top-k teacher cache on ground-truth batches (rows METHOD+cache)
     report_to: str | None = None  # comma-separated trackers (mgsr_bench.train.tracking.TRACKERS)
 
 

@@ -122,8 +122,8 @@ def _cache_readers(recipes: list[Recipe], defaults: dict[str, Any], overrides: d
         raise UserError(f"--teacher-cache takes k >= 1, got {k}")
     names = {r.name for r in recipes if can_read(resolve_recipe(r, defaults, overrides).method)}
     if not names:
-        raise UserError("--teacher-cache: no chosen recipe can read a teacher cache (ground-truth distillation "
-                        "methods can: kd, rkl, jsd, tvd, sfkl, srkl, abkd)")
+        raise UserError("--teacher-cache: no chosen recipe can read a teacher cache (a method whose loss reads the "
+                        "teacher's distribution can; sft and seqkd cannot)")
     return names
 
 

@@ -1,5 +1,6 @@
 """The teacher's next-token distributions on the training responses, computed once per teacher x data
-x template and read by every ground-truth method instead of running the teacher.
+x template and read instead of running the teacher on ground-truth batches (batches a method samples
+still run it).
 
 A cache keeps, for every response position of every training example, the teacher's ``k`` most
 likely token ids and their log-probabilities over the full vocabulary (at the temperature the
@@ -211,9 +212,10 @@ class CacheReading:
 
 
 def can_read(method: Method) -> bool:
-    """Whether ``method``'s loss can take the cache for the teacher: it reads the teacher only through a
-    divergence of its distribution (``Method.teacher_distribution_only``), on ground-truth responses only."""
-    return method.teacher_distribution_only and not method.source_spec().samples
+    """Whether ``method``'s loss can take the cache for the teacher on its ground-truth batches: it reads the
+    teacher only as its next-token distributions (``Method.teacher_distribution_only``). The batches a
+    method samples carry no cached rows and run the live teacher."""
+    return method.teacher_distribution_only
 
 
 def check_request(folder: Path, method: Method, rest: str) -> dict:
@@ -222,8 +224,8 @@ def check_request(folder: Path, method: Method, rest: str) -> dict:
     if rest not in REST:
         raise UserError(f"the teacher cache's rest convention must be one of {', '.join(REST)}, got {rest!r}")
     if not can_read(method):
-        raise UserError(f"method {method.name!r} cannot read a teacher cache: it trains on samples or reads more of "
-                        "the teacher than its distribution on ground-truth responses; run it with the live teacher")
+        raise UserError(f"method {method.name!r} cannot read a teacher cache: its loss reads no teacher distribution "
+                        "on ground-truth responses; run it without --teacher-cache")
     return read_manifest(folder)
 
 

@@ -95,13 +95,16 @@ def _cache(tmp_path, teacher, tokenizer, examples, k, temperature=1.0):
 
 
 @pytest.mark.parametrize("chunk_size", [0, 7])
-@pytest.mark.parametrize("method_name", ["kd", "rkl", "jsd", "tvd", "sfkl", "srkl", "abkd"])
+@pytest.mark.parametrize("method_name", ["kd", "rkl", "jsd", "tvd", "sfkl", "srkl", "abkd", "mgsr"])
 def test_the_loop_reading_a_full_cache_gives_the_live_teachers_loss_and_gradients(method_name, chunk_size, tokenizer,
                                                                                   records, teacher, tmp_path):
     examples = tokenize_records(records[:8], tokenizer)
     key, folder = _cache(tmp_path, teacher, tokenizer, examples, len(tokenizer))
-    cached = with_cached_rows(examples, load_cache(folder, key))
-    runtime, method, totals = Runtime.of(Accelerator()), get_method(method_name), {"tokens": response_tokens(examples)}
+    method = get_method(method_name)
+    # the method's marks (MGSR's span pairs) on the rows, which keep their cached rows
+    cached = method.annotate(with_cached_rows(examples, load_cache(folder, key)), tokenizer)
+    examples = method.annotate(examples, tokenizer)
+    runtime, totals = Runtime.of(Accelerator()), {**method.batch_counts(examples), "tokens": response_tokens(examples)}
     results = []
     for rows, live, reading in ((examples, teacher, None), (cached, None, CacheReading(key))):
         student = tiny_model(len(tokenizer), seed=1)
@@ -113,7 +116,7 @@ def test_the_loop_reading_a_full_cache_gives_the_live_teachers_loss_and_gradient
         torch.testing.assert_close(results[1][1][name], grad, rtol=1e-4, atol=1e-6)
 
 
-def test_a_cache_is_read_only_for_its_teacher_data_and_temperature_and_by_ground_truth_methods(tokenizer, records,
+def test_a_cache_is_read_only_for_its_teacher_data_and_temperature_and_by_methods_with_a_teacher_distribution(tokenizer, records,
                                                                                             teacher, tmp_path):
     from mgsr_bench.config import load_recipe
     from mgsr_bench.pipeline import train_student
@@ -134,7 +137,7 @@ def test_a_cache_is_read_only_for_its_teacher_data_and_temperature_and_by_ground
     for call, says in ((lambda: trained(model=tiny_model(len(tokenizer), seed=5, hidden=48)), "another teacher"),
                        (lambda: trained(temperature=2.0), "another temperature (1.0; this run: 2.0)"),
                        (lambda: trained(data=train[:-1]), "another set of training examples"),
-                       (lambda: trained("gkd"), "method 'gkd' cannot read a teacher cache"),
+                       (lambda: trained("seqkd"), "method 'seqkd' cannot read a teacher cache"),
                        (lambda: trained("sft"), "method 'sft' cannot read a teacher cache")):
         with pytest.raises(UserError, match=re.escape(says)):
             call()
@@ -178,3 +181,81 @@ def test_several_seeds_from_a_cache_run_again_keep_their_finished_runs(hub_style
     assert proc.returncode == 0 and proc.stdout.count("already finished there") == 2, proc.stdout + proc.stderr
     proc = cli(*args[:-4], "--out", str(p / "kd"))  # the same folders without the cache: other settings
     assert proc.returncode == 2 and "holds a finished run of other settings" in proc.stderr
+
+
+# --- MGSR, which reads the teacher per vocabulary id: the cache's completion ------------------------
+
+def test_the_completion_spreads_the_rest_evenly_and_is_the_teacher_at_k_equal_to_the_vocabulary():
+    g = torch.Generator().manual_seed(2)
+    teacher = 3 * torch.randn(6, 40, generator=g, dtype=torch.float64)
+    full = topk(teacher, 40, 2.0).as_logits(40)
+    torch.testing.assert_close(torch.log_softmax(full / 2.0, -1), torch.log_softmax(teacher / 2.0, -1))
+    cache = topk(teacher, 5, 2.0)
+    p = torch.softmax(cache.as_logits(40) / 2.0, -1)
+    exact = torch.softmax(teacher / 2.0, -1)
+    torch.testing.assert_close(p.gather(-1, cache.ids.long()), exact.gather(-1, cache.ids.long()))
+    outside = torch.ones_like(p, dtype=torch.bool).scatter(1, cache.ids.long(), False)
+    rest = p[outside].view(6, 35)
+    torch.testing.assert_close(rest, rest[:, :1].expand(-1, 35))  # evenly spread
+    torch.testing.assert_close(rest.sum(-1), exact[outside].view(6, 35).sum(-1))  # the mass the k leave
+    renormalized = torch.softmax(topk(teacher, 5, 2.0, renormalize=True).as_logits(40) / 2.0, -1)
+    assert renormalized[outside].max() < 1e-30
+
+
+@pytest.mark.parametrize("renormalize", [False, True])
+@pytest.mark.parametrize("options", [{}, {"outside": "bucket"}, {"token_loss": "fkl"}, {"subnet": "fixed"},
+                                     {"temperature": 2.0}])
+def test_with_k_equal_to_the_vocabulary_mgsrs_loss_and_gradients_are_the_live_ones(options, renormalize):
+    from mgsr_bench.data.collate import JOINED, ORIGINS, TokenBatch
+    from mgsr_bench.methods.mgsr import PAIRS
+
+    g = torch.Generator().manual_seed(3)
+    n, v = 10, 80
+    student = (3 * torch.randn(n, v, generator=g, dtype=torch.float64)).requires_grad_()
+    teacher = 3 * torch.randn(n, v, generator=g, dtype=torch.float64)
+    link = torch.tensor([True, True, False, True, False, False, True, True, True, False])
+    tokens = TokenBatch(torch.randint(0, v, (n,), generator=g), torch.full((n,), ORIGINS.index("ground_truth")),
+                        {JOINED: link}, {"tokens": n, PAIRS: int(link.sum())})
+    method = get_method("mgsr", **options)
+    results = []
+    for t in (teacher, topk(teacher, v, method.temperature, renormalize)):
+        loss = method.token_losses(student, t, tokens)
+        results.append((loss, *torch.autograd.grad(loss.sum(), [student, *method.module().parameters()]
+                                                   if method.module() is not None else [student])))
+    stats = method.step_stats()
+    assert stats["mgsr_span"] > 0 and ("mgsr_dac" in stats) == (method.token_loss == "dac_kl")
+    for cached, live in zip(results[1], results[0]):
+        torch.testing.assert_close(cached, live, rtol=1e-9, atol=1e-12)
+
+
+def test_dac_kls_ranks_stop_at_the_caches_k():
+    from mgsr_bench.data.collate import TokenBatch
+
+    g = torch.Generator().manual_seed(4)
+    student, teacher = torch.randn(6, 50, generator=g), 2 * torch.randn(6, 50, generator=g)
+    method = get_method("mgsr", sft_weight=0.0, span_weight=0.0, subnet="fixed", top_k_max=256)
+    tokens = TokenBatch(teacher.argmax(-1))
+    cached = topk(teacher, 8)
+    expected = get_method("mgsr", sft_weight=0.0, span_weight=0.0, subnet="fixed", top_k_max=8).token_losses(
+        student, cached.as_logits(50), tokens)
+    torch.testing.assert_close(method.token_losses(student, cached, tokens), expected)
+
+
+def test_mgsr_reads_the_cache_on_ground_truth_batches_and_the_live_teacher_on_its_samples(tokenizer, records,
+                                                                                      teacher, tmp_path):
+    from mgsr_bench.config import load_recipe
+    from mgsr_bench.pipeline import train_student
+
+    train, valid = prompts_within(records[:16], tokenizer), records[16:20]
+    _, folder = _cache(tmp_path, teacher, tokenizer, tokenize_records(train, tokenizer), 16)
+    recipe = load_recipe("mgsr")
+    # the replay schedule at one half: both sources within a few steps
+    recipe = type(recipe)(**{**recipe.__dict__, "options": {**recipe.options, "init_threshold": 0.5}})
+    settings = {"steps": 6, "micro_batch": 4, "eval_every": 3, "val_metric": "loss",
+                "gen_max_new_tokens": 8}
+    run = train_student(recipe, tiny_model(len(tokenizer), seed=1), teacher, tokenizer, train, valid,
+                        train_overrides=settings, teacher_cache=CacheOption(folder))
+    steps = [h for h in run.summary["history"] if "source" in h]
+    assert {h["source"] for h in steps} >= {"ground_truth", "student"}
+    assert all(torch.isfinite(torch.tensor(h["loss"])) and "mgsr_dac" in h for h in steps)
+    assert run.config["teacher_cache"]["key"]["k"] == 16

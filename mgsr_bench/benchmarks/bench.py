@@ -240,14 +240,19 @@ def run_trl(shape: str, micro_batch: int, seq_len: int, steps: int, warmup: int)
 
 
 def _with_cached(names: list[str], k: int) -> list[str]:
-    """``sft`` first (the floor), and each method that can read a teacher cache followed by its cached run."""
+    """``sft`` first (the floor), and each method that reads a teacher cache on every batch (it samples none)
+    followed by its cached run."""
     from mgsr_bench.methods import get_method
     from mgsr_bench.teacher_cache import can_read
 
     if not 1 <= k <= 50257:
         raise UserError(f"--teacher-cache takes k within 1..50257 (the vocabulary), got {k}")
     out = ["sft"] + [n for n in names if n != "sft"]
-    return [m for name in out for m in ([name, name + "+cache"] if can_read(get_method(name)) else [name])]
+    def every_batch(name: str) -> bool:
+        method = get_method(name)
+        return can_read(method) and not method.source_spec().samples
+
+    return [m for name in out for m in ([name, name + "+cache"] if every_batch(name) else [name])]
 
 
 def _print_cache_ratios(by_name: dict[str, dict[str, Any]]) -> None:

@@ -91,7 +91,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_cache_teacher(args: argparse.Namespace) -> int:
     """Run the teacher once over a training set and keep its top-k next-token distribution at every
-    response position, for every ground-truth method's runs to read (`train --teacher-cache`):
+    response position, for distillation runs to read on their ground-truth batches (`train --teacher-cache`):
     the tiny suite's teacher and train split unless --teacher and --train-data name others."""
     from mgsr_bench.runs import cache_teacher
 

@@ -107,7 +107,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
                         "same command after a kill continues from the newest one")
     p.add_argument("--teacher-cache", metavar="FOLDER",
                    help="read the teacher's distributions from this cache (`mgsr-bench cache-teacher`) instead of "
-                        "running it: ground-truth methods (kd, rkl, jsd, tvd, sfkl, srkl, abkd)")
+                        "running it on ground-truth batches (every method whose loss reads the teacher's "
+                        "distribution; sampled batches still run it)")
     p.add_argument("--teacher-cache-rest", choices=("bucket", "renormalize"), default="bucket",
                    help="the mass outside the cached top k: one rest bucket on both sides (default), or the k "
                         "renormalised (docs/divergences.md)")

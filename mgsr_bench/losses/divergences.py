@@ -13,7 +13,9 @@ Conventions used throughout mgsr-bench:
   the remaining mass (the default; both are proper distributions, and the student's mass outside
   the teacher's k tokens is penalised), or the k tokens renormalised (``renormalize``; the rest is
   dropped on both sides). The student is reduced to the teacher's k ids in the same way. With k
-  equal to the vocabulary both equal the exact divergence (tested for each).
+  equal to the vocabulary both equal the exact divergence (tested for each). A loss that reads the
+  teacher per vocabulary id (MGSR's band, target and span products) reads :meth:`TopK.as_logits`,
+  the rest spread evenly over the ids outside the k.
 """
 
 from __future__ import annotations
@@ -39,6 +41,21 @@ class TopK:
     def slice(self, start: int, stop: int) -> "TopK":
         return dataclasses.replace(self, ids=self.ids[start:stop], logprobs=self.logprobs[start:stop])
 
+    def as_logits(self, vocab_size: int) -> torch.Tensor:
+        """``(N, V)`` logits whose softmax at ``temperature`` is the full distribution the k ids stand for,
+        for losses that read the teacher per vocabulary id rather than through a divergence (MGSR's):
+        the k ids' probabilities, and the rest's mass spread evenly over the other ``V - k`` ids (the
+        most entropic completion; ``renormalize``: the k ids renormalised, the others ``exp(-80)``).
+        Equal to the teacher's distribution when k = V. Returned as ``temperature * log p``."""
+        k = self.ids.shape[-1]
+        log_top = self.logprobs.to(torch.float64 if self.logprobs.dtype == torch.float64 else torch.float32)
+        if self.renormalize or k == vocab_size:
+            fill = torch.full_like(log_top[:, :1], _EMPTY)
+        else:
+            fill = _with_rest(log_top)[:, -1:] - math.log(vocab_size - k)
+        log_p = fill.expand(-1, vocab_size).scatter(-1, self.ids.long(), log_top)
+        return self.temperature * log_p
+
 
 Teacher = torch.Tensor | TopK  # logits (N, V), or a cached top-k distribution
 
@@ -58,6 +75,13 @@ def _with_rest(log_top: torch.Tensor) -> torch.Tensor:
     return torch.cat([log_top, rest], dim=-1)
 
 
+def check_temperature(teacher: TopK, temperature: float) -> None:
+    """A cached distribution is read only at the temperature it was written at."""
+    if not math.isclose(teacher.temperature, temperature):
+        raise ValueError(f"the cached teacher distribution is at temperature {teacher.temperature}, the loss asks "
+                         f"for {temperature}: write the cache at the method's temperature")
+
+
 def log_prob_pair(student_logits: torch.Tensor, teacher: Teacher,
                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log q, log p)`` over the outcomes a divergence sums over: the vocabulary for teacher
@@ -65,9 +89,7 @@ def log_prob_pair(student_logits: torch.Tensor, teacher: Teacher,
     log_q = _log_probs(student_logits, temperature)
     if not isinstance(teacher, TopK):
         return log_q, _log_probs(teacher, temperature)
-    if not math.isclose(teacher.temperature, temperature):
-        raise ValueError(f"the cached teacher distribution is at temperature {teacher.temperature}, the loss asks "
-                         f"for {temperature}: write the cache at the method's temperature")
+    check_temperature(teacher, temperature)
     whole = teacher.ids.shape[-1] == log_q.shape[-1]  # k = V: nothing is left for a rest bucket
     log_q = log_q.gather(-1, teacher.ids.long())
     log_p = teacher.logprobs.to(log_q.dtype)

@@ -110,9 +110,10 @@ class Method:
 
     name: ClassVar[str]
     needs_teacher: ClassVar[bool] = True
-    #: the loss reads the teacher only as its next-token distribution at each position of the batch, through
-    #: a divergence of :mod:`mgsr_bench.losses.divergences` at the option ``temperature``: cached top-k rows
-    #: (:mod:`mgsr_bench.teacher_cache`) can then stand in for the teacher on ground-truth responses
+    #: the loss reads the teacher only as its next-token distribution at each position of the batch, at the
+    #: option ``temperature``, and takes a :class:`~mgsr_bench.losses.divergences.TopK` in place of its
+    #: logits: cached top-k rows (:mod:`mgsr_bench.teacher_cache`) can then stand in for the teacher on
+    #: ground-truth batches (sampled batches still run it)
     teacher_distribution_only: ClassVar[bool] = False
     #: fp32 ``(rows, V)`` tensors that one chunk of this loss holds at its peak, forward and gradient
     #: together (student and teacher logits included), at the default options: the memory planner's

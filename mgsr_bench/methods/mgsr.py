@@ -10,6 +10,8 @@ is trained on or stored. Every detail the paper leaves open is an option with th
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -37,6 +39,8 @@ class MGSR(AdaptiveReplay):
     :class:`AdaptiveReplay`) are listed in docs/methods/mgsr.md."""
 
     name = "mgsr"
+    # its ground-truth rows can read a teacher cache (TopK.as_logits); SCRG and sampled rows run the teacher
+    teacher_distribution_only = True
     # measured at the default options (outside: drop); outside: bucket adds masked (rows, V) copies of the
     # teacher's and student's log-probabilities for the bucket's mass, not measured
     chunk_tensors = 8.5
@@ -122,7 +126,7 @@ class MGSR(AdaptiveReplay):
                 links = span_links(len(e.response_ids), spans)
                 if e.origin == "ground_truth":
                     self._links[key] = links
-            out.append(Example(e.prompt_ids, e.response_ids, e.origin, {**e.marks, JOINED: links}))
+            out.append(dataclasses.replace(e, marks={**e.marks, JOINED: links}))
         return out
 
     def batch_counts(self, examples: list[Example]) -> dict[str, int]:
@@ -159,10 +163,11 @@ class MGSR(AdaptiveReplay):
             return sorted_probs.new_tensor(self.fixed_lower), sorted_probs.new_tensor(self.fixed_upper)
         return self._band_net(sorted_probs, entropy)
 
-    def dac_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, tokens: TokenBatch
-                 ) -> torch.Tensor:
-        """DAC-KL per token, plus the sub-network's coverage term as a zero-valued, gradient-only addend."""
-        log_p, sorted_probs, ids, entropy = teacher_head(teacher_logits, self.top_k_max, self.temperature)
+    def dac_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, tokens: TokenBatch,
+                 top_k: int | None = None) -> torch.Tensor:
+        """DAC-KL per token over the teacher's ``top_k`` ranks (default ``top_k_max``), plus the
+        sub-network's coverage term as a zero-valued, gradient-only addend."""
+        log_p, sorted_probs, ids, entropy = teacher_head(teacher_logits, top_k or self.top_k_max, self.temperature)
         target = tokens.targets
         if self.target == "teacher_argmax":
             target = ids[:, 0]
@@ -189,6 +194,14 @@ class MGSR(AdaptiveReplay):
         return loss
 
     def token_losses(self, student_logits, teacher_logits, tokens) -> torch.Tensor:
+        """The three terms per token. A cached teacher (:class:`~mgsr_bench.losses.divergences.TopK`) is read
+        as its completion (:meth:`TopK.as_logits`: the rest spread evenly), and DAC-KL's ranks stop at
+        the cache's k like the tail beyond ``top_k_max``; both are exact when k is the vocabulary."""
+        top_k = self.top_k_max
+        if isinstance(teacher_logits, D.TopK):
+            D.check_temperature(teacher_logits, self.temperature)
+            top_k = min(top_k, teacher_logits.ids.shape[-1])
+            teacher_logits = teacher_logits.as_logits(student_logits.shape[-1])
         loss = torch.zeros(len(tokens), dtype=torch.float64 if student_logits.dtype == torch.float64 else torch.float32,
                            device=student_logits.device)
         if self.sft_weight:
@@ -196,7 +209,7 @@ class MGSR(AdaptiveReplay):
             loss = loss + self.sft_weight * sft * tokens.is_from("ground_truth")
         if self.dac_weight:
             if self.token_loss == "dac_kl":
-                loss = loss + self.dac_weight * self.dac_term(student_logits, teacher_logits, tokens)
+                loss = loss + self.dac_weight * self.dac_term(student_logits, teacher_logits, tokens, top_k)
             else:
                 loss = loss + self.dac_weight * D.forward_kl(student_logits, teacher_logits, self.temperature)
         if self.span_weight and tokens.joined is not None:

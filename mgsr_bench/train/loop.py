@@ -370,8 +370,8 @@ class Run:
         if cfg.gradient_checkpointing:
             _enable_checkpointing(student)
         spec = method.source_spec()
-        # for the loss (unless a cache stands in), samples or a rewrite
-        uses_teacher = (method.needs_teacher and teacher_cache is None) or spec.uses_teacher
+        # for the loss (unless a cache stands in for it on every batch: no samples), samples or a rewrite
+        uses_teacher = (method.needs_teacher and (teacher_cache is None or spec.samples)) or spec.uses_teacher
         _check_lengths(student, teacher, uses_teacher, spec.samples, train_examples, valid_examples, cfg,
                        runtime.world)
         run_hash = _run_hash(student, teacher, tokenizer, method, train_examples, cfg, runtime.world, teacher_cache)
