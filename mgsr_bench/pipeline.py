@@ -257,8 +257,8 @@ def train_student(recipe: Recipe, student: PreTrainedModel, teacher: PreTrainedM
                "steps_run": result.steps_run, "stopped_early": result.stopped_early,
                "val_examples": result.val_examples,
                "long_prompts_dropped": {"train": given[0] - len(train_records), "valid": given[1] - len(valid_records)},
-               "wall_time_s": result.wall_time_s,
-               "seconds_per_step": result.seconds_per_step, "history": result.history}
+               "wall_time_s": result.wall_time_s, "seconds_per_step": result.seconds_per_step,
+               "cost": result.cost, "history": result.history}
     return TrainedStudent(config, summary, result.method_state, result.model)
 
 

@@ -122,6 +122,7 @@ class BatchSource:
         self.rng = random.Random(seed)
         self.adaptive = AdaptiveOffPolicy(spec.adaptive, seed) if spec.adaptive is not None else None
         self.counts = {"ground_truth": 0, "student": 0, "teacher": 0, "replay": 0, "both": 0}
+        self.generated = 0  # tokens sampled since the last take_generated()
         self.stats: dict[str, float] = {}
 
     def observe_validation_loss(self, loss: float) -> None:
@@ -165,8 +166,15 @@ class BatchSource:
     def generate(self, model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int | list[int],
                  keep_logits: bool = False) -> Decoded:
         """Sampled continuations of ``prompts`` with this source's settings (one token limit, or one per prompt)."""
-        return decode(model, prompts, self.eos_id, self.pad_id, max_new_tokens, self.vocab_size,
-                      temperature=self.temperature, keep_logits=keep_logits)
+        out = decode(model, prompts, self.eos_id, self.pad_id, max_new_tokens, self.vocab_size,
+                     temperature=self.temperature, keep_logits=keep_logits)
+        self.generated += sum(len(tokens) for tokens in out.tokens)
+        return out
+
+    def take_generated(self) -> int:
+        """Tokens sampled (and re-sampled by a rewrite step) since the last call: a step's cost."""
+        generated, self.generated = self.generated, 0
+        return generated
 
     def sample(self, model: PreTrainedModel, batch: list[Example], origin: str,
                keep_logits: bool = False) -> tuple[list[Example], list[torch.Tensor] | None]:

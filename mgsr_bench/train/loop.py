@@ -55,6 +55,7 @@ from mgsr_bench.sampling import BatchSource
 from mgsr_bench.signals import launched_processes
 from mgsr_bench.train import distributed
 from mgsr_bench.train.checkpoint import Checkpoints, rng_state, set_rng_state
+from mgsr_bench.train.cost import ForwardPositions, device_name, training_cost
 from mgsr_bench.train.runtime import Runtime
 from mgsr_bench.teacher_cache import CacheReading
 from mgsr_bench.train.tracking import Tracking, hyperparameters, step_metrics
@@ -73,6 +74,7 @@ class TrainResult:
     wall_time_s: float = 0.0
     seconds_per_step: float = 0.0  # wall_time_s / steps_run
     method_state: dict[str, Any] | None = None  # a loss sub-network's state (at the best step), if any
+    cost: dict[str, Any] = field(default_factory=dict)  # :func:`mgsr_bench.train.cost.training_cost`
     # the trained student as an ordinary model: the one passed in, or a gathered copy of a sharded
     # one (None on processes other than the main one when the weights were sharded)
     model: PreTrainedModel | None = None
@@ -396,6 +398,8 @@ class Run:
                 raise ValueError(f"method {method.name!r} needs a teacher")
             teacher = distributed.prepare_teacher(teacher, runtime, cfg.shard_teacher)
         self.teacher = teacher
+        # what each step's forward passes process (mgsr_bench.train.cost)
+        self.positions = (ForwardPositions(self.model), ForwardPositions(teacher if uses_teacher else None))
         # ZeRO-3 frees each module's weights after its forward: the loss then needs the heads' own
         # forward (full logits) instead of reading their weights for the chunked loss.
         self.objective = Objective(method, self.student, teacher, len(tokenizer), tokenizer.pad_token_id,
@@ -437,6 +441,8 @@ class Run:
     def step(self, step: int) -> dict[str, Any]:
         """Train ``step`` on this process's share of the global batch; returns its history record."""
         runtime, cfg, method = self.runtime, self.cfg, self.method
+        for counter in self.positions:  # the validation before this step is not its cost
+            counter.take()
         mine = next(self.batches)[runtime.rank::runtime.world]
         origin = "ground_truth"
         if self.source is not None:  # every process draws the same source; each samples its own share
@@ -455,8 +461,19 @@ class Run:
         if self.extra is not None:  # not wrapped by any engine: its gradients are averaged here
             self.extra.step((lambda grad: runtime.accelerator.reduce(grad, "mean")) if runtime.world > 1 else None)
         return {"step": step, "loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                "source": origin, "tokens": totals["tokens"],
+                "source": origin, "tokens": totals["tokens"], **self._step_counts(),
                 **(self.source.step_stats() if self.source is not None else {}), **method.step_stats()}
+
+    def _step_counts(self) -> dict[str, int]:
+        """The step's forward positions and sampled tokens over all processes (:mod:`mgsr_bench.train.cost`)."""
+        (student, sampling), (teacher_grad, teacher) = (counter.take() for counter in self.positions)
+        counts = {"student_tokens": student, "student_sampling_tokens": sampling, "teacher_tokens": teacher + teacher_grad,
+                  "generated_tokens": self.source.take_generated() if self.source is not None else 0}
+        if self.runtime.world > 1:
+            summed = self.runtime.accelerator.reduce(torch.tensor(list(counts.values()), device=self.runtime.device),
+                                                     "sum")
+            counts = dict(zip(counts, (int(c) for c in summed.tolist())))
+        return counts
 
     def _fail(self, step: int, loss: float, batch: list[Example]) -> NoReturn:
         """Stop on a non-finite loss; with checkpoints, save the state before ``step`` (the weights
@@ -522,6 +539,8 @@ class Run:
         result = TrainResult(history=state.history, best_step=state.best_step, best_score=state.best_score,
                              val_examples=len(self.valid), steps_run=state.step, stopped_early=state.stopped_early,
                              wall_time_s=wall, seconds_per_step=wall / state.step, method_state=method_state,
+                             cost=training_cost(state.history, wall, self.runtime.world,
+                                                device_name(self.runtime.device)),
                              model=distributed.plain_model(self.runtime, self.model))
         self.model.eval()
         return result
