@@ -2,6 +2,7 @@
 history, HTML."""
 
 import json
+import math
 import os
 import re
 import shutil
@@ -22,12 +23,22 @@ GOLDEN = Path(__file__).with_name("golden")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: what the golden files print as provenance: fixed, not this checkout's commit and today's date
+_ORIGIN = {"git_commit": "0123456789abcdef0123456789abcdef01234567", "created": "2026-01-02T03:04:05+00:00",
+           "machine": {"platform": "Linux", "processor": "x86_64", "cpu_kernels": "AVX2", "device": "cpu"}}
+
+
+def _trained(device_seconds: float) -> dict:
+    return {"seed": 1, "cost": {"device": "cpu", "processes": 1, "device_seconds": device_seconds,
+                                "training_tokens": 1000}}
+
+
 def _fixture():
-    """Three measured rows, a teacher, two datasets; hand-checkable numbers."""
-    return [_record("teacher", {"dolly": [30.0, 32.0], "selfinst": [20.0, 20.0]}),
-            _record("sft", {"dolly": [24.0, 26.0], "selfinst": [10.0, 12.0]}),
-            _record("kd", {"dolly": [25.0, 25.0], "selfinst": [13.0, 13.0]}),
-            _record("my_method", {"dolly": [26.0, 28.0], "selfinst": [9.0, 11.0]}, method="distillm")]
+    """Three measured rows (two with a training cost), a teacher, two datasets; hand-checkable numbers."""
+    return [_record("teacher", {"dolly": [30.0, 32.0], "selfinst": [20.0, 20.0]}, **_ORIGIN),
+            _record("sft", {"dolly": [24.0, 26.0], "selfinst": [10.0, 12.0]}, training=_trained(100.0), **_ORIGIN),
+            _record("kd", {"dolly": [25.0, 25.0], "selfinst": [13.0, 13.0]}, training=_trained(250.0), **_ORIGIN),
+            _record("my_method", {"dolly": [26.0, 28.0], "selfinst": [9.0, 11.0]}, method="distillm", **_ORIGIN)]
 
 
 # --- schema ---------------------------------------------------------------------------------------
@@ -74,6 +85,38 @@ def test_board_aggregates_ranks_measured_rows_only_and_deltas_against_the_refere
         build_board(_fixture(), reference="nobody")
     with pytest.raises(UserError, match="no scores for dataset"):
         build_board(_fixture(), datasets=["vicuna"])
+
+
+def test_the_cost_column_is_the_mean_device_seconds_and_the_tables_carry_their_provenance():
+    runs = [_record("kd@seed1", {"dolly": [25.0]}, group="kd", training=_trained(200.0), **_ORIGIN),
+            _record("kd@seed2", {"dolly": [27.0]}, group="kd", training={**_trained(300.0), "seed": 2},
+                    **{**_ORIGIN, "created": "2026-01-05T00:00:00+00:00", "git_commit": "fedcba98" * 5}),
+            _record("teacher", {"dolly": [30.0]}, **_ORIGIN)]
+    for r in runs:
+        r["pair"] = {"name": "tiny-x", "teacher_weights": "t0t0", "student_weights": "s1s1"}
+    board = build_board(runs)
+    assert board.costs == {"kd": 250.0} and math.isnan(board.cost("teacher"))
+    assert board.provenance == ["suite or pair: tiny-x (teacher t0t0, student s1s1)",
+                                "training seeds: 1, 2; sampling seeds: 10, 20",
+                                "commits: 01234567, fedcba98; dates: 2026-01-02 to 2026-01-05; machines: cpu (x86_64, AVX2)"]
+    text = render_leaderboard(runs)
+    assert "| kd | n=2: 1, 2 | **26.00 ± 1.41** | **26.00 ± 1.41** | 250 |" in text
+    assert "Provenance: suite or pair: tiny-x (teacher t0t0, student s1s1) · training seeds: 1, 2" in text
+    page = render_leaderboard(runs, "html")
+    assert '<span class="provenance">commits: 01234567, fedcba98; dates: 2026-01-02 to 2026-01-05' in page
+    assert '<td data-value="250.0">250</td>' in page
+
+
+def test_the_frontier_keeps_the_rows_no_cheaper_row_beats(tmp_path):
+    from mgsr_bench.results.plots import cost_chart, frontier
+
+    points = {"a": (10.0, 40.0), "b": (20.0, 39.0), "c": (20.0, 42.0), "d": (50.0, 41.0), "e": (80.0, 45.0)}
+    assert frontier(points) == ["a", "c", "e"]
+    assert frontier({"x": (5.0, 1.0), "y": (5.0, 2.0)}) == ["y"]  # at equal cost the better one
+    board = build_board(_fixture())
+    assert [p.name for p in cost_chart(board, tmp_path / "cost")] == ["cost.png", "cost.svg"]
+    no_cost = build_board([_record("kd", {"dolly": [1.0]})])
+    assert cost_chart(no_cost, tmp_path / "none") is None and not (tmp_path / "none.png").exists()
 
 
 def test_reported_rows_are_shown_marked_and_never_ranked():

@@ -78,7 +78,7 @@ def test_leaderboard_pivot_hand_computed(tmp_path):
     assert fam.at["kd", "story"] == 2 * board.means.at["kd", "test"] and fam.at["kd", "arith"] == 52.0
     assert "ROUGE-L by task family on test" in render_leaderboard(records)
     csv = render_leaderboard(records, "csv").splitlines()
-    assert csv[0] == "method,kind,test_mean,test_std,shifted_mean,shifted_std,avg" and csv[1].startswith("teacher,")
+    assert csv[0] == "method,kind,test_mean,test_std,shifted_mean,shifted_std,avg,train_device_seconds" and csv[1].startswith("teacher,")
 
 
 def test_leaderboard_errors(tmp_path):

@@ -12,6 +12,7 @@ ranked: the best value of each column is taken over measured student rows only.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 import re
@@ -100,6 +101,12 @@ class Board:
     seeds: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
     # row -> sample std over training seeds of each run's average (NaN for a row of one run)
     avg_stds: dict[str, float] = field(default_factory=dict)
+    # row -> training device-seconds, the mean over its runs (absent: no run with a training cost)
+    costs: dict[str, float] = field(default_factory=dict)
+    provenance: list[str] = field(default_factory=list)  # where the numbers come from (:func:`provenance`)
+
+    def cost(self, row: str) -> float:
+        return self.costs.get(row, math.nan)
 
     @property
     def datasets(self) -> list[str]:
@@ -154,6 +161,8 @@ def build_board(records: list[dict[str, Any]], metric: str = "rougeL", reference
     kind = {name: "teacher" if runs[0]["method"] == "teacher" else "measured" for name, runs in rows.items()}
     seeds = {name: tuple(record_seed(r) for r in runs) for name, runs in rows.items()}
     avg_stds = {name: n.avg_std for name, n in numbers.items()}
+    costs = {name: _mean(found) for name, runs in rows.items() if (found := [c["device_seconds"] for c in map(run_cost, runs)
+                                                                              if c is not None])}
     notes: dict[str, str] = {}
     for rep in reported or []:
         if rep["metric"] != metric:
@@ -165,7 +174,42 @@ def build_board(records: list[dict[str, Any]], metric: str = "rougeL", reference
         notes[label] = rep["citation"]
     if reference is not None and reference not in kind:
         raise UserError(f"--reference {reference!r} is not a row; rows: {', '.join(kind)}")
-    return Board(metric, means, stds, kind, reference, notes, seeds, avg_stds)
+    return Board(metric, means, stds, kind, reference, notes, seeds, avg_stds, costs,
+                 provenance([r for runs in rows.values() for r in runs]))
+
+
+def run_cost(record: dict[str, Any]) -> dict[str, Any] | None:
+    """A record's training cost (``training.cost``), or None for a record of no training run."""
+    return (record.get("training") or {}).get("cost")
+
+
+def _spread(values: list[str]) -> str:
+    values = sorted(set(values))
+    return values[0] if len(values) == 1 else f"{values[0]} to {values[-1]}"
+
+
+def provenance(records: list[dict[str, Any]]) -> list[str]:
+    """Where a table's numbers come from, one line each: the suite or pair with its weight digests, the
+    training and sampling seeds, the commits, the dates and the machines of its records."""
+    if not records:
+        return []
+    pairs = {}
+    for r in records:
+        pair = r.get("pair") or {}
+        name = pair.get("name", "?")
+        digests = (f" (teacher {pair['teacher_weights']}, student {pair['student_weights']})"
+                   if pair.get("teacher_weights") and pair.get("student_weights") else "")
+        pairs[name] = name + digests
+    training = sorted({s for s in map(record_seed, records) if s is not None})
+    sampling = sorted({s for r in records for s in (r.get("evaluation") or {}).get("seeds") or []})
+    commits = sorted({(r.get("git_commit") or "no commit")[:8] for r in records})
+    machines = sorted({f"{m.get('device', '?')} ({m.get('processor', '?')}, {m.get('cpu_kernels', '?')})"
+                       for m in (r.get("machine") or {} for r in records)})
+    return [f"suite or pair: {'; '.join(pairs[p] for p in sorted(pairs))}",
+            f"training seeds: {', '.join(map(str, training)) or 'none'}; sampling seeds: "
+            f"{', '.join(map(str, sampling)) or 'none'}",
+            f"commits: {', '.join(commits)}; dates: {_spread([r['created'][:10] for r in records])}; "
+            f"machines: {'; '.join(machines)}"]
 
 
 def check_same_examples(rows: dict[str, list[dict[str, Any]]], datasets: list[str]) -> None:
@@ -243,6 +287,14 @@ def _num(v: float) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
 
 
+#: the tables' cost column: training device-seconds (wall time x processes), the mean over a row's runs
+COST_COLUMN = "train device-s"
+
+
+def _seconds(v: float) -> str:
+    return "–" if math.isnan(v) else f"{v:.0f}"
+
+
 def _signed(v: float) -> str:
     return "" if v is None or math.isnan(v) else f"{v:+.2f}"
 
@@ -288,7 +340,7 @@ def to_markdown(board: Board) -> str:
     best = board.best()
     seeds = ["training seeds"] if board.several_seeds else []
     columns = ["method", *seeds, *map(md, board.datasets), "avg"] + ([f"Δ vs {md(board.reference)}"]
-                                                                      if board.reference else [])
+                                                                      if board.reference else []) + [COST_COLUMN]
     lines = ["| " + " | ".join(columns) + " |",
              "|:--|" + ":--|" * len(seeds) + "--:|" * (len(columns) - 1 - len(seeds))]
     delta = board.delta
@@ -299,10 +351,13 @@ def to_markdown(board: Board) -> str:
                 "reported": f"{md(row)} †"}.get(board.kind[row], md(row))
         if delta is not None:
             texts.append(_signed(delta[row]))
+        texts.append(_seconds(board.cost(row)))
         lines.append("| " + " | ".join([name, *([_seeds_text(board, row)] if seeds else []), *texts]) + " |")
     notes = [f"† reported by {md(board.notes[r])}; not measured here and not ranked." for r in board.means.index
              if board.kind[r] == "reported"]
-    return "\n".join([_title(board, md), "", *lines, *([""] + sorted(set(notes)) if notes else [])]) + "\n"
+    caption = [md("Provenance: " + " · ".join(board.provenance))] if board.provenance else []
+    return "\n".join([_title(board, md), "", *lines, *([""] + sorted(set(notes)) if notes else []),
+                      *([""] + caption if caption else [])]) + "\n"
 
 
 def to_csv(board: Board) -> str:
@@ -319,6 +374,7 @@ def to_csv(board: Board) -> str:
         frame["avg_std"] = pd.Series(board.avg_stds).reindex(frame.index).round(4)
     if board.delta is not None:
         frame[f"delta_vs_{board.reference}"] = board.delta.round(4)
+    frame["train_device_seconds"] = [round(board.cost(r), 2) for r in frame.index]
     return frame.to_csv(index_label="method")
 
 
@@ -336,8 +392,8 @@ def to_latex(board: Board) -> str:
     delta = board.delta
     seeds = ["$n$"] if board.several_seeds else []  # training runs per row
     columns = ["Method", *seeds, *board.datasets, "Avg."] + (
-        [f"$\\Delta$ vs {_tex(board.reference)}"] if delta is not None else [])
-    lines = [f"% {_title(board)}", "\\begin{tabular}{l" + "c" * (len(columns) - 1) + "}", "\\toprule",
+        [f"$\\Delta$ vs {_tex(board.reference)}"] if delta is not None else []) + ["Train (device-s)"]
+    lines = [f"% {_title(board)}", *(f"% {line}" for line in board.provenance), "\\begin{tabular}{l" + "c" * (len(columns) - 1) + "}", "\\toprule",
              " & ".join(_tex(c) if not c.startswith("$") else c for c in columns) + " \\\\", "\\midrule"]
     previous = None
     for row in board.means.index:
@@ -351,6 +407,7 @@ def to_latex(board: Board) -> str:
                             "reported": "$^\\dag$"}.get(board.kind[row], "")
         if delta is not None:
             texts.append(_signed(delta[row]).replace("-", "$-$") if not math.isnan(delta[row]) else "")
+        texts.append(_seconds(board.cost(row)))
         runs = [str(len(_seed_list(board, row)) or "–")] if seeds else []
         lines.append(" & ".join([name, *runs, *texts]).replace("–", "--") + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
@@ -391,6 +448,7 @@ th { cursor: pointer; user-select: none; border-bottom: 2px solid #444; }
 th[aria-sort=ascending]::after { content: " \\25B2"; } th[aria-sort=descending]::after { content: " \\25BC"; }
 tr.teacher td { color: #666; } tr.reported td { font-style: italic; color: #555; background: #f6f6f6; }
 td.best { font-weight: 700; } .note { color: #555; font-size: .9em; }
+.provenance { font-weight: 400; font-size: .85em; color: #555; }
 """
 
 
@@ -399,7 +457,8 @@ def to_html(board: Board, title: str = "mgsr-bench leaderboard") -> str:
     best = board.best()
     delta = board.delta
     seeds = ["training seeds"] if board.several_seeds else []
-    columns = ["method", *seeds, *board.datasets, "avg"] + ([f"Δ vs {board.reference}"] if delta is not None else [])
+    columns = (["method", *seeds, *board.datasets, "avg"] + ([f"Δ vs {board.reference}"] if delta is not None else [])
+               + [COST_COLUMN])
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
     for row in board.means.index:
@@ -416,13 +475,17 @@ def to_html(board: Board, title: str = "mgsr-bench leaderboard") -> str:
         if delta is not None:
             d = delta[row]
             tds.append(f'<td data-value="{"NaN" if math.isnan(d) else repr(float(d))}">{_signed(d)}</td>')
+        cost = board.cost(row)
+        tds.append(f'<td data-value="{"NaN" if math.isnan(cost) else repr(float(cost))}">{_seconds(cost)}</td>')
         body.append(f'<tr class="{board.kind[row]}">' + "".join(tds) + "</tr>")
     notes = sorted({board.notes[r] for r in board.means.index if board.kind[r] == "reported"})
     note = ("<p class=\"note\">† reported by " + html.escape("; ".join(notes)) + "; not measured here and not ranked.</p>"
             if notes else "")
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style><script>{_SORT_SCRIPT}</script></head><body>\n"
-            f"<table><caption>{html.escape(_title(board))}</caption><thead><tr>{head}</tr></thead>\n<tbody>\n"
+            f"<table><caption>{html.escape(_title(board))}"
+            + "".join(f'<br><span class="provenance">{html.escape(line)}</span>' for line in board.provenance)
+            + f"</caption><thead><tr>{head}</tr></thead>\n<tbody>\n"
             + "\n".join(body) + f"\n</tbody></table>\n{note}\n</body></html>\n")
 
 
@@ -454,7 +517,9 @@ def family_frame(records: list[dict[str, Any]], dataset: str, metric: str = "exa
 
 
 def training_frame(records: list[dict[str, Any]]) -> pd.DataFrame | None:
-    """Per trained run: steps, seconds per step, training minutes, best step, and the share of steps per source.
+    """Per trained run: steps, seconds per step, training minutes, best step, the share of steps per source,
+    and what the run's ``training.cost`` holds: device-seconds and device, the positions through the
+    teacher, the tokens sampled, and the FLOP estimate (:func:`mgsr_bench.train.cost.estimated_flops`).
 
     The sources are where each step's responses came from (``ground_truth``, fresh ``student``
     or ``teacher`` samples, a ``replay`` of stored samples, or ``both``); ``scrg`` is the mean
@@ -477,8 +542,27 @@ def training_frame(records: list[dict[str, Any]]) -> pd.DataFrame | None:
         corrected = [h["scrg_corrected"] for h in history if "scrg_corrected" in h]
         if corrected:
             row["scrg corrected"] = f"{sum(corrected) / len(corrected):.0%}"
+        row.update(_cost_cells(r))
         rows[r["label"]] = row
     return pd.DataFrame.from_dict(rows, orient="index").astype(object).fillna("") if rows else None
+
+
+def _cost_cells(record: dict[str, Any]) -> dict[str, Any]:
+    """The training-cost table's cells for one run (none for a record without ``training.cost``; the
+    counts only where it holds them)."""
+    from mgsr_bench.train.cost import estimated_flops
+
+    cost = run_cost(record)
+    if cost is None:
+        return {}
+    cells: dict[str, Any] = {"device-s": round(cost["device_seconds"]), "device": cost["device"]}
+    if "teacher_forward_tokens" in cost:
+        pair = record.get("pair") or {}
+        cells["teacher tokens"] = cost["teacher_forward_tokens"]
+        cells["generated tokens"] = cost["generated_tokens"]
+        if pair.get("student_params") and pair.get("teacher_params") is not None:
+            cells["est. TFLOP"] = round(estimated_flops(cost, pair["student_params"], pair["teacher_params"]) / 1e12, 2)
+    return cells
 
 
 def lm_eval_frame(records: list[dict[str, Any]]) -> pd.DataFrame | None:
@@ -504,11 +588,15 @@ def render_leaderboard(records: list[dict[str, Any]], fmt: str = "markdown", ref
     if fmt == "html":
         return to_html(board)
     other = "exact_match" if metric == "rougeL" else "rougeL"
-    parts = [to_markdown(board), to_markdown(build_board(records, other, reference, datasets, labels, reported))]
+    second = build_board(records, other, reference, datasets, labels, reported)
+    parts = [to_markdown(board), to_markdown(dataclasses.replace(second, provenance=[]))]  # the same provenance
     chosen = select_rows(records, labels)
     training = training_frame(chosen)
     if training is not None:
-        parts.append("Training cost (wall time on the machine that ran each record; share of steps per source)\n\n"
+        parts.append("Training cost (wall time on the machine that ran each record, device-seconds = wall time x "
+                     "processes; share of steps per source; positions through the teacher, tokens sampled and "
+                     "the FLOP estimate 6 N_student per training position + 2 N per position without gradients, "
+                     "where the record counted them; validation excluded)\n\n"
                      + md_frame(training) + "\n")
     for name, family_metric in (("ROUGE-L", "rougeL"), ("Exact match", "exact_match")):
         for dataset in board.datasets:

@@ -1,5 +1,5 @@
 """Figures from run records with matplotlib: a ranking of the rows (one line each, readable at 40
-rows), grouped bars per dataset, and training curves."""
+rows), grouped bars per dataset, quality against training cost, and training curves."""
 
 from __future__ import annotations
 
@@ -157,6 +157,49 @@ def ranking_chart(board: Board, stem: Path) -> list[Path]:
     """:func:`ranking_figure` written as ``stem``.png and .svg."""
     plt = _pyplot()
     fig = ranking_figure(board)
+    paths = _save(fig, stem)
+    plt.close(fig)
+    return paths
+
+
+def frontier(points: dict[str, tuple[float, float]]) -> list[str]:
+    """The rows no other row beats at lower or equal cost: ``points`` maps a row to ``(cost, score)``;
+    returned from the cheapest up, each scoring higher than every cheaper one."""
+    best, out = -math.inf, []
+    for row, (_, score) in sorted(points.items(), key=lambda item: (item[1][0], -item[1][1])):
+        if score > best:
+            out.append(row)
+            best = score
+    return out
+
+
+def cost_chart(board: Board, stem: Path) -> list[Path] | None:
+    """Average score against training device-seconds (log scale), one point per measured row with a
+    training cost, the bar ± 1 std over training seeds where a row has several; the frontier (rows
+    no cheaper row beats) joined. None when no row has a cost. Written as ``stem``.png and .svg."""
+    points = {r: (board.cost(r), board.avg[r]) for r in board.means.index
+              if board.kind[r] == "measured" and not math.isnan(board.cost(r)) and not math.isnan(board.avg[r])}
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.8))
+    for row, (cost, score) in points.items():
+        spread = board.avg_stds.get(row, math.nan)
+        ax.errorbar(cost, score, yerr=None if math.isnan(spread) else spread, fmt="o", color=_COLORS["measured"],
+                    markersize=4.5, capsize=2, linewidth=1)
+        ax.annotate(_plain(row), (cost, score), xytext=(4, 3), textcoords="offset points", fontsize=7.5)
+    best = frontier(points)
+    ax.step([points[r][0] for r in best], [points[r][1] for r in best], where="post", color="#b25b00",
+            linewidth=1.2, label="frontier: no cheaper row scores higher")
+    if board.reference in points:
+        ax.axhline(points[board.reference][1], color="#777777", linestyle="--", linewidth=0.8,
+                   label=_plain(board.reference))
+    ax.set_xscale("log")
+    ax.set_xlabel("training cost, device-seconds (mean over training seeds; log scale)")
+    ax.set_ylabel(f"average {METRICS[board.metric]}")
+    ax.set_title(f"Average {METRICS[board.metric]} against training cost", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
     paths = _save(fig, stem)
     plt.close(fig)
     return paths

@@ -16,7 +16,7 @@ from typing import Any
 from mgsr_bench.errors import UserError, writing
 from mgsr_bench.outputs import sweep_stale, temp_prefix
 from mgsr_bench.results.leaderboard import build_board, render_leaderboard
-from mgsr_bench.results.plots import bar_chart, ranking_chart, training_curves
+from mgsr_bench.results.plots import bar_chart, cost_chart, ranking_chart, training_curves
 
 EXTENSIONS = {"markdown": "md", "csv": "csv", "latex": "tex", "html": "html"}
 
@@ -24,8 +24,8 @@ EXTENSIONS = {"markdown": "md", "csv": "csv", "latex": "tex", "html": "html"}
 def write_leaderboard(records: list[dict[str, Any]], folder: str | Path, metric: str = "rougeL",
                       reference: str | None = None, reported: list[dict[str, Any]] | None = None,
                       plots: bool = True, datasets: list[str] | None = None) -> list[Path]:
-    """``leaderboard.{md,csv,tex,html}``, and ``ranking.{png,svg}``, ``scores.{png,svg}`` and
-    ``training.{png,svg}`` when ``plots``; returns the paths written."""
+    """``leaderboard.{md,csv,tex,html}``, and ``ranking.{png,svg}``, ``scores.{png,svg}``, ``cost.{png,svg}``
+    (where records have a training cost) and ``training.{png,svg}`` when ``plots``; returns the paths written."""
     folder = Path(folder)
     texts = {f"leaderboard.{ext}": render_leaderboard(records, fmt, reference=reference, datasets=datasets,
                                                       reported=reported, metric=metric)
@@ -47,6 +47,7 @@ def write_leaderboard(records: list[dict[str, Any]], folder: str | Path, metric:
                 board = build_board(records, metric, reference, datasets, reported=reported)
                 made += ranking_chart(board, staging / "ranking")
                 made += bar_chart(board, staging / "scores")
+                made += cost_chart(board, staging / "cost") or []
                 made += training_curves(records, staging / "training") or []
             umask = os.umask(0)
             os.umask(umask)
