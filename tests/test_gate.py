@@ -295,7 +295,7 @@ def test_markdown_characters_in_labels_and_datasets_are_escaped():
     text = render_leaderboard(records)
     tables = _tables(text)
     assert len(tables) >= 3 and all(len(set(t)) == 1 for t in tables), tables  # every row as many cells
-    assert tables[0][0] == 4  # method | te|st | avg
+    assert tables[0][0] == 5  # method | te|st | avg | train device-s
     assert "| a\\|b | **51.00 ± 1.41** |" in text and "| \\*sft\\* |" in text and "| x y |" in text
     assert "| \\_it\\_ |" in text and "te\\|st" in text
     report = render_comparison(compare_records(records, records), "rougeL")

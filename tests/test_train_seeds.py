@@ -103,10 +103,10 @@ def test_every_format_names_the_seeds_and_the_spread():
     assert "± the sample std over training seeds" in md
     csv = render_leaderboard(records, "csv").splitlines()
     assert csv[0] == ("method,kind,training_seeds,n_training_seeds,test_mean,test_std,shifted_mean,shifted_std,"
-                      "avg,avg_std")
-    assert csv[3] == "kd,measured,1 2 3,3,50.3333,4.0415,30.0,2.0,40.1667,3.0139"
+                      "avg,avg_std,train_device_seconds")
+    assert csv[3] == "kd,measured,1 2 3,3,50.3333,4.0415,30.0,2.0,40.1667,3.0139,"  # no training cost recorded
     tex = render_leaderboard(records, "latex")
-    assert "Method & $n$ & test & shifted & Avg. \\\\" in tex and "kd & 3 & \\textbf{50.33 $\\pm$ 4.04}" in tex
+    assert "Method & $n$ & test & shifted & Avg. & Train (device-s) \\\\" in tex and "kd & 3 & \\textbf{50.33 $\\pm$ 4.04}" in tex
     page = render_leaderboard(records, "html")
     assert "<th>training seeds</th>" in page and '<td data-value="3">n=3: 1, 2, 3</td>' in page
 
