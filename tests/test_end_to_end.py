@@ -21,9 +21,12 @@ def test_run_quick_end_to_end(tmp_path):
     rows = list(csv.DictReader((out / "leaderboard.csv").open()))
     assert [r["method"] for r in rows] == ["teacher", "sft", "kd"]
     assert set(rows[0]) == {"method", "kind", "test_mean", "test_std", "shifted_mean", "shifted_std", "avg",
-                            "delta_vs_sft"}
-    for name in ("leaderboard.tex", "leaderboard.html", "scores.svg", "training.png"):
+                            "delta_vs_sft", "train_device_seconds"}
+    assert rows[0]["train_device_seconds"] == "" and float(rows[2]["train_device_seconds"]) > 0
+    for name in ("leaderboard.tex", "leaderboard.html", "scores.svg", "training.png", "cost.png"):
         assert (out / name).is_file()
+    cost = json.loads((out / "records" / "kd.json").read_text())["training"]["cost"]
+    assert cost["teacher_forward_tokens"] == cost["student_forward_tokens"] > cost["training_tokens"] > 0
     for name in ("teacher", "sft", "kd"):
         rec = json.loads((out / "records" / f"{name}.json").read_text())
         assert set(rec["scores"]) == {"test", "shifted"}
