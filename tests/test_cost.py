@@ -64,3 +64,8 @@ def test_training_cost_sums_the_steps_and_the_flop_estimate_weighs_each_count():
                     "generated_tokens": 2}
     assert estimated_flops(cost, 100, 1000) == 6 * 100 * 22 + 2 * 100 * 3 + 2 * 1000 * 10
     assert set(STEP_COUNTS) <= set(history[0])
+
+
+def test_the_counters_leave_the_models_as_they_were(tokenizer, records, teacher):
+    _trained("kd", tokenizer, records, teacher)
+    assert not teacher.get_input_embeddings()._forward_pre_hooks

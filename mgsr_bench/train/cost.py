@@ -29,14 +29,19 @@ class ForwardPositions:
             embeddings = model.get_input_embeddings() if model is not None else None
         except (AttributeError, NotImplementedError):  # a model without the Hugging Face interface
             embeddings = None
-        if embeddings is not None:
-            embeddings.register_forward_pre_hook(self._count)
+        self._hook = embeddings.register_forward_pre_hook(self._count) if embeddings is not None else None
 
     def _count(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
         if torch.is_grad_enabled():
             self.grad += args[0].numel()
         else:
             self.no_grad += args[0].numel()
+
+    def close(self) -> None:
+        """Stop counting: the model outlives the run (evaluation, the next student's run)."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
 
     def take(self) -> tuple[int, int]:
         """``(with gradients, without)`` since the last call."""

@@ -531,6 +531,8 @@ class Run:
         """The result, the student holding the best validated weights."""
         state = self.state
         wall = state.elapsed()
+        for counter in self.positions:
+            counter.close()
         method_state = state.method_state
         if self.extra is not None and method_state is None:
             method_state = self.extra.state_dict()
