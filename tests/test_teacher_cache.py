@@ -258,4 +258,13 @@ def test_mgsr_reads_the_cache_on_ground_truth_batches_and_the_live_teacher_on_it
     steps = [h for h in run.summary["history"] if "source" in h]
     assert {h["source"] for h in steps} >= {"ground_truth", "student"}
     assert all(torch.isfinite(torch.tensor(h["loss"])) and "mgsr_dac" in h for h in steps)
+    # no teacher forward on a ground-truth step (its rows are read from the cache); SCRG and the loss on samples
+    assert all((h["teacher_tokens"] == 0) == (h["source"] == "ground_truth") for h in steps)
     assert run.config["teacher_cache"]["key"]["k"] == 16
+
+
+def test_the_completion_never_outranks_a_cached_id():
+    ids = torch.tensor([[3, 1]])
+    for renormalize in (False, True):  # a cached id far below exp(-80), and a rest at its floor
+        cache = D.TopK(ids, torch.tensor([[0.0, -120.0]]), 1.0, renormalize)
+        assert cache.as_logits(6).topk(2).indices.tolist() == [[3, 1]]

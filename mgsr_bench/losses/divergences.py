@@ -51,8 +51,11 @@ class TopK:
         log_top = self.logprobs.to(torch.float64 if self.logprobs.dtype == torch.float64 else torch.float32)
         if self.renormalize or k == vocab_size:
             fill = torch.full_like(log_top[:, :1], _EMPTY)
-        else:
+        else:  # an average of the rest: never above the k-th probability, so the ranks stay the cache's
             fill = _with_rest(log_top)[:, -1:] - math.log(vocab_size - k)
+        # except a rest at its floor, exp(-80): below the lowest cached id, whose log-probability can be lower
+        lowest = log_top.min(-1, keepdim=True).values
+        fill = torch.where(fill > lowest, lowest - 30.0, fill)
         log_p = fill.expand(-1, vocab_size).scatter(-1, self.ids.long(), log_top)
         return self.temperature * log_p
 

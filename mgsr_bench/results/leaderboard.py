@@ -161,8 +161,11 @@ def build_board(records: list[dict[str, Any]], metric: str = "rougeL", reference
     kind = {name: "teacher" if runs[0]["method"] == "teacher" else "measured" for name, runs in rows.items()}
     seeds = {name: tuple(record_seed(r) for r in runs) for name, runs in rows.items()}
     avg_stds = {name: n.avg_std for name, n in numbers.items()}
-    costs = {name: _mean(found) for name, runs in rows.items() if (found := [c["device_seconds"] for c in map(run_cost, runs)
-                                                                              if c is not None])}
+    costs = {}
+    for name, runs in rows.items():
+        found = [cost["device_seconds"] for cost in map(run_cost, runs) if cost is not None]
+        if found:
+            costs[name] = _mean(found)
     notes: dict[str, str] = {}
     for rep in reported or []:
         if rep["metric"] != metric:
@@ -193,23 +196,23 @@ def provenance(records: list[dict[str, Any]]) -> list[str]:
     training and sampling seeds, the commits, the dates and the machines of its records."""
     if not records:
         return []
-    pairs = {}
-    for r in records:
+    pairs = set()
+    for r in records:  # one entry per pair and weights: two builds of one suite are two entries
         pair = r.get("pair") or {}
-        name = pair.get("name", "?")
         digests = (f" (teacher {pair['teacher_weights']}, student {pair['student_weights']})"
                    if pair.get("teacher_weights") and pair.get("student_weights") else "")
-        pairs[name] = name + digests
+        pairs.add(pair.get("name", "?") + digests)
     training = sorted({s for s in map(record_seed, records) if s is not None})
     sampling = sorted({s for r in records for s in (r.get("evaluation") or {}).get("seeds") or []})
-    commits = sorted({(r.get("git_commit") or "no commit")[:8] for r in records})
+    commits = sorted({r["git_commit"][:8] if r.get("git_commit") else "no commit" for r in records})
     machines = sorted({f"{m.get('device', '?')} ({m.get('processor', '?')}, {m.get('cpu_kernels', '?')})"
                        for m in (r.get("machine") or {} for r in records)})
-    return [f"suite or pair: {'; '.join(pairs[p] for p in sorted(pairs))}",
-            f"training seeds: {', '.join(map(str, training)) or 'none'}; sampling seeds: "
-            f"{', '.join(map(str, sampling)) or 'none'}",
-            f"commits: {', '.join(commits)}; dates: {_spread([r['created'][:10] for r in records])}; "
-            f"machines: {'; '.join(machines)}"]
+    lines = [f"suite or pair: {'; '.join(sorted(pairs))}",
+             f"training seeds: {', '.join(map(str, training)) or 'none'}; sampling seeds: "
+             f"{', '.join(map(str, sampling)) or 'none'}",
+             f"commits: {', '.join(commits)}; dates: {_spread([r['created'][:10] for r in records])}; "
+             f"machines: {'; '.join(machines)}"]
+    return [re.sub(r"\s+", " ", line) for line in lines]  # names are text: a line break would end a caption line
 
 
 def check_same_examples(rows: dict[str, list[dict[str, Any]]], datasets: list[str]) -> None:
@@ -596,7 +599,7 @@ def render_leaderboard(records: list[dict[str, Any]], fmt: str = "markdown", ref
         parts.append("Training cost (wall time on the machine that ran each record, device-seconds = wall time x "
                      "processes; share of steps per source; positions through the teacher, tokens sampled and "
                      "the FLOP estimate 6 N_student per training position + 2 N per position without gradients, "
-                     "where the record counted them; validation excluded)\n\n"
+                     "where the record counted them, validation not counted; the device-seconds include it)\n\n"
                      + md_frame(training) + "\n")
     for name, family_metric in (("ROUGE-L", "rougeL"), ("Exact match", "exact_match")):
         for dataset in board.datasets:

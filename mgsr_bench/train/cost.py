@@ -7,7 +7,9 @@ the student's without (``student_sampling_tokens``: sampling, SCRG's passes), th
 (``generated_tokens``). Positions are counted where they enter a model (a hook on its input
 embeddings), padding included, since the compute pays for it; a cached teacher that is not run
 counts nothing. Validation, which is the same for every method, is not counted. The run's
-:func:`training_cost` sums them, with the device-seconds (wall time x processes) and the device.
+:func:`training_cost` sums them, with the device-seconds (the training wall time, validation
+included, x processes) and the device. Under ZeRO-3 a run that samples records no counts: its
+sampling runs on gathered copies of the models, which the counters do not see.
 """
 
 from __future__ import annotations
@@ -15,10 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-#: the per-step counts of a history record
-STEP_COUNTS = ("student_tokens", "student_sampling_tokens", "teacher_tokens", "generated_tokens")
-
 
 class ForwardPositions:
     """Positions entering a model's forward passes, apart for passes with and without gradients."""
@@ -32,10 +30,11 @@ class ForwardPositions:
         self._hook = embeddings.register_forward_pre_hook(self._count) if embeddings is not None else None
 
     def _count(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        positions = args[0].numel() if args else 0  # the ids, as Hugging Face models pass them
         if torch.is_grad_enabled():
-            self.grad += args[0].numel()
+            self.grad += positions
         else:
-            self.no_grad += args[0].numel()
+            self.no_grad += positions
 
     def close(self) -> None:
         """Stop counting: the model outlives the run (evaluation, the next student's run)."""
@@ -56,10 +55,13 @@ def training_cost(history: list[dict[str, Any]], wall_time_s: float, processes: 
     def total(key: str) -> int:
         return sum(int(h.get(key, 0)) for h in history)
 
-    return {"device": device, "processes": processes, "device_seconds": round(wall_time_s * processes, 2),
-            "training_tokens": total("tokens"), "student_forward_tokens": total("student_tokens"),
-            "student_sampling_tokens": total("student_sampling_tokens"),
-            "teacher_forward_tokens": total("teacher_tokens"), "generated_tokens": total("generated_tokens")}
+    cost = {"device": device, "processes": processes, "device_seconds": round(wall_time_s * processes, 2),
+            "training_tokens": total("tokens")}
+    if history and all("student_tokens" in h for h in history):  # steps that were counted (not ZeRO-3's sampling)
+        cost.update(student_forward_tokens=total("student_tokens"),
+                    student_sampling_tokens=total("student_sampling_tokens"),
+                    teacher_forward_tokens=total("teacher_tokens"), generated_tokens=total("generated_tokens"))
+    return cost
 
 
 def device_name(device: torch.device) -> str:

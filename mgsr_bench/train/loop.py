@@ -398,8 +398,11 @@ class Run:
                 raise ValueError(f"method {method.name!r} needs a teacher")
             teacher = distributed.prepare_teacher(teacher, runtime, cfg.shard_teacher)
         self.teacher = teacher
-        # what each step's forward passes process (mgsr_bench.train.cost)
-        self.positions = (ForwardPositions(self.model), ForwardPositions(teacher if uses_teacher else None))
+        # what each step's forward passes process (mgsr_bench.train.cost); not under ZeRO-3 when the run
+        # samples, whose sampling runs on gathered copies of the models that the counters do not see
+        self.counting = not (runtime.engine == "zero3" and spec.samples)
+        self.positions = (ForwardPositions(self.model if self.counting else None),
+                          ForwardPositions(teacher if uses_teacher and self.counting else None))
         # ZeRO-3 frees each module's weights after its forward: the loss then needs the heads' own
         # forward (full logits) instead of reading their weights for the chunked loss.
         self.objective = Objective(method, self.student, teacher, len(tokenizer), tokenizer.pad_token_id,
@@ -461,13 +464,18 @@ class Run:
         if self.extra is not None:  # not wrapped by any engine: its gradients are averaged here
             self.extra.step((lambda grad: runtime.accelerator.reduce(grad, "mean")) if runtime.world > 1 else None)
         return {"step": step, "loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                "source": origin, "tokens": totals["tokens"], **self._step_counts(),
+                "source": origin, "tokens": totals["tokens"], **(self._step_counts() if self.counting else {}),
                 **(self.source.step_stats() if self.source is not None else {}), **method.step_stats()}
+
+    def stop_counting(self) -> None:
+        for counter in self.positions:
+            counter.close()
 
     def _step_counts(self) -> dict[str, int]:
         """The step's forward positions and sampled tokens over all processes (:mod:`mgsr_bench.train.cost`)."""
         (student, sampling), (teacher_grad, teacher) = (counter.take() for counter in self.positions)
-        counts = {"student_tokens": student, "student_sampling_tokens": sampling, "teacher_tokens": teacher + teacher_grad,
+        counts = {"student_tokens": student, "student_sampling_tokens": sampling,
+                  "teacher_tokens": teacher + teacher_grad,
                   "generated_tokens": self.source.take_generated() if self.source is not None else 0}
         if self.runtime.world > 1:
             summed = self.runtime.accelerator.reduce(torch.tensor(list(counts.values()), device=self.runtime.device),
@@ -531,8 +539,6 @@ class Run:
         """The result, the student holding the best validated weights."""
         state = self.state
         wall = state.elapsed()
-        for counter in self.positions:
-            counter.close()
         method_state = state.method_state
         if self.extra is not None and method_state is None:
             method_state = self.extra.state_dict()
@@ -575,28 +581,32 @@ def train(student: PreTrainedModel, teacher: PreTrainedModel | None, tokenizer: 
     run = Run(runtime, cfg, student=student, teacher=teacher, tokenizer=tokenizer, method=method,
               train_examples=train_examples, valid=valid, valid_examples=valid_examples,
               checkpoint_dir=checkpoint_dir, desc=desc, teacher_cache=teacher_cache)
-    run.resume_or_begin()
-    run.student.train()
-    run.state.started = time.perf_counter()
-    first = run.state.step + 1
-    bar = tqdm(range(first, cfg.steps + 1), desc=desc, disable=not runtime.is_main, initial=first - 1,
-               total=cfg.steps)
-    for step in bar:
-        began = time.perf_counter()
-        record = run.step(step)
-        seconds = time.perf_counter() - began
-        if run.validates(step):
-            score = run.validate(step, record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{score:.2f}", best=f"{run.state.best_score:.2f}")
-        elif step % 10 == 0:
-            bar.set_postfix(loss=f"{record['loss']:.3f}", best=f"{run.state.best_score:.2f}")
-        run.state.add(record)
-        if tracking is not None:
-            runtime.accelerator.log(step_metrics(record, seconds), step=step)
-        if run.state.stopped_early:  # no checkpoint at the last step run: a re-run replays to the same stop
-            break
-        if run.checkpoints_after(step):
-            run.checkpoint(step)
+    try:
+        run.resume_or_begin()
+        run.student.train()
+        run.state.started = time.perf_counter()
+        first = run.state.step + 1
+        bar = tqdm(range(first, cfg.steps + 1), desc=desc, disable=not runtime.is_main, initial=first - 1,
+                   total=cfg.steps)
+        for step in bar:
+            began = time.perf_counter()
+            record = run.step(step)
+            seconds = time.perf_counter() - began
+            if run.validates(step):
+                score = run.validate(step, record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{score:.2f}",
+                                best=f"{run.state.best_score:.2f}")
+            elif step % 10 == 0:
+                bar.set_postfix(loss=f"{record['loss']:.3f}", best=f"{run.state.best_score:.2f}")
+            run.state.add(record)
+            if tracking is not None:
+                runtime.accelerator.log(step_metrics(record, seconds), step=step)
+            if run.state.stopped_early:  # no checkpoint at the last step run: a re-run replays to the same stop
+                break
+            if run.checkpoints_after(step):
+                run.checkpoint(step)
+    finally:
+        run.stop_counting()  # the models outlive the run, a failed one too
     if tracking is not None:
         runtime.accelerator.end_training()
     return run.finish()
