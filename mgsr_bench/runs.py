@@ -123,7 +123,7 @@ def _cache_readers(recipes: list[Recipe], defaults: dict[str, Any], overrides: d
     names = {r.name for r in recipes if can_read(resolve_recipe(r, defaults, overrides).method)}
     if not names:
         raise UserError("--teacher-cache: no chosen recipe can read a teacher cache (a method whose loss reads the "
-                        "teacher's distribution can; sft and seqkd cannot)")
+                        "teacher's distribution on ground-truth batches can; sft, seqkd and f-distill cannot)")
     return names
 
 

@@ -213,9 +213,9 @@ class CacheReading:
 
 def can_read(method: Method) -> bool:
     """Whether ``method``'s loss can take the cache for the teacher on its ground-truth batches: it reads the
-    teacher only as its next-token distributions (``Method.teacher_distribution_only``). The batches a
-    method samples carry no cached rows and run the live teacher."""
-    return method.teacher_distribution_only
+    teacher only as its next-token distributions (``Method.teacher_distribution_only``), and some of its
+    batches are ground truth. The batches a method samples carry no cached rows and run the live teacher."""
+    return method.teacher_distribution_only and method.source_spec().ground_truth
 
 
 def check_request(folder: Path, method: Method, rest: str) -> dict:
@@ -224,8 +224,9 @@ def check_request(folder: Path, method: Method, rest: str) -> dict:
     if rest not in REST:
         raise UserError(f"the teacher cache's rest convention must be one of {', '.join(REST)}, got {rest!r}")
     if not can_read(method):
-        raise UserError(f"method {method.name!r} cannot read a teacher cache: its loss reads no teacher distribution "
-                        "on ground-truth responses; run it without --teacher-cache")
+        raise UserError(f"method {method.name!r} cannot read a teacher cache: it reads no teacher distribution on "
+                        "ground-truth responses (its loss needs none, or it trains on samples only); run it without "
+                        "--teacher-cache")
     return read_manifest(folder)
 
 

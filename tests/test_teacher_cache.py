@@ -138,6 +138,8 @@ def test_a_cache_is_read_only_for_its_teacher_data_and_temperature_and_by_method
                        (lambda: trained(temperature=2.0), "another temperature (1.0; this run: 2.0)"),
                        (lambda: trained(data=train[:-1]), "another set of training examples"),
                        (lambda: trained("seqkd"), "method 'seqkd' cannot read a teacher cache"),
+                       (lambda: trained("fdistill-kl"), "method 'fdistill-kl' cannot read a teacher cache"),
+                       (lambda: trained("gkd", lmbda=1.0), "method 'gkd' cannot read a teacher cache"),
                        (lambda: trained("sft"), "method 'sft' cannot read a teacher cache")):
         with pytest.raises(UserError, match=re.escape(says)):
             call()

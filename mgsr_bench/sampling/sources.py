@@ -101,6 +101,11 @@ class SourceSpec:
         return self.samples_student or self.samples_teacher
 
     @property
+    def ground_truth(self) -> bool:
+        """Whether some steps train on the ground-truth responses (an adaptive schedule's may)."""
+        return self.adaptive is not None or (not self.both and self.student_prob + self.teacher_prob < 1.0)
+
+    @property
     def uses_teacher(self) -> bool:
         """Whether the sources need the teacher: to sample from, or for the rewrite step."""
         return self.samples_teacher or self.rewrite is not None
