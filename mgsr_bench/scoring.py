@@ -51,6 +51,20 @@ def models_to_evaluate(names: tuple[str, ...] | list[str], label: str | None) ->
     return found
 
 
+def training_of(model_path: str) -> dict[str, Any] | None:
+    """The training summary of a ``train`` run's model (``training.json`` beside its ``model/``: the
+    seed, history and cost), which its record keeps; None for any other model."""
+    path = Path(model_path)
+    summary = path.parent / "training.json"
+    if path.name != "model" or not summary.is_file():
+        return None
+    try:
+        return json.loads(summary.read_text(encoding="utf-8"))["training"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise UserError(f"{summary} is damaged (not a training summary): restore it, or evaluate a copy of the "
+                        "model folder without it") from None
+
+
 def _protocol_tokenizer(name_or_path: str) -> Any:
     """The tokenizer the protocol's filters count with, refused in one line naming the fix."""
     from mgsr_bench.models import load_tokenizer
@@ -109,6 +123,7 @@ def evaluate_models(request: EvalRequest, on_record: Callable[[str, dict[str, An
         settings.add_bos = settings.add_bos or pair.eval_bos
         pair_info = {"name": pair.name, "teacher": pair.teacher, "reference": pair.reference}
     models = models_to_evaluate(request.models, request.label)
+    trainings = {label: training_of(path) for label, path in models}  # a damaged summary: refused before any model
     check_output_folder(request.out)
     check_lm_eval_tasks(request.evaluation, tiny_suite=not request.data)
     # every model's tokenizer before the suite, whose first build trains a teacher: a missing model fails first
@@ -131,6 +146,7 @@ def evaluate_models(request: EvalRequest, on_record: Callable[[str, dict[str, An
                                          settings=settings, pair={**pair_info, "student": str(model_path)},
                                          config={"model": str(model_path), "dtype": request.dtype},
                                          record_path=out / "records" / f"{label}.json", started=t0,
+                                         training=trainings[label],
                                          lm_eval=lm_eval_scores(request.evaluation, model, tokenizer, suite_data))
         on_record(label, record)
 

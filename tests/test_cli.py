@@ -170,6 +170,8 @@ def test_train_eval_leaderboard_on_saved_models(hub_style_pair):
     assert proc.returncode == 0, proc.stderr
     rec = json.loads((p / "eval" / "records" / "run.json").read_text())
     assert set(rec["scores"]["test"]["per_seed"]) == {"10", "20"} and rec["config"]["dtype"] == "float32"
+    assert rec["training"] == summary["training"]  # a `train` run's model: its seed, history and cost kept
+    assert json.loads((p / "eval" / "records" / "teacher.json").read_text())["training"] is None
     low, high = rec["scores"]["test"]["rougeL"]["ci95"]
     assert low <= rec["scores"]["test"]["rougeL"]["mean"] <= high
     # a `train` run folder evaluates its model/, a `run` folder each of its models/*
@@ -183,8 +185,12 @@ def test_train_eval_leaderboard_on_saved_models(hub_style_pair):
     assert json.loads((p / "folders" / "records" / "a.json").read_text())["config"]["dtype"] == "bfloat16"
     assert sorted(f.name for f in (p / "folders").iterdir()) == ["records"]  # the generations' cache is gone
     proc = _cli("leaderboard", str(p / "eval"), "--format", "csv")
-    assert proc.returncode == 0 and proc.stdout.splitlines()[0] == "method,kind,test_mean,test_std,avg"
+    assert proc.returncode == 0 and proc.stdout.splitlines()[0] == "method,kind,test_mean,test_std,avg,train_device_seconds"
+    assert float(proc.stdout.splitlines()[2].split(",")[-1]) == summary["training"]["cost"]["device_seconds"]
     assert {line.split(",")[0] for line in proc.stdout.splitlines()[1:]} == {"run", "teacher"}
+    (p / "run" / "training.json").write_text("{not json")
+    proc = _cli("eval", str(p / "run"), "--data", f"test={p / 'test.jsonl'}", "--out", str(p / "damaged"))
+    assert proc.returncode == 2 and "training.json is damaged" in proc.stderr and not (p / "damaged").exists()
 
 
 @pytest.mark.slow
