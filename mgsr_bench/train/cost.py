@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+
 class ForwardPositions:
     """Positions entering a model's forward passes, apart for passes with and without gradients."""
 
