@@ -15,7 +15,7 @@ import pytest
 from mgsr_bench.errors import UserError
 from mgsr_bench.results import ResultsStore, build_board, read_record, render_leaderboard, write_record
 from mgsr_bench.results.compare import compare_records, history_frame, render_comparison
-from mgsr_bench.results.reported import load_reported, reported_rows
+from mgsr_bench.results.reported import load_reported, rank_agreement, reported_rows
 
 from test_results import _record
 
@@ -128,6 +128,33 @@ def test_reported_rows_are_shown_marked_and_never_ranked():
     md = render_leaderboard(_fixture(), reported=rows)
     assert "| Paper KD [Paper] † | 99.00 | 99.00 | 99.00 |" in md
     assert "† reported by Paper (2024), Table 1; read from x; not measured here and not ranked." in md
+
+
+def _paper(table: str, averages: dict) -> list:
+    """Reported rows of one paper table, each method's five datasets all at its average."""
+    return [{"method": m.upper(), "short": "Paper", "citation": f"Paper (2024), {table}; read from x", "metric": "rougeL",
+             "registry": m, "scores": dict.fromkeys(("dolly", "selfinst", "vicuna", "sni", "unni"), v)}
+            for m, v in averages.items()]
+
+
+def test_rank_agreement_is_spearman_over_the_methods_a_paper_table_shares_with_the_board():
+    # the fixture's averages: kd 19 > my_method 18.5 > sft 18
+    swapped = _paper("Table 1", {"kd": 30.0, "sft": 29.0, "my_method": 28.0})
+    same = _paper("Table 2", {"kd": 5.0, "my_method": 4.0, "sft": 3.0, "other": 9.0})  # other: no board row
+    partial = _paper("Table 3", {"kd": 1.0, "sft": 2.0}) + [{**_paper("Table 3", {"my_method": 3.0})[0],
+                                                            "scores": {"dolly": 3.0}}]  # not all five datasets
+    board = build_board(_fixture())
+    averages = {r: float(board.avg[r]) for r in ("sft", "kd", "my_method")}
+    found = {a.citation.split(",")[1].split(";")[0].strip(): a for a in rank_agreement(averages, swapped + same + partial)}
+    assert found["Table 1"].rho == pytest.approx(0.5)  # 1 - 6 * (0 + 1 + 1) / (3 * 8)
+    assert found["Table 1"].reported_order == ["kd", "sft", "my_method"]
+    assert found["Table 2"].rho == pytest.approx(1.0) and found["Table 2"].methods == ["kd", "my_method", "sft"]
+    assert found["Table 3"].methods == ["kd", "sft"] and math.isnan(found["Table 3"].rho)
+    text = render_leaderboard(_fixture(), reported=swapped + partial)
+    assert ("- rho = +0.50 over 3 methods against Paper (2024), Table 1; read from x: here kd > my_method > sft; "
+            "there kd > sft > my_method") in text
+    assert "Table 3" not in text.split("Rank agreement")[1]  # two shared methods: no rho
+    assert "no reported table shares three methods" in render_leaderboard(_fixture(), reported=partial)
 
 
 def test_the_curated_reported_file_loads_and_bad_files_are_refused(tmp_path):

@@ -25,6 +25,7 @@ import pandas as pd
 from mgsr_bench.errors import UserError
 from mgsr_bench.results.record import record_group, record_seed
 from mgsr_bench.results.store import ResultsStore
+from mgsr_bench.results.reported import agreement_text, rank_agreement
 
 # Rows in this order first (teacher on top, then the SFT reference), the rest alphabetically.
 _FIRST = ("teacher", "sft")
@@ -609,4 +610,7 @@ def render_leaderboard(records: list[dict[str, Any]], fmt: str = "markdown", ref
     lm = lm_eval_frame(chosen)
     if lm is not None:
         parts.append("lm-eval\n\n" + md_frame(lm) + "\n")
+    if reported:
+        averages = {r: float(board.avg[r]) for r in board.means.index if board.kind[r] == "measured"}
+        parts.append(agreement_text(rank_agreement(averages, reported, metric)))
     return "\n".join(parts)

@@ -1,15 +1,20 @@
 """Numbers reported by papers, from a curated YAML file (``leaderboards/reported.yaml``).
 
 Each entry names the paper, its table, the source the numbers were read from, the teacher/student
-pair and the metric, with rows of per-dataset scores. Boards show them beside measured rows, marked
-as reported and never ranked with them: they come from other code, hardware and often other
-checkpoints.
+pair and the metric, with rows of per-dataset scores; a row may name the registry method it is
+(``registry: kd``). Boards show the rows beside measured rows, marked as reported and never ranked
+with them: they come from other code, hardware and often other checkpoints. What can be compared is
+the order: :func:`rank_agreement` correlates a board's ranking of methods with each paper table's.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from mgsr_bench.config import NO_CHECKOUT, read_yaml
 from mgsr_bench.errors import UserError
@@ -32,6 +37,8 @@ def _check(entry: Any, where: str) -> None:
     for j, row in enumerate(entry["rows"]):
         if not isinstance(row, dict) or "method" not in row or not isinstance(row.get("scores"), dict):
             raise UserError(f"{where}: rows[{j}] needs method and scores")
+        if not isinstance(row.get("registry", ""), str):
+            raise UserError(f"{where}: rows[{j}].registry must be a method name, like kd")
         for dataset, value in row["scores"].items():
             if dataset not in DATASETS:
                 raise UserError(f"{where}: rows[{j}].scores has unknown dataset {dataset!r} "
@@ -64,5 +71,50 @@ def reported_rows(entries: list[dict[str, Any]], pair: str) -> list[dict[str, An
         citation = f"{e['paper']}" + (f", {e['table']}" if e.get("table") else "") + f"; read from {e['source']}"
         for row in e["rows"]:
             rows.append({"method": row["method"], "short": short, "citation": citation, "metric": e["metric"],
-                         "scores": row["scores"]})
+                         "scores": row["scores"], "registry": row.get("registry")})
     return rows
+
+
+@dataclass
+class RankAgreement:
+    """How one paper table orders the methods it shares with a board."""
+
+    citation: str
+    methods: list[str]  # the shared registry methods, best first on the board
+    reported_order: list[str]  # the same methods, best first in the paper
+    rho: float  # Spearman's rank correlation; NaN under three shared methods
+
+
+def rank_agreement(averages: dict[str, float], rows: list[dict[str, Any]],
+                   metric: str = "rougeL") -> list[RankAgreement]:
+    """Spearman's rho between a board's averages (row label -> average) and each paper table's
+    averages over the five datasets, over the methods both have: a reported row counts when its
+    ``registry`` names a board row and it has all five datasets. Scores of other suites and pairs
+    cannot be compared, but their order can: this is the check that a suite ranks methods as the
+    field's benchmarks do."""
+    tables: dict[str, dict[str, float]] = {}
+    for row in rows:
+        name = row.get("registry")
+        if row["metric"] == metric and name in averages and set(DATASETS) <= set(row["scores"]):
+            tables.setdefault(row["citation"], {})[name] = sum(row["scores"][d] for d in DATASETS) / len(DATASETS)
+    out = []
+    for citation, reported in tables.items():
+        both = pd.DataFrame({"board": {m: averages[m] for m in reported}, "paper": reported})
+        rho = float(both.corr(method="spearman").loc["board", "paper"]) if len(both) >= 3 else math.nan
+        out.append(RankAgreement(citation, list(both["board"].sort_values(ascending=False).index),
+                                 list(both["paper"].sort_values(ascending=False).index), rho))
+    return out
+
+
+def agreement_text(agreements: list[RankAgreement]) -> str:
+    """The markdown paragraph of :func:`rank_agreement`'s results."""
+    if not any(len(a.methods) >= 3 for a in agreements):
+        return ("Rank agreement with the reported rows: no reported table shares three methods with these rows "
+                "(a reported row counts when its `registry` names a row here and it has all five datasets).\n")
+    lines = ["Rank agreement with the reported rows (Spearman's rho over the methods both rank, each reported "
+             "row's average over its five datasets):", ""]
+    for a in agreements:
+        if len(a.methods) >= 3:
+            lines.append(f"- rho = {a.rho:+.2f} over {len(a.methods)} methods against {a.citation}: here "
+                         f"{' > '.join(a.methods)}; there {' > '.join(a.reported_order)}")
+    return "\n".join(lines) + "\n"
