@@ -95,7 +95,8 @@ def rank_agreement(averages: dict[str, float], rows: list[dict[str, Any]],
     tables: dict[str, dict[str, float]] = {}
     for row in rows:
         name = row.get("registry")
-        if row["metric"] == metric and name in averages and set(DATASETS) <= set(row["scores"]):
+        if (row["metric"] == metric and not math.isnan(averages.get(name, math.nan))
+                and set(DATASETS) <= set(row["scores"])):
             tables.setdefault(row["citation"], {})[name] = sum(row["scores"][d] for d in DATASETS) / len(DATASETS)
     out = []
     for citation, reported in tables.items():
