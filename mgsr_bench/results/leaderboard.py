@@ -24,8 +24,8 @@ import pandas as pd
 
 from mgsr_bench.errors import UserError
 from mgsr_bench.results.record import record_group, record_seed
-from mgsr_bench.results.store import ResultsStore
 from mgsr_bench.results.reported import agreement_text, rank_agreement
+from mgsr_bench.results.store import ResultsStore
 
 # Rows in this order first (teacher on top, then the SFT reference), the rest alphabetically.
 _FIRST = ("teacher", "sft")
