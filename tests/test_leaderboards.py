@@ -15,7 +15,7 @@ import pytest
 from mgsr_bench.errors import UserError
 from mgsr_bench.results import ResultsStore, build_board, read_record, render_leaderboard, write_record
 from mgsr_bench.results.compare import compare_records, history_frame, render_comparison
-from mgsr_bench.results.reported import load_reported, rank_agreement, reported_rows
+from mgsr_bench.results.reported import DATASETS, load_reported, rank_agreement, reported_rows
 
 from test_results import _record
 
@@ -133,7 +133,7 @@ def test_reported_rows_are_shown_marked_and_never_ranked():
 def _paper(table: str, averages: dict) -> list:
     """Reported rows of one paper table, each method's five datasets all at its average."""
     return [{"method": m.upper(), "short": "Paper", "citation": f"Paper (2024), {table}; read from x", "metric": "rougeL",
-             "registry": m, "scores": dict.fromkeys(("dolly", "selfinst", "vicuna", "sni", "unni"), v)}
+             "registry": m, "scores": dict.fromkeys(DATASETS, v)}
             for m, v in averages.items()]
 
 

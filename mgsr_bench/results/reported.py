@@ -21,6 +21,7 @@ from mgsr_bench.errors import UserError
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "leaderboards" / "reported.yaml"
 DATASETS = ("dolly", "selfinst", "vicuna", "sni", "unni")
+MIN_SHARED = 3  # fewer shared methods give no rank correlation worth printing
 
 
 def _check(entry: Any, where: str) -> None:
@@ -82,7 +83,7 @@ class RankAgreement:
     citation: str
     methods: list[str]  # the shared registry methods, best first on the board
     reported_order: list[str]  # the same methods, best first in the paper
-    rho: float  # Spearman's rank correlation; NaN under three shared methods
+    rho: float  # Spearman's rank correlation; NaN under MIN_SHARED shared methods
 
 
 def rank_agreement(averages: dict[str, float], rows: list[dict[str, Any]],
@@ -101,7 +102,7 @@ def rank_agreement(averages: dict[str, float], rows: list[dict[str, Any]],
     out = []
     for citation, reported in tables.items():
         both = pd.DataFrame({"board": {m: averages[m] for m in reported}, "paper": reported})
-        rho = float(both.corr(method="spearman").loc["board", "paper"]) if len(both) >= 3 else math.nan
+        rho = float(both.corr(method="spearman").loc["board", "paper"]) if len(both) >= MIN_SHARED else math.nan
         out.append(RankAgreement(citation, list(both["board"].sort_values(ascending=False).index),
                                  list(both["paper"].sort_values(ascending=False).index), rho))
     return out
@@ -109,13 +110,13 @@ def rank_agreement(averages: dict[str, float], rows: list[dict[str, Any]],
 
 def agreement_text(agreements: list[RankAgreement]) -> str:
     """The markdown paragraph of :func:`rank_agreement`'s results."""
-    if not any(len(a.methods) >= 3 for a in agreements):
+    shown = [a for a in agreements if len(a.methods) >= MIN_SHARED]
+    if not shown:
         return ("Rank agreement with the reported rows: no reported table shares three methods with these rows "
                 "(a reported row counts when its `registry` names a row here and it has all five datasets).\n")
     lines = ["Rank agreement with the reported rows (Spearman's rho over the methods both rank, each reported "
              "row's average over its five datasets):", ""]
-    for a in agreements:
-        if len(a.methods) >= 3:
-            lines.append(f"- rho = {a.rho:+.2f} over {len(a.methods)} methods against {a.citation}: here "
-                         f"{' > '.join(a.methods)}; there {' > '.join(a.reported_order)}")
+    for a in shown:
+        lines.append(f"- rho = {a.rho:+.2f} over {len(a.methods)} methods against {a.citation}: here "
+                     f"{' > '.join(a.methods)}; there {' > '.join(a.reported_order)}")
     return "\n".join(lines) + "\n"
